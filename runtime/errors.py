@@ -1,0 +1,34 @@
+"""The error hierarchy shared by every part of adtk.
+
+It lives in the torch-free runtime so that the runtime, the compiler and the offline toolkit can all
+raise and catch the same classes. The CLI prints an AdtkError's message and exits with status 2.
+A message says what went wrong, where, what was expected and how to fix it.
+"""
+
+
+class AdtkError(Exception):
+    """Base class of every error a user can cause (bad data, bad config, bad artefact...)."""
+
+
+class DataError(AdtkError):
+    """An image, mask or data folder cannot be used (corrupt, empty, wrong size, missing)."""
+
+
+class ConfigError(AdtkError):
+    """An option, method name or parameter value is not valid."""
+
+
+class ArtefactError(AdtkError):
+    """An artefact is missing, truncated, altered, or breaks the artefact contract."""
+
+
+class TargetError(AdtkError):
+    """A device target cannot be built for (unknown target, does not fit its budget)."""
+
+
+class BackendError(AdtkError):
+    """An inference backend is missing or failed to run."""
+
+
+class WeightsError(ConfigError):
+    """Backbone weights cannot be found or do not match the backbone."""
