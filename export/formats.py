@@ -1,0 +1,92 @@
+"""Artefact formats: one table, one build function each (after ultralytics' exporter).
+
+Only "onnx" exists so far; a TensorRT engine builder joins this table when the compiler grows one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from adtk.runtime.artefact import INPUT_NAME, MANIFEST_KEY, MAX_ARTEFACT_BYTES, OUTPUT_NAMES, seal, verify_bytes
+from adtk.runtime.errors import ArtefactError, ConfigError
+
+DEFAULT_OPSET = 18
+
+
+@dataclass(frozen=True)
+class Format:
+    suffix: str
+    build: Callable[..., Path]
+    options: frozenset[str]
+
+
+def example_frames(image_size_px: tuple[int, int]) -> torch.Tensor:
+    """A uint8 frame batch for tracing; deliberately not the model size, so the resize is traced."""
+    height, width = image_size_px
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (2, height + 37, width + 21, 3), dtype=torch.uint8, generator=generator)
+
+
+def export_onnx_bytes(graph: torch.nn.Module, image_size_px: tuple[int, int], opset: int = DEFAULT_OPSET) -> bytes:
+    """Trace the scoring graph to ONNX (dynamic batch, height and width) and return the serialised model."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    height = torch.export.Dim("height", min=16, max=8192)
+    width = torch.export.Dim("width", min=16, max=8192)
+    program = torch.onnx.export(
+        graph.eval(),
+        (example_frames(image_size_px),),
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_shapes={"frames": {0: batch, 1: height, 2: width}},
+        opset_version=opset,
+        dynamo=True,
+        external_data=False,
+        optimize=True,
+        verbose=False,
+    )
+    buffer = io.BytesIO()
+    program.save(buffer, external_data=False)
+    return buffer.getvalue()
+
+
+def build_onnx(graph: torch.nn.Module, manifest: dict, out_path: str | Path, image_size_px: tuple[int, int],
+               opset: int = DEFAULT_OPSET) -> Path:
+    """Export, embed the manifest, seal with the integrity record, verify, and write one .onnx file."""
+    import onnx  # imported here: only the compiler needs it
+
+    model = onnx.load_from_string(export_onnx_bytes(graph, image_size_px, opset))
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = MANIFEST_KEY, json.dumps(manifest, sort_keys=True)
+    model.producer_name = "adtk"
+    onnx.checker.check_model(model)
+    data = seal(model.SerializeToString())
+    if len(data) > MAX_ARTEFACT_BYTES:
+        raise ArtefactError(f"the artefact would be {len(data) / 1e9:.2f} GB, over the 2 GB single-file limit; "
+                            "use a smaller coreset ratio or fewer channels")
+    verify_bytes(data, "freshly built artefact")  # the runtime's own check, before anything is written
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out_path.with_name(out_path.name + ".partial")
+    temporary.write_bytes(data)
+    temporary.replace(out_path)  # atomic: a reader never sees a half-written artefact
+    return out_path
+
+
+FORMATS = {"onnx": Format(".onnx", build_onnx, frozenset({"opset"}))}
+
+
+def build_artefact(format_name: str, graph, manifest, out_path, image_size_px, **options) -> Path:
+    if format_name not in FORMATS:
+        raise ConfigError(f"unknown artefact format {format_name!r} (known: {', '.join(FORMATS)})")
+    fmt = FORMATS[format_name]
+    unknown = set(options) - fmt.options
+    if unknown:
+        raise ConfigError(f"format {format_name!r} does not accept {sorted(unknown)} (accepts: {sorted(fmt.options)})")
+    return fmt.build(graph, manifest, out_path, image_size_px, **options)

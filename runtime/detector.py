@@ -1,0 +1,125 @@
+"""Detector: load one verified adtk artefact and score frames. numpy + onnxruntime only.
+
+    detector = Detector.load("model.onnx")
+    prediction = detector.predict(frames)    # uint8 [B, H, W, 3] RGB, one [H, W, 3] frame, or image paths
+    prediction.pred_score   # [B] float32 in [0, 1]; 0.5 is the calibrated threshold
+    prediction.pred_label   # [B] bool, True = anomalous
+    prediction.anomaly_map  # [B, S, S] float32 in [0, 1] at the model size S (see manifest["input"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from adtk.runtime.artefact import INPUT_NAME, VerifiedArtefact, read_artefact
+from adtk.runtime.errors import BackendError, DataError
+
+
+@dataclass(frozen=True)
+class Prediction:
+    pred_score: np.ndarray  # [B] float32, 0..1, 0.5 = threshold
+    pred_label: np.ndarray  # [B] bool
+    anomaly_map: np.ndarray  # [B, S, S] float32, 0..1
+    raw_score: np.ndarray  # [B] float32, the method's own score scale
+    raw_anomaly_map: np.ndarray  # [B, S, S] float32
+
+
+def create_backend(artefact: VerifiedArtefact, backend: str, **options):
+    """backend: "auto", "onnxruntime", or an onnxruntime provider alias ("cpu", "cuda", "tensorrt")."""
+    from adtk.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    if backend in ("auto", "onnxruntime"):
+        return OnnxRuntimeBackend(artefact.model_bytes, provider="auto", **options)
+    if backend in ("cpu", "cuda", "tensorrt"):
+        return OnnxRuntimeBackend(artefact.model_bytes, provider=backend, **options)
+    raise BackendError(f"unknown backend {backend!r} (known: auto, onnxruntime, cpu, cuda, tensorrt)")
+
+
+def as_frame(image, source: str = "frame") -> np.ndarray:
+    """One image (array or path) -> uint8 [H, W, 3] RGB."""
+    if isinstance(image, (str, PathLike)):
+        from adtk.runtime.images import read_image  # Pillow is imported only when paths are given
+
+        return read_image(image)
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise DataError(f"{source}: expected an image [H, W, 3] (RGB), got shape {list(array.shape)}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    elif array.shape[2] == 4:
+        array = array[:, :, :3]
+    if array.dtype != np.uint8:
+        raise DataError(f"{source}: expected uint8 pixels (0..255), got {array.dtype}; convert with "
+                        "np.clip(x, 0, 255).astype(np.uint8) if the values are in that range")
+    if min(array.shape[:2]) < 16:
+        raise DataError(f"{source}: image of {array.shape[1]}x{array.shape[0]} px is too small (16 px minimum)")
+    return np.ascontiguousarray(array)
+
+
+class Detector:
+    def __init__(self, artefact: VerifiedArtefact, backend):
+        self.artefact = artefact
+        self.manifest = artefact.manifest
+        self.backend = backend
+
+    @classmethod
+    def load(cls, path: str | Path, backend: str = "auto", **backend_options) -> "Detector":
+        """Verify the file (integrity record, manifest, contract), then open it with a backend.
+
+        Only the verified bytes reach the backend: the file is read once, so a file replaced after the
+        check cannot be the one that runs.
+        """
+        artefact = read_artefact(path)
+        return cls(artefact, create_backend(artefact, backend, **backend_options))
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest["calibration"]["threshold"])
+
+    @property
+    def model_size_px(self) -> tuple[int, int]:
+        height, width = self.manifest["input"]["model_size_px"]
+        return int(height), int(width)
+
+    def predict(self, frames) -> Prediction:
+        """frames: uint8 [B, H, W, 3] RGB, one [H, W, 3] frame, or a sequence of paths/arrays."""
+        batches = self._as_batches(frames)
+        parts = [self.backend.run({INPUT_NAME: batch}) for batch in batches]
+        merged = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        return Prediction(
+            pred_score=merged["pred_score"], pred_label=merged["pred_label"].astype(bool),
+            anomaly_map=merged["anomaly_map"], raw_score=merged["raw_score"],
+            raw_anomaly_map=merged["raw_anomaly_map"],
+        )
+
+    @staticmethod
+    def _as_batches(frames) -> list[np.ndarray]:
+        """Group frames into uint8 [B, H, W, 3] batches of equal size, keeping the input order."""
+        if isinstance(frames, np.ndarray) and frames.ndim == 4:
+            if frames.dtype != np.uint8 or frames.shape[3] != 3:
+                raise DataError(f"frames: expected uint8 [B, H, W, 3] RGB, got {frames.dtype} {list(frames.shape)}")
+            if min(frames.shape[1:3]) < 16:
+                raise DataError(f"frames: {frames.shape[2]}x{frames.shape[1]} px is too small (16 px minimum)")
+            return [np.ascontiguousarray(frames)]
+        if isinstance(frames, (np.ndarray, str, PathLike)):
+            frames = [frames]
+        if not isinstance(frames, Sequence) or len(frames) == 0:
+            raise DataError("no frames given")
+        decoded = [as_frame(f, str(f) if isinstance(f, (str, PathLike)) else f"frame {i}")
+                   for i, f in enumerate(frames)]
+        batches, current = [], [decoded[0]]
+        for frame in decoded[1:]:
+            if frame.shape == current[-1].shape:
+                current.append(frame)
+            else:
+                batches.append(np.stack(current))
+                current = [frame]
+        batches.append(np.stack(current))
+        return batches

@@ -1,0 +1,66 @@
+"""Threshold and normalisation calibration on held-out images (never on the images the method fitted).
+
+Good images only: threshold = the `good_quantile` quantile of the held-out good scores (default 1.0, the
+highest: no held-out good image is flagged); score_min = their minimum; score_max mirrors the threshold
+(threshold + (threshold - min)), so good scores map to [0, 0.5].
+With labelled defects as well: threshold = the F1-optimal cut between good and defective scores
+(midway between the two neighbouring scores), score_max = the highest defective score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from adtk.runtime.errors import DataError
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float
+    score_min: float
+    score_max: float
+    method: str  # how the threshold was chosen, recorded in the manifest
+    num_good: int
+    num_defective: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def f1_optimal_threshold(good: np.ndarray, defective: np.ndarray) -> float:
+    scores = np.concatenate([good, defective]).astype(np.float64)
+    labels = np.concatenate([np.zeros(len(good)), np.ones(len(defective))])
+    order = np.argsort(-scores, kind="stable")
+    scores, labels = scores[order], labels[order]
+    true_pos = np.cumsum(labels)
+    predicted_pos = np.arange(1, len(scores) + 1)
+    f1 = 2 * true_pos / (predicted_pos + len(defective))
+    # Only cut between distinct scores; the cut after position i flags scores[: i + 1].
+    distinct = np.append(scores[1:] < scores[:-1], True)
+    best = int(np.argmax(np.where(distinct, f1, -1.0)))
+    below = scores[best + 1] if best + 1 < len(scores) else scores[best] - 1.0
+    return float((scores[best] + below) / 2.0)
+
+
+def calibrate(good_scores, defective_scores=None, good_quantile: float = 1.0) -> Calibration:
+    good = np.asarray(good_scores, dtype=np.float64).ravel()
+    if good.size == 0:
+        raise DataError("calibration needs at least one held-out good image; lower --calib-fraction's "
+                        "minimum or add training images")
+    if not np.all(np.isfinite(good)):
+        raise DataError("calibration scores contain NaN or inf: the model produced invalid scores")
+    defective = np.asarray(defective_scores if defective_scores is not None else [], dtype=np.float64).ravel()
+    score_min = float(good.min())
+    if defective.size:
+        threshold = f1_optimal_threshold(good, defective)
+        score_max = float(max(defective.max(), threshold))
+        method = f"F1-optimal between {good.size} held-out good and {defective.size} labelled defective images"
+    else:
+        threshold = float(np.quantile(good, good_quantile))
+        score_max = threshold + (threshold - score_min)
+        method = f"quantile {good_quantile:g} of {good.size} held-out good images"
+    if score_max <= score_min:  # all calibration scores equal: keep a usable, non-zero span
+        score_max = score_min + max(abs(score_min), 1.0)
+    return Calibration(threshold, score_min, score_max, method, int(good.size), int(defective.size))

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from adtk.toolkit.cli.progress import progress_factory
+
+
+def parse_params(pairs: tuple[str, ...]) -> dict:
+    """--param key=value (value parsed as JSON where it can be: 0.1 -> float, 9 -> int, null -> None)."""
+    import json
+
+    from adtk.runtime.errors import ConfigError
+
+    params = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--param {pair!r}: expected key=value, e.g. --param coreset_ratio=0.01")
+        key, value = pair.split("=", 1)
+        try:
+            params[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip().replace("-", "_")] = value
+    return params
+
+
+@click.command("build")
+@click.option("--method", "method", default="patchcore", show_default=True, help="Detector (see `adtk build --help`).")
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="MVTec-style folder (train/good, ...) or a plain folder of good images.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Artefact to write (.onnx).")
+@click.option("--backbone", default="tf_efficientnet_lite0", show_default=True, help="timm backbone name.")
+@click.option("--stages", default=None, help="Comma-separated feature stages, e.g. blocks.2,blocks.4.")
+@click.option("--weights", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Local backbone weights (.safetensors / .pth state dict).")
+@click.option("--random-weights", is_flag=True, help="Random backbone weights (tests and size checks only).")
+@click.option("--size", "image_size_px", type=int, default=256, show_default=True, help="Model input size, px.")
+@click.option("--coreset-ratio", type=float, default=None, help="Coreset ratio (memory-bank methods).")
+@click.option("--num-neighbors", type=int, default=None, help="Neighbours for the image-score re-weighting.")
+@click.option("--param", "params", multiple=True, help="Any method parameter as key=value (repeatable).")
+@click.option("--calib-fraction", type=float, default=0.1, show_default=True,
+              help="Fraction of train/good held out to calibrate the threshold.")
+@click.option("--max-train-images", type=int, default=None, help="Use a seeded subset of this many images.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--skip-bad", is_flag=True, help="Skip undecodable images with a warning instead of stopping.")
+def command(method, data, out, backbone, stages, weights, random_weights, image_size_px, coreset_ratio,
+            num_neighbors, params, calib_fraction, max_train_images, seed, skip_bad):
+    """Fit a detector on DATA and compile it into one ONNX artefact."""
+    from adtk.toolkit.build import BuildConfig, build
+
+    method_params = parse_params(params)
+    for key, value in (("coreset_ratio", coreset_ratio), ("num_neighbors", num_neighbors)):
+        if value is not None:
+            method_params[key] = value
+    config = BuildConfig(
+        data=data, out=out, method=method, method_params=method_params, backbone=backbone,
+        stages=tuple(s.strip() for s in stages.split(",")) if stages else None, weights=weights,
+        random_weights=random_weights, image_size_px=image_size_px, calib_fraction=calib_fraction,
+        max_train_images=max_train_images, seed=seed, skip_bad=skip_bad,
+    )
+    result = build(config, log=lambda m: click.echo(m, err=True), progress_factory=progress_factory)
+    size_mb = result.artefact.stat().st_size / 1e6
+    fit = result.manifest["method"]["fit"]
+    click.echo(f"wrote {result.artefact} ({size_mb:.1f} MB; {fit}); "
+               f"timings {', '.join(f'{k} {v:.1f}s' for k, v in result.timings_s.items())}")
+    click.echo("next:")
+    click.echo(f"  adtk eval {result.artefact} --data {data}")
+    click.echo(f"  adtk predict {result.artefact} IMAGE...")
+    click.echo(f"  adtk inspect {result.artefact}")

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import click
+
+
+@click.command("inspect")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON document.")
+def command(model, as_json):
+    """Show an artefact's manifest, size, inputs/outputs and operators (after verifying it).
+
+    \b
+    JSON keys: path, bytes, sha256, file_sha256, inputs, outputs, operators {op: count}, manifest.
+    """
+    import onnx
+
+    from adtk.runtime.artefact import read_artefact
+
+    artefact = read_artefact(model)
+    proto = onnx.load_from_string(artefact.model_bytes)
+
+    def describe(values):
+        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
+
+    info = {
+        "path": str(model), "bytes": len(artefact.model_bytes), "sha256": artefact.sha256,
+        "file_sha256": artefact.file_sha256, "inputs": describe(proto.graph.input),
+        "outputs": describe(proto.graph.output),
+        "operators": dict(Counter(node.op_type for node in proto.graph.node).most_common()),
+        "manifest": artefact.manifest,
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    m = artefact.manifest
+    click.echo(f"{model}: {info['bytes'] / 1e6:.2f} MB, integrity OK (sha256 {artefact.sha256[:16]}...)")
+    click.echo(f"method    {m['method']['name']} {json.dumps(m['method']['params'])}")
+    click.echo(f"fit       {json.dumps(m['method'].get('fit', {}))}")
+    click.echo(f"backbone  {m['backbone']['name']} {m['backbone']['stages']} weights {m['backbone']['weights_source']}")
+    click.echo(f"input     {m['input']['layout']} uint8 {m['input']['channels']} -> {m['input']['model_size_px']} px")
+    cal = m["calibration"]
+    click.echo(f"threshold {cal['threshold']:.5g} ({cal['method']})")
+    click.echo(f"training  {m['training']['num_fit_images']} images, list sha256 {m['training']['list_sha256'][:16]}...")
+    for io_name, values in (("inputs", info["inputs"]), ("outputs", info["outputs"])):
+        click.echo(f"{io_name:<9} " + ", ".join(f"{v['name']} {v['dtype']}{v['shape']}" for v in values))
+    click.echo("operators " + ", ".join(f"{op} x{n}" for op, n in info["operators"].items()))

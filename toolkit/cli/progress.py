@@ -1,0 +1,10 @@
+"""Progress bars for long steps (click's bar: part of the core install, shown on a terminal only)."""
+
+from __future__ import annotations
+
+import click
+
+
+def progress_factory(total: int, label: str):
+    return click.progressbar(length=total, label=f"{label:<10}", file=click.get_text_stream("stderr"),
+                             show_pos=True, show_eta=True)

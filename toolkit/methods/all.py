@@ -1,0 +1,3 @@
+"""Imports every built-in method module so that each registers itself."""
+
+from adtk.toolkit.methods import patchcore  # noqa: F401
