@@ -1,0 +1,389 @@
+"""Reading images and masks, and indexing data folders (numpy + Pillow only, no torch).
+
+Two layouts are understood:
+
+* MVTec / Folder layout::
+
+      root/train/good/*                         defect-free training images
+      root/test/good/*                          defect-free test images
+      root/test/<defect type>/*                 defective test images
+      root/ground_truth/<defect type>/<stem>_mask.png   pixel masks (optional per image)
+
+* a plain folder of unlabelled images (no ``train/`` folder): every image directly inside it is a
+  training image and there is no test set.
+
+Either layout may also hold ``root/defects/<type>/*`` (labelled defect images, e.g. for threshold
+calibration) with optional masks in ``root/defects/<type>/masks/<stem>_mask.png``.
+
+Every image becomes uint8 RGB [H, W, 3] whatever its mode or bit depth, and every user-caused
+problem (missing folder, corrupt file, mask without image, mask of the wrong size) raises
+:class:`~adtk.runtime.errors.DataError` with a message that names the file and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adtk.runtime.errors import DataError
+from adtk.runtime.images import (  # noqa: F401  (re-exported: the toolkit's image API)
+    IMAGE_EXTENSIONS,
+    MASK_THRESHOLD,
+    SKIP_BAD_HINT,
+    read_image,
+    read_mask,
+)
+
+_HASH_CHUNK_BYTES = 1 << 20
+
+MASK_SUFFIX = "_mask"
+"""A mask for image ``<stem>.<ext>`` is named ``<stem>_mask.<image ext>`` (MVTec convention)."""
+
+# --------------------------------------------------------------------------------------------
+# Dataset index
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a data set."""
+
+    path: Path
+    label: int  # 0 = good, 1 = defective
+    defect_type: str  # "good" or the name of the defect folder
+    mask_path: Path | None  # None for good images, and for defects without a mask (image-level only)
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    """The images of one data folder, sorted deterministically (by folder, then file name)."""
+
+    root: Path
+    layout: str  # "mvtec" or "folder"
+    train: tuple[Sample, ...]  # defect-free training images
+    test: tuple[Sample, ...]  # test/good then test/<type> images; empty for a plain folder
+    defects: tuple[Sample, ...]  # labelled images from root/defects/<type>/; empty if absent
+    warnings: tuple[str, ...] = ()  # things that are allowed but worth telling the user
+
+    @property
+    def defect_types(self) -> tuple[str, ...]:
+        """Sorted names of the defect types in test/ and defects/ (never "good")."""
+        return tuple(
+            sorted({s.defect_type for s in (*self.test, *self.defects) if s.label == 1})
+        )
+
+
+def _is_hidden(path: Path) -> bool:
+    # Covers .DS_Store, macOS "._name" resource forks and folders such as .ipynb_checkpoints.
+    return path.name.startswith(".")
+
+
+def _is_image_file(path: Path) -> bool:
+    return not _is_hidden(path) and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+
+
+def _list_images(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder`` (not recursive), sorted by name."""
+    return sorted((p for p in folder.iterdir() if _is_image_file(p)), key=lambda p: p.name)
+
+
+def _list_subfolders(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p)), key=lambda p: p.name)
+
+
+def _mask_stem(mask_path: Path) -> str | None:
+    """``"0042"`` for ``0042_mask.png``; None when the name lacks the ``_mask`` suffix."""
+    stem = mask_path.stem
+    if stem.lower().endswith(MASK_SUFFIX) and len(stem) > len(MASK_SUFFIX):
+        return stem[: -len(MASK_SUFFIX)]
+    return None
+
+
+def _images_by_stem(images: list[Path]) -> dict[str, Path]:
+    """Map stem -> image; two images sharing a stem would make mask pairing ambiguous."""
+    by_stem: dict[str, Path] = {}
+    for image in images:
+        if image.stem in by_stem:
+            raise DataError(
+                f"{image.parent}: {by_stem[image.stem].name} and {image.name} share the name "
+                f"{image.stem!r}, so a mask {image.stem}{MASK_SUFFIX}.png could belong to either; "
+                "rename or remove one of them"
+            )
+        by_stem[image.stem] = image
+    return by_stem
+
+
+def _pair_masks(
+    images: list[Path], mask_folder: Path, image_folder_label: str, pending_warnings: list[str]
+) -> dict[Path, Path]:
+    """Pair each image with ``mask_folder/<stem>_mask.<ext>``.
+
+    Returns image -> mask for the images that have one. Raises DataError for a mask whose
+    image does not exist, or two masks for one image. Images without a mask are allowed
+    (image-level labels only) and reported in ``pending_warnings``.
+    """
+    by_stem = _images_by_stem(images)
+    mask_of_image: dict[Path, Path] = {}
+    if mask_folder.is_dir():
+        for mask in _list_images(mask_folder):
+            stem = _mask_stem(mask)
+            if stem is None:
+                pending_warnings.append(
+                    f"{mask}: ignored, a mask must be named <image stem>{MASK_SUFFIX}.png"
+                )
+                continue
+            image = by_stem.get(stem)
+            if image is None:
+                raise DataError(
+                    f"{mask}: mask without its image: no {image_folder_label}/{stem}.* exists; "
+                    "remove the mask or restore the image"
+                )
+            if image in mask_of_image:
+                raise DataError(
+                    f"{image}: has two masks, {mask_of_image[image].name} and {mask.name}; "
+                    "remove one of them"
+                )
+            mask_of_image[image] = mask
+    unmasked = [image.name for image in images if image not in mask_of_image]
+    if unmasked:
+        examples = ", ".join(unmasked[:3]) + (", ..." if len(unmasked) > 3 else "")
+        pending_warnings.append(
+            f"{image_folder_label}: {len(unmasked)} of {len(images)} images have no mask in "
+            f"{mask_folder} ({examples}); they count for image-level metrics only"
+        )
+    return mask_of_image
+
+
+def _index_defect_folder(
+    root: Path, pending_warnings: list[str]
+) -> tuple[Sample, ...]:
+    """Samples of ``root/defects/<type>/*`` with masks from ``root/defects/<type>/masks/``."""
+    defects_folder = root / "defects"
+    if not defects_folder.is_dir():
+        return ()
+    samples: list[Sample] = []
+    for type_folder in _list_subfolders(defects_folder):
+        images = _list_images(type_folder)
+        if not images:
+            pending_warnings.append(f"{type_folder}: no images, ignored")
+            continue
+        masks = _pair_masks(images, type_folder / "masks", f"defects/{type_folder.name}", pending_warnings)
+        samples.extend(Sample(image, 1, type_folder.name, masks.get(image)) for image in images)
+    return tuple(samples)
+
+
+def _index_mvtec(root: Path, pending_warnings: list[str]) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
+    """(train, test) samples of an MVTec-layout folder."""
+    train_good = root / "train" / "good"
+    if not train_good.is_dir():
+        raise DataError(
+            f"{train_good}: folder missing; an MVTec-layout data set needs its defect-free "
+            "training images in train/good/"
+        )
+    train_images = _list_images(train_good)
+    if not train_images:
+        raise DataError(
+            f"{train_good}: empty folder, no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+            "put the defect-free training images there"
+        )
+    for other in _list_subfolders(root / "train"):
+        if other.name != "good":
+            pending_warnings.append(f"{other}: ignored, only train/good/ is used for training")
+    train = tuple(Sample(image, 0, "good", None) for image in train_images)
+
+    test_folder = root / "test"
+    ground_truth = root / "ground_truth"
+    test: list[Sample] = []
+    test_types: set[str] = set()
+    if test_folder.is_dir():
+        # "good" first, then the defect types by name: a stable order for reports.
+        type_folders = sorted(_list_subfolders(test_folder), key=lambda p: (p.name != "good", p.name))
+        for type_folder in type_folders:
+            images = _list_images(type_folder)
+            test_types.add(type_folder.name)
+            if not images:
+                pending_warnings.append(f"{type_folder}: no images, ignored")
+                continue
+            if type_folder.name == "good":
+                # Masks of good images (all black, in some data sets) carry nothing: not paired.
+                test.extend(Sample(image, 0, "good", None) for image in images)
+                continue
+            masks = _pair_masks(
+                images, ground_truth / type_folder.name, f"test/{type_folder.name}", pending_warnings
+            )
+            test.extend(Sample(image, 1, type_folder.name, masks.get(image)) for image in images)
+    else:
+        pending_warnings.append(f"{test_folder}: folder missing, so there is no test set to evaluate on")
+
+    if ground_truth.is_dir():
+        for mask_folder in _list_subfolders(ground_truth):
+            if mask_folder.name not in test_types and _list_images(mask_folder):
+                raise DataError(
+                    f"{mask_folder}: mask without its image: there is no test/{mask_folder.name}/ "
+                    "folder for these masks; remove them or restore the images"
+                )
+    return train, tuple(test)
+
+
+def index_dataset(root: str | Path) -> DatasetIndex:
+    """Index a data folder in MVTec layout (has ``train/``) or a plain folder of images.
+
+    Args:
+        root: the data folder; paths in the index are built from it as given.
+
+    Returns:
+        DatasetIndex with sorted samples; ``warnings`` lists allowed oddities (defect images
+        without masks, ignored files) for the caller to show.
+
+    Raises:
+        DataError: root missing or not a folder; train/good missing or empty; a plain folder
+            with no images; a mask whose image does not exist; ambiguous mask pairing.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"{root}: data folder not found")
+    if not root.is_dir():
+        raise DataError(f"{root}: is a file, not a data folder; pass the folder that holds the images")
+
+    pending_warnings: list[str] = []
+    if (root / "train").is_dir():
+        layout = "mvtec"
+        train, test = _index_mvtec(root, pending_warnings)
+    else:
+        if (root / "test").is_dir() or (root / "ground_truth").is_dir():
+            # Treating such a folder as a plain folder would silently train on nothing useful.
+            raise DataError(
+                f"{root}: has test/ or ground_truth/ but no train/; an MVTec-layout data set "
+                "needs train/good/ with the defect-free training images"
+            )
+        layout = "folder"
+        train_images = _list_images(root)
+        if not train_images:
+            raise DataError(
+                f"{root}: empty folder, no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) directly "
+                "inside it (sub-folders are not searched); use a plain folder of defect-free "
+                "images or the MVTec layout train/good/, test/<type>/, ground_truth/<type>/"
+            )
+        train = tuple(Sample(image, 0, "good", None) for image in train_images)
+        test = ()
+    defects = _index_defect_folder(root, pending_warnings)
+    return DatasetIndex(
+        root=root,
+        layout=layout,
+        train=train,
+        test=test,
+        defects=defects,
+        warnings=tuple(pending_warnings),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Loading many images
+# --------------------------------------------------------------------------------------------
+
+
+def _describe_folder(samples: list[Sample]) -> str:
+    parents = {str(s.path.parent) for s in samples}
+    return parents.pop() if len(parents) == 1 else os.path.commonpath(sorted(parents)) or "."
+
+
+def iter_images(
+    samples: Iterable[Sample],
+    skip_bad: bool = False,
+    on_warning: Callable[[str], None] | None = None,
+) -> Iterator[tuple[Sample, np.ndarray]]:
+    """Decode samples one at a time, yielding (sample, uint8 RGB [H, W, 3]).
+
+    Args:
+        samples: the samples to read, in order.
+        skip_bad: False: the first bad file raises DataError. True: a bad file is reported
+            through ``on_warning`` and not yielded.
+        on_warning: called with one message per skipped file; default ``warnings.warn``.
+
+    Raises:
+        DataError: a bad file (skip_bad False), or every sample was bad (skip_bad True).
+    """
+    report = on_warning if on_warning is not None else (lambda message: warnings.warn(message, stacklevel=3))
+    seen: list[Sample] = []
+    yielded = 0
+    for sample in samples:
+        seen.append(sample)
+        try:
+            image = read_image(sample.path)
+        except DataError as error:
+            if not skip_bad:
+                raise
+            report(f"skipped: {error}")
+            continue
+        yielded += 1
+        yield sample, image
+    if seen and yielded == 0:
+        raise DataError(
+            f"no usable images in {_describe_folder(seen)}: all {len(seen)} files failed to "
+            "decode (see the warnings above)"
+        )
+
+
+def load_images(
+    samples: Iterable[Sample],
+    skip_bad: bool = False,
+    on_warning: Callable[[str], None] | None = None,
+) -> tuple[list[np.ndarray], list[Sample]]:
+    """Decode all samples into memory; see :func:`iter_images` for ``skip_bad``/``on_warning``.
+
+    Returns:
+        (images, kept_samples): images[i] is uint8 RGB [H_i, W_i, 3] of kept_samples[i]; with
+        skip_bad, bad files are missing from both lists so they stay aligned.
+    """
+    images: list[np.ndarray] = []
+    kept: list[Sample] = []
+    for sample, image in iter_images(samples, skip_bad=skip_bad, on_warning=on_warning):
+        kept.append(sample)
+        images.append(image)
+    return images, kept
+
+
+# --------------------------------------------------------------------------------------------
+# Identifying a training set
+# --------------------------------------------------------------------------------------------
+
+
+def _file_sha256(path: Path) -> tuple[int, str]:
+    """(size in bytes, sha256 hex) of a file, read in chunks so large files stay cheap."""
+    digest = hashlib.sha256()
+    size_bytes = 0
+    try:
+        with path.open("rb") as stream:
+            while chunk := stream.read(_HASH_CHUNK_BYTES):
+                digest.update(chunk)
+                size_bytes += len(chunk)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read file ({error.strerror or error})") from None
+    return size_bytes, digest.hexdigest()
+
+
+def training_list_sha256(samples: Iterable[Sample]) -> str:
+    """A sha256 (hex) that identifies a set of training files by name and content.
+
+    Hashes, in sorted order of the paths relative to the samples' common folder (so moving the
+    data set elsewhere keeps the hash): one line ``<relative posix path>\\0<size>\\0<sha256>\\n``
+    per file. It changes when any file's bytes, name or the file list change.
+    """
+    paths = [Path(s.path) for s in samples]
+    if not paths:
+        return hashlib.sha256(b"").hexdigest()
+    common = Path(os.path.commonpath([str(p.parent.absolute()) for p in paths]))
+    relative = sorted(
+        (p.absolute().relative_to(common).as_posix(), p) for p in paths
+    )
+    digest = hashlib.sha256()
+    for relative_path, path in relative:
+        size_bytes, content_sha = _file_sha256(path)
+        digest.update(f"{relative_path}\0{size_bytes}\0{content_sha}\n".encode("utf-8"))
+    return digest.hexdigest()
