@@ -153,7 +153,9 @@ def read_image(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     image = _open_fully_decoded(path, "image", SKIP_BAD_HINT)
-    return _to_rgb_uint8(image, path)
+    rgb = _to_rgb_uint8(image, path)
+    # Pillow hands out read-only buffers; callers (torch.from_numpy among them) expect a writable array.
+    return rgb if rgb.flags.writeable else rgb.copy()
 
 
 def read_mask(

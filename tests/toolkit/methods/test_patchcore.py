@@ -1,0 +1,101 @@
+"""PatchCore against brute-force numpy references (as faiss's tests do)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adtk.runtime.errors import ConfigError
+from adtk.toolkit.coreset import ApproximateGreedyCoreset
+from adtk.toolkit.methods.patchcore import PatchCoreState
+from adtk.toolkit.methods.registry import UnknownMethodError, create_method, list_methods
+
+
+def reference_greedy(rows: np.ndarray, target: int, starts: np.ndarray) -> np.ndarray:
+    """Textbook greedy k-center in float64 with plain distances, started as the spec says."""
+    dist = np.linalg.norm(rows[:, None, :] - rows[None, starts, :], axis=2).mean(1)
+    chosen = []
+    for _ in range(target):
+        index = int(np.argmax(dist))
+        chosen.append(index)
+        dist = np.minimum(dist, np.linalg.norm(rows - rows[index], axis=1))
+    return np.sort(chosen)
+
+
+def test_coreset_matches_textbook_greedy_k_center():
+    rng = np.random.default_rng(1)
+    rows = rng.normal(size=(300, 16)).astype(np.float32)  # D <= projection_dim: no projection
+    sampler = ApproximateGreedyCoreset(ratio=0.1, projection_dim=128, num_starts=10, seed=3)
+    selected = sampler.select(rows)
+    starts = torch.randperm(300, generator=torch.Generator().manual_seed(3))[:10].numpy()
+    np.testing.assert_array_equal(selected, reference_greedy(rows.astype(np.float64), 30, starts))
+
+
+def test_coreset_is_seeded_and_covers_outliers():
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(2000, 200)).astype(np.float32)
+    rows[123] += 50.0  # a far outlier must be picked first by a k-center sampler
+    a = ApproximateGreedyCoreset(0.01, seed=0).select(rows)
+    b = ApproximateGreedyCoreset(0.01, seed=0).select(rows)
+    np.testing.assert_array_equal(a, b)
+    assert len(a) == 20 and 123 in a
+    with pytest.raises(ConfigError):
+        ApproximateGreedyCoreset(0.0)
+
+
+def brute_force_scores(features: np.ndarray, state: PatchCoreState, reweight: bool):
+    """features [B, D, h, w] -> (patch scores [B, h, w], image scores [B]) in float64 numpy."""
+    bank = state.memory_bank.astype(np.float64)
+    batch, dims, height, width = features.shape
+    patch_scores, image_scores = [], []
+    for image in features.astype(np.float64):
+        patches = image.reshape(dims, -1).T
+        dists = np.linalg.norm(patches[:, None, :] - bank[None], axis=2)
+        nearest = dists.min(1)
+        nearest_row = dists.argmin(1)
+        worst = int(np.argmax(nearest))
+        score = nearest[worst]
+        if reweight:
+            support = bank[state.bank_neighbours[nearest_row[worst]]]
+            d = np.linalg.norm(patches[worst] - support, axis=1)
+            score *= 1.0 - np.exp(d[0]) / np.exp(d).sum()
+        patch_scores.append(nearest.reshape(height, width))
+        image_scores.append(score)
+    return np.stack(patch_scores), np.array(image_scores)
+
+
+@pytest.mark.parametrize("num_neighbors", [1, 5])
+def test_head_matches_brute_force(num_neighbors):
+    rng = np.random.default_rng(2)
+    train = rng.normal(size=(6, 24, 5, 4)).astype(np.float32)
+    method = create_method("patchcore", coreset_ratio=0.5, num_neighbors=num_neighbors, seed=1)
+    state = method.fit(train)
+    assert state.memory_bank.shape == (60, 24)
+    if num_neighbors > 1:
+        assert state.bank_neighbours.shape == (60, num_neighbors)
+        np.testing.assert_array_equal(state.bank_neighbours[:, 0], np.arange(60))
+    test = rng.normal(size=(3, 24, 5, 4)).astype(np.float32)
+    with torch.no_grad():
+        patch_scores, image_scores = method.head(state)(torch.from_numpy(test))
+    ref_patch, ref_image = brute_force_scores(test, state, reweight=num_neighbors > 1)
+    np.testing.assert_allclose(patch_scores.numpy(), ref_patch, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(image_scores.numpy(), ref_image, rtol=1e-4, atol=1e-4)
+
+
+def test_training_patches_score_zero_when_bank_keeps_everything():
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(3, 8, 4, 4)).astype(np.float32)
+    method = create_method("patchcore", coreset_ratio=1.0, num_neighbors=1)
+    state = method.fit(train)
+    with torch.no_grad():
+        patch_scores, _ = method.head(state)(torch.from_numpy(train))
+    assert float(patch_scores.max()) < 1e-2
+
+
+def test_registry_names_and_errors():
+    assert "patchcore" in list_methods()
+    with pytest.raises(UnknownMethodError, match="did you mean 'patchcore'"):
+        create_method("patchcor")
+    with pytest.raises(ConfigError):
+        create_method("patchcore", no_such_option=1)
