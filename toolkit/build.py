@@ -158,6 +158,7 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
     """Fit and compile. `progress_factory(total, label)` returns a context manager with .update(n)."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    method = create_method(config.method, **config.method_params)  # config errors before any data is read
     index = index or index_dataset(config.data)
     fit_samples, calib_samples = split_training_set(index.train, config.calib_fraction,
                                                     config.max_train_images, config.seed)
@@ -165,7 +166,6 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
     backbone = create_backbone(config.backbone, stages=config.stages, weights=config.weights,
                                random_weights=config.random_weights, seed=config.seed)
     preprocess = FramePreprocess(config.image_size_px, backbone.mean, backbone.std)
-    method = create_method(config.method, **config.method_params)
     embedding = method.embedding(tuple(backbone.channels)).eval()
     pipeline = FeatureExtractorPipeline(preprocess, backbone, embedding, config.batch_size)
     log(f"{method.name}: {len(fit_samples)} images to fit, {len(calib_samples)} held out to calibrate; "

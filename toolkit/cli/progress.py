@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 
 def progress_factory(total: int, label: str):
-    return click.progressbar(length=total, label=f"{label:<10}", file=click.get_text_stream("stderr"),
+    return click.progressbar(length=total, label=f"{label:<10}", file=sys.stderr,
                              show_pos=True, show_eta=True)
