@@ -1,0 +1,137 @@
+"""Hot swap: watch the model folder; verify a new artefact away from the scoring loop; offer it for a swap.
+
+What makes a half-copied model impossible to score with: `Detector.load` reads the file ONCE and checks
+the integrity record (sha256 over every byte) and the contract on exactly those bytes before any
+session exists, so a truncated or still-growing file fails verification, and a file replaced after the
+check cannot be the one that runs. A candidate must also score a warm-up frame (finite outputs of the
+contract's shapes, pred_score in 0..1) before it is offered. The scoring loop takes the offered
+detector between two frames (`take()`), so no frame is ever scored half by one model and half by another.
+
+Candidates: every `*.onnx` in the folder except hidden files (temporary names, as `adtk flash` uses) and
+`*.previous.onnx` (the copy kept for rollback). A candidate is looked at when its (inode, size, mtime)
+changes and has stayed the same for one poll, i.e. once its writer seems done. A refused file is not
+retried until it changes again; the detector being served keeps running.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from adtk.runtime.detector import Detector
+from adtk.runtime.errors import AdtkError, ArtefactError
+
+PREVIOUS_SUFFIX = ".previous.onnx"
+
+
+def warm_up(detector: Detector) -> None:
+    """Score one mid-grey frame at the model size; raise ArtefactError if the outputs break the contract."""
+    height, width = detector.model_size_px
+    prediction = detector.predict(np.full((1, height, width, 3), 128, dtype=np.uint8))
+    score = prediction.pred_score
+    if score.shape != (1,) or not np.all(np.isfinite(score)) or not 0.0 <= float(score[0]) <= 1.0:
+        raise ArtefactError(f"warm-up frame gave pred_score {score.tolist()} (expected one value in 0..1)")
+    if prediction.anomaly_map.shape != (1, height, width) or not np.all(np.isfinite(prediction.anomaly_map)):
+        raise ArtefactError(f"warm-up frame gave an anomaly map of shape {list(prediction.anomaly_map.shape)} "
+                            f"with non-finite values or not [1, {height}, {width}]")
+
+
+def load_verified(path: str | Path, backend: str = "auto") -> Detector:
+    """Detector.load (integrity + contract) plus the warm-up frame."""
+    detector = Detector.load(path, backend=backend)
+    warm_up(detector)
+    return detector
+
+
+def is_candidate(path: Path) -> bool:
+    return path.suffix == ".onnx" and not path.name.startswith(".") and not path.name.endswith(PREVIOUS_SUFFIX)
+
+
+class ModelWatcher:
+    """Polls `folder` every poll_s on its own thread. `take()` returns a verified Detector once, or None."""
+
+    def __init__(self, folder: str | Path, serving_sha256: str, backend: str = "auto", poll_s: float = 1.0,
+                 on_refused=lambda path, reason: None, on_offered=lambda path, detector: None):
+        self.folder = Path(folder)
+        self.backend, self.poll_s = backend, poll_s
+        self.on_refused, self.on_offered = on_refused, on_offered
+        self._serving_sha256 = serving_sha256
+        self._lock = threading.Lock()
+        self._offer: Detector | None = None
+        self._looked_at: dict[str, tuple[int, int, int]] = {}  # name -> signature already verified/refused
+        self._last_seen: dict[str, tuple[int, int, int]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.refused: list[tuple[str, str]] = []  # (path, reason), the most recent 100
+
+    def start(self) -> "ModelWatcher":
+        self._looked_at = self._signatures()  # what is there at start-up is not news
+        self._last_seen = dict(self._looked_at)
+        self._thread = threading.Thread(target=self._run, name="adtk-model-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def take(self) -> Detector | None:
+        with self._lock:
+            offer, self._offer = self._offer, None
+        if offer is not None:
+            self._serving_sha256 = offer.artefact.sha256
+        return offer
+
+    def _signatures(self) -> dict[str, tuple[int, int, int]]:
+        found = {}
+        for path in self.folder.glob("*.onnx"):
+            if not is_candidate(path):
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            found[path.name] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        return found
+
+    def poll_once(self) -> None:
+        """One look at the folder (the thread calls this every poll_s; tests may call it directly)."""
+        current = self._signatures()
+        settled = [name for name, sig in current.items()
+                   if self._looked_at.get(name) != sig and self._last_seen.get(name) == sig]
+        self._last_seen = current
+        self._looked_at = {name: sig for name, sig in self._looked_at.items() if name in current}
+        # newest first: if several arrived at once, the last one written is the one meant to run
+        for name in sorted(settled, key=lambda n: current[n][2], reverse=True):
+            self._looked_at[name] = current[name]
+            self._consider(self.folder / name)
+
+    def _consider(self, path: Path) -> None:
+        try:
+            detector = load_verified(path, self.backend)
+        except AdtkError as exc:
+            self._refuse(path, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever a bad file does, the served model keeps running
+            self._refuse(path, f"{path}: {type(exc).__name__}: {exc}")
+            return
+        if detector.artefact.sha256 == self._serving_sha256:
+            return  # the same artefact again (a re-copy, or a rollback to what is running): nothing to do
+        with self._lock:
+            self._offer = detector  # a newer offer replaces one not yet taken
+        self.on_offered(path, detector)
+
+    def _refuse(self, path: Path, reason: str) -> None:
+        """reason names the file (ArtefactError messages start with the path)."""
+        self.refused = (self.refused + [(str(path), reason)])[-100:]
+        self.on_refused(path, reason)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.poll_once()
+            except OSError as exc:  # the folder vanished or is unreadable for a while: keep watching
+                self.on_refused(self.folder, f"{self.folder}: cannot read the model folder: {exc}")

@@ -1,0 +1,206 @@
+"""Where the daemon's results go: JSON lines, anomaly-map overlays, MQTT. (The HTTP API is http_api.py.)
+
+A sink is `write(result)`, `flush()`, `close()`. write() is called from the scoring loop, so it must be
+quick and must not block on the network: MqttSink hands messages to paho's own network thread.
+
+    open_sink("-" | "stdout" | "jsonl:PATH" | "PATH.jsonl" | "overlay:DIR" | "mqtt://host:1883/topic")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+
+from adtk.runtime.errors import ConfigError
+
+
+@dataclass
+class FrameResult:
+    frame_id: int
+    source: str
+    captured_at_s: float  # wall clock at capture
+    pred_score: float  # 0..1, 0.5 = threshold
+    pred_label: bool
+    raw_score: float
+    latency_ms: float  # capture -> scored (queue wait + inference)
+    inference_ms: float
+    model_sha256: str  # which artefact scored it (changes at a hot swap)
+    image: np.ndarray | None = None  # uint8 [H, W, 3]; kept only for sinks that need pixels
+    anomaly_map: np.ndarray | None = None  # float32 [S, S] in 0..1
+
+    def as_record(self) -> dict:
+        """The JSON document every sink emits (documented in `adtk serve --help`)."""
+        return {
+            "frame_id": self.frame_id, "time": _iso_utc(self.captured_at_s), "source": self.source,
+            "score": round(self.pred_score, 6), "label": self.pred_label, "raw_score": round(self.raw_score, 6),
+            "latency_ms": round(self.latency_ms, 3), "inference_ms": round(self.inference_ms, 3),
+            "model_sha256": self.model_sha256,
+        }
+
+
+def _iso_utc(seconds: float) -> str:
+    millis = int(round((seconds % 1) * 1000)) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+class JsonLinesSink:
+    """One JSON document per line, to a file (appended) or stdout. Line-buffered: a killed daemon
+    leaves at most one partial line, and SIGTERM (close) leaves none."""
+
+    needs_pixels = False
+
+    def __init__(self, path: str | Path | None):
+        self.name = "stdout" if path is None else str(path)
+        if path is None:
+            self._stream, self._owned = sys.stdout, False
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._stream, self._owned = open(path, "a", buffering=1, encoding="utf-8"), True
+
+    def write(self, result: FrameResult) -> None:
+        self._stream.write(json.dumps(result.as_record()) + "\n")
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self._owned:
+            self._stream.close()
+
+
+class OverlaySink:
+    """A PNG per anomalous frame (pred_label True): the frame with its anomaly map blended in red,
+    named <frame_id>.png. Written to a hidden temporary name and renamed, so readers never see half a PNG."""
+
+    needs_pixels = True
+
+    def __init__(self, folder: str | Path, alpha: float = 0.5):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.name = f"overlay:{self.folder}"
+        self.alpha = alpha
+
+    def write(self, result: FrameResult) -> None:
+        if not result.pred_label or result.image is None or result.anomaly_map is None:
+            return
+        from PIL import Image  # Pillow: a core dependency, imported only by this sink
+
+        height, width = result.image.shape[:2]
+        heat = Image.fromarray(np.clip(result.anomaly_map * 255, 0, 255).astype(np.uint8))
+        heat = np.asarray(heat.resize((width, height), Image.BILINEAR), dtype=np.float32)[:, :, None] / 255
+        red = np.array([255, 0, 0], dtype=np.float32)
+        blended = result.image * (1 - self.alpha * heat) + red * (self.alpha * heat)
+        target = self.folder / f"{result.frame_id:010d}.png"
+        temporary = self.folder / f".{target.name}.part"
+        Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8)).save(temporary, format="PNG")
+        os.replace(temporary, target)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class MqttSink:
+    """Publish each result's JSON record to an MQTT broker (paho-mqtt, `pip install 'adtk[mqtt]'`).
+
+    URL: mqtt://[user[:password]@]host[:port]/topic (mqtts:// for TLS). paho's network thread connects,
+    reconnects after a broker outage (back-off 1..60 s) and sends; while the broker is away up to
+    `max_queued` messages wait, beyond that they are discarded and counted as sink errors.
+    """
+
+    needs_pixels = False
+
+    def __init__(self, url: str, qos: int = 1, max_queued: int = 1000, client_id: str = "",
+                 on_discard=lambda: None):
+        try:
+            import paho.mqtt.client as mqtt
+        except ImportError:
+            raise ConfigError("the MQTT sink needs paho-mqtt: pip install 'adtk[mqtt]'") from None
+        parts = urlsplit(url)
+        self.topic = unquote(parts.path.lstrip("/"))
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or not self.topic:
+            raise ConfigError(f"--sink {url}: expected mqtt://host[:port]/topic (or mqtts://)")
+        self.name = f"mqtt://{parts.hostname}:{parts.port or 1883}/{self.topic}"
+        self.qos = qos
+        self._on_discard = on_discard
+        self._mqtt = mqtt
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self._client.max_queued_messages_set(max_queued)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=60)
+        if parts.username:
+            self._client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
+        if parts.scheme == "mqtts":
+            self._client.tls_set()
+        self._client.connect_async(parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883))
+        # Acknowledgements are tracked by message id through on_publish: paho's MessageInfo of a message
+        # queued while disconnected keeps its NO_CONN code even after it is sent on reconnect.
+        self._unacked: set[int] = set()
+        self._acked_early: set[int] = set()  # acks that arrived before publish() returned
+        self._acks = threading.Condition()
+        self._client.on_publish = self._on_publish
+        self._client.loop_start()
+
+    def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
+        with self._acks:
+            if mid in self._unacked:
+                self._unacked.discard(mid)
+            else:
+                self._acked_early.add(mid)
+            self._acks.notify_all()
+
+    def write(self, result: FrameResult) -> None:
+        info = self._client.publish(self.topic, json.dumps(result.as_record()), qos=self.qos)
+        if info.rc not in (self._mqtt.MQTT_ERR_SUCCESS, self._mqtt.MQTT_ERR_NO_CONN):
+            self._on_discard()  # paho's queue is full (broker away for long): this result is lost, and counted
+            return
+        if self.qos == 0:
+            return
+        with self._acks:
+            if info.mid in self._acked_early:
+                self._acked_early.discard(info.mid)
+            else:
+                self._unacked.add(info.mid)
+
+    @property
+    def unacknowledged(self) -> int:
+        with self._acks:
+            return len(self._unacked)
+
+    def flush(self, timeout_s: float = 5.0) -> None:
+        """Wait (up to timeout_s) until the broker has acknowledged everything published (qos >= 1)."""
+        deadline = time.monotonic() + timeout_s
+        with self._acks:
+            while self._unacked and time.monotonic() < deadline:
+                self._acks.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def close(self) -> None:
+        self.flush()
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def open_sink(value: str, on_discard=lambda: None):
+    """A command-line --sink value -> a sink."""
+    if value in ("-", "stdout"):
+        return JsonLinesSink(None)
+    if value.startswith(("mqtt://", "mqtts://")):
+        return MqttSink(value, on_discard=on_discard)
+    if value.startswith("overlay:"):
+        return OverlaySink(value[len("overlay:"):])
+    if value.startswith("jsonl:"):
+        return JsonLinesSink(value[len("jsonl:"):])
+    if value.endswith((".jsonl", ".json", ".log")):
+        return JsonLinesSink(value)
+    raise ConfigError(f"--sink {value}: expected -, stdout, jsonl:PATH, PATH.jsonl, overlay:DIR or "
+                      "mqtt://host[:port]/topic")

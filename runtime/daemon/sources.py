@@ -1,0 +1,264 @@
+"""Frame sources for the daemon, and the bounded queue between capture and scoring.
+
+A source yields `Frame`s from its own capture thread. A frame that cannot be decoded is still yielded,
+with `image=None` and `error` set, so that the scoring loop counts it instead of it vanishing.
+
+    FolderSource(folder)        new image files appearing in a folder (decoded with Pillow)
+    VideoSource(uri)            a video file, a camera index (V4L2) or an RTSP/HTTP stream, through OpenCV
+    open_source("0" | "rtsp://..." | "clip.mp4" | "folder/")   picks one from a command-line value
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adtk.runtime.errors import ConfigError, DataError
+
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
+
+
+@dataclass
+class Frame:
+    frame_id: int  # daemon-wide sequence number, in capture order
+    source: str  # the file, "camera:0" or the stream URL it came from
+    captured_at_s: float  # wall clock (time.time()) at capture
+    captured_mono_s: float  # time.monotonic() at capture: latency is measured from here
+    image: np.ndarray | None  # uint8 [H, W, 3] RGB; None when the frame could not be decoded
+    error: str | None = None
+
+
+class FrameQueue:
+    """Bounded queue between capture and scoring. When it is full, `put` drops the OLDEST frame and
+    counts it (a camera's newest frame is the one worth scoring); `put(block=True)` waits instead, for
+    recorded files where every frame should be scored."""
+
+    def __init__(self, capacity: int, on_drop: Callable[[Frame], None] = lambda frame: None):
+        if capacity < 1:
+            raise ConfigError(f"queue capacity must be at least 1, got {capacity}")
+        self.capacity = capacity
+        self._frames: deque[Frame] = deque()
+        self._ready = threading.Condition()
+        self._on_drop = on_drop
+        self._closed = False
+
+    def put(self, frame: Frame, block: bool = False, stop: threading.Event | None = None) -> None:
+        with self._ready:
+            while block and len(self._frames) >= self.capacity and not self._closed:
+                if stop is not None and stop.is_set():
+                    return
+                self._ready.wait(0.1)
+            if len(self._frames) >= self.capacity:
+                self._on_drop(self._frames.popleft())
+            self._frames.append(frame)
+            self._ready.notify_all()
+
+    def get(self, timeout_s: float) -> Frame | None:
+        """The oldest queued frame, or None after timeout_s (or once closed and empty)."""
+        with self._ready:
+            if not self._frames and not self._closed:
+                self._ready.wait(timeout_s)
+            if not self._frames:
+                return None
+            frame = self._frames.popleft()
+            self._ready.notify_all()
+            return frame
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    @property
+    def closed_and_empty(self) -> bool:
+        with self._ready:
+            return self._closed and not self._frames
+
+    def __len__(self) -> int:
+        with self._ready:
+            return len(self._frames)
+
+
+class FrameCounter:
+    """Hands out frame ids; shared by whichever sources feed one daemon."""
+
+    def __init__(self):
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+
+    def make(self, source: str, image: np.ndarray | None, error: str | None = None) -> Frame:
+        with self._lock:
+            frame_id = next(self._ids)
+        return Frame(frame_id, source, time.time(), time.monotonic(), image, error)
+
+
+class FolderSource:
+    """New image files in a folder, oldest first (the folder is listed every poll_s; a file is scored
+    again if it is rewritten). A file is taken once its size and mtime have not changed between two polls, so a file still being written is not read half-way (and if it is, the
+    strict decoder refuses it and the frame is counted as undecodable). Hidden files and *.part/*.tmp
+    are ignored. Files are never modified or deleted."""
+
+    live = True  # frames arrive in real time: when scoring falls behind, the oldest are dropped
+
+    def __init__(self, folder: str | Path, poll_s: float = 0.2):
+        from adtk.runtime.images import IMAGE_EXTENSIONS
+
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise ConfigError(f"--source {folder}: no such folder")
+        self.poll_s = poll_s
+        self.name = str(self.folder)
+        self._extensions = IMAGE_EXTENSIONS
+        self._pending: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) seen on the last poll
+        self._done: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) when it was scored
+
+    def _candidates(self) -> dict[str, tuple[int, int]]:
+        found = {}
+        for path in self.folder.iterdir():
+            name = path.name
+            if name.startswith(".") or path.suffix.lower() not in self._extensions:
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # removed between listing and stat
+                continue
+            found[name] = (stat.st_size, stat.st_mtime_ns)
+        return found
+
+    def frames(self, counter: FrameCounter, stop: threading.Event, on_reopen=None) -> Iterator[Frame]:
+        from adtk.runtime.images import read_image
+
+        while not stop.is_set():
+            try:
+                found = self._candidates()
+            except OSError:  # the folder vanished or its mount dropped: keep looking, as for a camera
+                if on_reopen is not None:
+                    on_reopen(self.name, False)
+                stop.wait(max(self.poll_s, 1.0))
+                continue
+            # forget files that left the folder, so memory stays bounded by the folder's size
+            self._done = {name: sig for name, sig in self._done.items() if name in found}
+            ready = []
+            for name, (size, mtime_ns) in found.items():
+                if self._done.get(name) == (size, mtime_ns):
+                    continue  # scored already; a file rewritten under the same name is scored again
+                if self._pending.get(name) == (size, mtime_ns):
+                    ready.append((mtime_ns, name))
+                self._pending[name] = (size, mtime_ns)
+            self._pending = {name: sig for name, sig in self._pending.items() if name in found}
+            for _, name in sorted(ready):
+                self._done[name] = found[name]
+                self._pending.pop(name, None)
+                path = self.folder / name
+                try:
+                    yield counter.make(str(path), read_image(path))
+                except DataError as exc:
+                    yield counter.make(str(path), None, str(exc))
+                if stop.is_set():
+                    return
+            stop.wait(self.poll_s)
+
+
+def import_cv2():
+    try:
+        import cv2
+    except ImportError:
+        raise ConfigError("video, camera and stream sources need OpenCV: pip install 'adtk[camera]' "
+                          "(opencv-python-headless)") from None
+    return cv2
+
+
+class VideoSource:
+    """A video file, a camera index or a stream URL, read with OpenCV's VideoCapture.
+
+    live=True (cameras and streams): when the source stops delivering, it is released and reopened
+    with exponential back-off (backoff_s[0] doubling up to backoff_s[1]); each reopen is reported.
+    live=False (files): frames are read as fast as scoring takes them (the queue blocks, nothing is
+    dropped) unless pace_fps is set, which replays the file at that rate like a camera (then the oldest
+    frames are dropped when scoring falls behind); at the end the source stops, or starts again with loop=True.
+    """
+
+    def __init__(self, uri: str | int, live: bool, pace_fps: float = 0.0, loop: bool = False,
+                 backoff_s: tuple[float, float] = (0.5, 30.0)):
+        self.cv2 = import_cv2()
+        self.uri, self.loop = uri, loop
+        self.reconnect = live  # a camera or stream that stops delivering is reopened, a file just ends
+        self.live = live or pace_fps > 0  # real-time frames: drop the oldest when scoring falls behind
+        self.pace_fps = pace_fps
+        self.backoff_s = backoff_s
+        self.name = f"camera:{uri}" if isinstance(uri, int) else str(uri)
+        if not self.reconnect and not Path(str(uri)).is_file():
+            raise ConfigError(f"--source {uri}: no such video file")
+
+    def _open(self):
+        capture = self.cv2.VideoCapture(self.uri)
+        if not capture.isOpened():
+            capture.release()
+            return None
+        return capture
+
+    def frames(self, counter: FrameCounter, stop: threading.Event, on_reopen=None) -> Iterator[Frame]:
+        backoff_s = self.backoff_s[0]
+        capture = self._open()
+        next_due = time.monotonic()
+        try:
+            while not stop.is_set():
+                if capture is None:  # vanished camera (or not there yet): retry with back-off
+                    if not self.reconnect:
+                        raise DataError(f"{self.name}: cannot open the video file")
+                    stop.wait(backoff_s)
+                    backoff_s = min(backoff_s * 2, self.backoff_s[1])
+                    capture = self._open()
+                    if on_reopen is not None:
+                        on_reopen(self.name, capture is not None)
+                    continue
+                ok, bgr = capture.read()
+                if not ok:
+                    capture.release()
+                    capture = None
+                    if not self.reconnect and not self.loop:
+                        return
+                    if not self.reconnect:
+                        capture = self._open()
+                    continue
+                backoff_s = self.backoff_s[0]
+                if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3:
+                    yield counter.make(self.name, None, f"{self.name}: undecodable frame "
+                                                        f"(shape {None if bgr is None else list(bgr.shape)})")
+                    continue
+                if self.pace_fps > 0:  # replay at camera rate
+                    next_due += 1.0 / self.pace_fps
+                    delay = next_due - time.monotonic()
+                    if delay > 0:
+                        stop.wait(delay)
+                    else:
+                        next_due = time.monotonic()
+                yield counter.make(self.name, self.cv2.cvtColor(bgr, self.cv2.COLOR_BGR2RGB))
+        finally:
+            if capture is not None:
+                capture.release()
+
+
+def open_source(value: str, pace_fps: float = 0.0, loop: bool = False, poll_s: float = 0.2,
+                backoff_s: tuple[float, float] = (0.5, 30.0)):
+    """A command-line --source value -> a source: a folder, a camera index, a stream URL or a video file."""
+    if value.isdigit():
+        return VideoSource(int(value), live=True, backoff_s=backoff_s)
+    if value.startswith(STREAM_SCHEMES):
+        return VideoSource(value, live=True, backoff_s=backoff_s)
+    if value.startswith("/dev/video"):
+        return VideoSource(value, live=True, backoff_s=backoff_s)
+    path = Path(value)
+    if path.is_dir():
+        return FolderSource(path, poll_s=poll_s)
+    if path.is_file():
+        return VideoSource(str(path), live=False, pace_fps=pace_fps, loop=loop, backoff_s=backoff_s)
+    raise ConfigError(f"--source {value}: not a folder, a video file, a camera index (0, 1, ...) or a stream "
+                      f"URL ({', '.join(s.rstrip(':/') for s in STREAM_SCHEMES)})")
