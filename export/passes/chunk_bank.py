@@ -1,0 +1,199 @@
+"""Split a bank reduction into chunks when one tensor of it would break a size limit (TensorRT: 2^31 - 1
+elements per tensor, export/passes/tensorrt_check.py).
+
+The pattern (what a nearest-neighbour head exports to; found by shape, never by method name):
+
+    A [.., P, D] --MatMul--> [.., P, M] --elementwise ops--> [.., P, M] --ReduceMin/Max | ArgMin/Max | TopK (last axis)
+                 B [D, M]  = a head matrix (or its Transpose / Cast)      others of last dim M, e.g. |m|^2 [M]
+
+becomes, for C chunks of the M bank rows, the same chain on B[:, rows_c] (and every last-dim-M operand
+sliced alike), a per-chunk reduction, and an exact merge: min of mins; for Arg*, the per-chunk winners'
+values compared and their indices offset by the chunk start (ties resolve to the first index, as ONNX
+ArgMin does); for TopK, the per-chunk top K merged by a second TopK. The result equals the unchunked graph
+(tests compare with onnxruntime on the original and with brute-force numpy).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from adtk.export.passes.graph import constant_value, frame_shape, head_matrices, infer_shapes, read_manifest
+from adtk.export.passes.tensorrt_check import MAX_TENSOR_ELEMENTS
+
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Clip", "Max", "Min", "Sqrt", "Neg", "Relu", "Abs", "Pow"}
+REDUCTIONS = {"ReduceMin", "ReduceMax", "ArgMin", "ArgMax", "TopK"}
+
+
+def chunk_bank_reductions(model, max_elements: int = MAX_TENSOR_ELEMENTS, batch: int = 1):
+    """-> (new ModelProto, [{"matmul": name, "rows": M, "chunks": C}]); unchanged when nothing breaks the limit."""
+    import onnx
+
+    _, shapes = infer_shapes(model, frame_shape(read_manifest(model), batch))
+    bank_side = {m.name for m in head_matrices(model)}
+    for node in model.graph.node:
+        if node.op_type in ("Transpose", "Cast", "Identity") and node.input[0] in bank_side:
+            bank_side.add(node.output[0])
+    done = []
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for node in list(out.graph.node):
+        if node.op_type != "MatMul" or node.input[1] not in bank_side:
+            continue
+        dims = shapes.get(node.output[0], (0, ("?",)))[1]
+        if any(not isinstance(d, int) for d in dims) or int(np.prod(dims)) <= max_elements:
+            continue
+        chunks = math.ceil(int(np.prod(dims)) / max_elements)
+        if _rewrite(out, node, shapes, dims[-1], chunks):
+            done.append({"matmul": node.name or node.output[0], "rows": int(dims[-1]), "chunks": chunks})
+    if done:
+        _topological_sort(out.graph)
+    return out, done
+
+
+def _axis_is_last(model, node, rank: int) -> bool:
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type in ("ReduceMin", "ReduceMax"):
+        axes = attrs.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = constant_value(model, node.input[1])
+        axes = [] if axes is None else [int(a) for a in np.asarray(axes).ravel()]
+        return axes in ([-1], [rank - 1])
+    return int(attrs.get("axis", 0 if node.op_type != "TopK" else -1)) in (-1, rank - 1)
+
+
+def _rewrite(model, matmul, shapes, rows: int, chunks: int) -> bool:
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    rank = len(shapes[matmul.output[0]][1])
+    region, reductions, tensors = [], [], {matmul.output[0]}
+    for node in graph.node:
+        if not any(i in tensors for i in node.input) or node is matmul:
+            continue
+        out_dims = shapes.get(node.output[0], (0, ()))[1]
+        if node.op_type in ELEMENTWISE and len(out_dims) == rank and out_dims[-1] == rows:
+            region.append(node)
+            tensors.add(node.output[0])
+        elif node.op_type in REDUCTIONS and _axis_is_last(model, node, rank):
+            reductions.append(node)
+        else:
+            return False  # a consumer this pass cannot split: leave the graph as it is (the check reports it)
+    if not reductions or tensors & {o.name for o in graph.output}:
+        return False
+    bounds = np.linspace(0, rows, chunks + 1).astype(np.int64)
+    new_nodes, new_inits = [], []
+
+    def const(name, value):
+        new_inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    axis_last = const(f"{matmul.output[0]}__axis_last", np.array([-1], dtype=np.int64))
+    for c in range(chunks):
+        start, end = int(bounds[c]), int(bounds[c + 1])
+        starts = const(f"{matmul.output[0]}__start{c}", np.array([start], dtype=np.int64))
+        ends = const(f"{matmul.output[0]}__end{c}", np.array([end], dtype=np.int64))
+        renamed = {}
+
+        def chunk_of(name):
+            if name in tensors:
+                return renamed[name]
+            dims = shapes.get(name, (0, ()))[1]
+            if dims and dims[-1] == rows:  # a per-bank-row operand: slice it alike
+                sliced = f"{name}__rows{c}"
+                if sliced not in renamed:
+                    new_nodes.append(helper.make_node("Slice", [name, starts, ends, axis_last], [sliced]))
+                    renamed[sliced] = sliced
+                return sliced
+            return name
+
+        b_chunk = chunk_of(matmul.input[1])
+        renamed[matmul.output[0]] = f"{matmul.output[0]}__chunk{c}"
+        new_nodes.append(helper.make_node("MatMul", [matmul.input[0], b_chunk], [renamed[matmul.output[0]]]))
+        for node in region:
+            inputs = [chunk_of(i) if i else i for i in node.input]
+            renamed[node.output[0]] = f"{node.output[0]}__chunk{c}"
+            new_nodes.append(helper.make_node(node.op_type, inputs, [renamed[node.output[0]]],
+                                              **{a.name: helper.get_attribute_value(a) for a in node.attribute}))
+        for red in reductions:
+            new_nodes.extend(_partial(red, renamed[red.input[0]], c, starts, axis_last, const))
+    for red in reductions:
+        new_nodes.extend(_merge(red, chunks, axis_last))
+    removed = {id(n) for n in (matmul, *region, *reductions)}
+    kept = [n for n in graph.node if id(n) not in removed]
+    del graph.node[:]
+    graph.node.extend([*kept, *new_nodes])
+    graph.initializer.extend(new_inits)
+    stale = [v for v in graph.value_info if v.name in tensors]
+    for v in stale:
+        graph.value_info.remove(v)
+    del TensorProto
+    return True
+
+
+def _partial(red, chunk_input: str, c: int, start: str, axis_last: str, const) -> list:
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in red.attribute}
+    base = f"{red.output[0]}__part{c}"
+    if red.op_type in ("ReduceMin", "ReduceMax"):
+        return [helper.make_node(red.op_type, [chunk_input, axis_last], [f"{base}_v"], keepdims=1)]
+    if red.op_type in ("ArgMin", "ArgMax"):
+        value_op = "ReduceMin" if red.op_type == "ArgMin" else "ReduceMax"
+        return [helper.make_node(value_op, [chunk_input, axis_last], [f"{base}_v"], keepdims=1),
+                helper.make_node(red.op_type, [chunk_input], [f"{base}_local"], axis=-1, keepdims=1,
+                                 select_last_index=attrs.get("select_last_index", 0)),
+                helper.make_node("Add", [f"{base}_local", start], [f"{base}_i"])]
+    # TopK: K' = min(K, rows in the chunk) is not needed when K <= every chunk's rows; require it.
+    return [helper.make_node("TopK", [chunk_input, red.input[1]], [f"{base}_v", f"{base}_local"], axis=-1,
+                             largest=attrs.get("largest", 1), sorted=1),
+            helper.make_node("Add", [f"{base}_local", start], [f"{base}_i"])]
+
+
+def _merge(red, chunks: int, axis_last: str) -> list:
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in red.attribute}
+    values = [f"{red.output[0]}__part{c}_v" for c in range(chunks)]
+    indices = [f"{red.output[0]}__part{c}_i" for c in range(chunks)]
+    all_v, all_i = f"{red.output[0]}__all_v", f"{red.output[0]}__all_i"
+    nodes = [helper.make_node("Concat", values, [all_v], axis=-1)]
+    if red.op_type in ("ReduceMin", "ReduceMax"):
+        return nodes + [helper.make_node(red.op_type, [all_v, axis_last], [red.output[0]],
+                                         keepdims=attrs.get("keepdims", 1))]
+    nodes.append(helper.make_node("Concat", indices, [all_i], axis=-1))
+    if red.op_type in ("ArgMin", "ArgMax"):
+        winner, picked = f"{red.output[0]}__winner", f"{red.output[0]}__picked"
+        nodes += [helper.make_node(red.op_type, [all_v], [winner], axis=-1, keepdims=1),
+                  helper.make_node("GatherElements", [all_i, winner], [picked], axis=-1)]
+        if attrs.get("keepdims", 1):
+            return nodes + [helper.make_node("Identity", [picked], [red.output[0]])]
+        return nodes + [helper.make_node("Squeeze", [picked, axis_last], [red.output[0]])]
+    order = f"{red.output[0]}__order"
+    return nodes + [
+        helper.make_node("TopK", [all_v, red.input[1]], [red.output[0], order], axis=-1,
+                         largest=attrs.get("largest", 1), sorted=1),
+        helper.make_node("GatherElements", [all_i, order], [red.output[1]], axis=-1)]
+
+
+def _topological_sort(graph) -> None:
+    """Kahn's algorithm over the node list (the rewrite appends nodes; ONNX needs producers first)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise ValueError("chunk_bank: the rewritten graph has a cycle or a missing input")
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    copies = [type(n)() for n in ordered]
+    for copy, node in zip(copies, ordered):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)

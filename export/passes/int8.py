@@ -1,0 +1,111 @@
+"""INT8 backbone: onnxruntime's static quantisation in QDQ form, calibrated on good training images.
+
+    fp32 artefact model -> quantize_static(QDQ, per-channel weights, nodes = the backbone region)
+                        -> QuantizeLinear/DequantizeLinear pairs around the backbone's convolutions
+
+Only the backbone region is quantised: the nodes between the first convolution and the last one that comes
+before the head (the backbone's conv / clip / add chain; an embedding's 1x1 projection conv extends it).
+Convolutions computed from the head's matrices (graph.head_matrices: the memory bank and the like), such as
+the anomaly-map blur, are not part of it. The backbone's stage outputs are therefore INT8-rounded; the head
+reads them dequantised, in fp32. The preprocessing before the region and
+everything after it (distances, reductions, TopK, the anomaly-map post-processing) stay fp32, because a nearest-neighbour distance in INT8 would lose the small differences an
+anomaly score is made of.
+
+Two flavours, because the two consumers want different things (onnxruntime quantization docs, "Quantize
+ONNX models": U8S8 is the fast path for x86 CPUs; TensorRT's explicit quantisation reads QDQ and requires
+`y_zero_point == 0`, i.e. symmetric INT8 activations, onnx-tensorrt operators.md, QuantizeLinear):
+    symmetric=False  uint8 activations with zero points, int8 weights  (onnxruntime CPU)
+    symmetric=True   int8 activations, zero point 0, int8 weights      (TensorRT / Jetson targets)
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from adtk.export.passes.graph import downstream_nodes, head_matrices
+from adtk.runtime.errors import ConfigError
+
+CONV_OPS = {"Conv", "ConvTranspose"}
+# Op types worth quantising inside the backbone region (onnxruntime's QDQ registry has them all).
+QUANTISED_OPS = ["Conv", "Clip", "Relu", "Add", "Mul", "AveragePool", "GlobalAveragePool", "Concat", "Pad",
+                 "MaxPool", "Resize", "Sigmoid"]
+
+
+def backbone_region(model) -> list[str]:
+    """Names of the backbone's nodes: downstream of the first conv and upstream of a conv that comes before
+    the head (a conv not computed from the head's matrices), both included."""
+    nodes = list(model.graph.node)
+    for i, node in enumerate(nodes):  # passes need names to address nodes; give unnamed ones one
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+    after_head = downstream_nodes(model, [m.name for m in head_matrices(model)])
+    producer = {out: node for node in nodes for out in node.output}
+    by_name = {node.name: node for node in nodes}
+    convs = [node for node in nodes if node.op_type in CONV_OPS and node.name not in after_head]
+    if not convs:
+        return []
+    ancestors, stack = set(), [c.name for c in convs]
+    while stack:  # every node a backbone conv depends on
+        name = stack.pop()
+        if name in ancestors:
+            continue
+        ancestors.add(name)
+        stack.extend(producer[i].name for i in by_name[name].input if i in producer)
+    descendants = downstream_nodes(model, convs[0].output) | {convs[0].name}
+    return [node.name for node in nodes if node.name in ancestors and node.name in descendants]
+
+
+class FrameReader:
+    """onnxruntime CalibrationDataReader over uint8 frames [H, W, 3], one frame per batch."""
+
+    def __init__(self, input_name: str, frames: Iterable[np.ndarray]):
+        self.input_name = input_name
+        self.frames = iter(frames)
+
+    def get_next(self):
+        frame = next(self.frames, None)
+        return None if frame is None else {self.input_name: np.ascontiguousarray(frame[None])}
+
+    def rewind(self):  # onnxruntime calls it for some calibration methods; one pass is all we need
+        pass
+
+
+def quantize_backbone_int8(model, calibration_frames: list[np.ndarray], symmetric: bool,
+                           calibrate_method: str = "minmax"):
+    """fp32 ModelProto -> INT8-backbone ModelProto (QDQ). `calibration_frames`: good images, uint8 [H, W, 3]."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if calibrate_method not in methods:
+        raise ConfigError(f"int8 calibration method {calibrate_method!r} is not known (known: {', '.join(methods)})")
+    if len(calibration_frames) == 0:
+        raise ConfigError("int8 needs good images to calibrate the activation ranges; none were given")
+    working = onnx.ModelProto()
+    working.CopyFrom(model)
+    region = backbone_region(working)
+    if not region:
+        raise ConfigError("int8: the graph has no convolution, so there is no backbone to quantise; use fp16")
+    metadata = [(p.key, p.value) for p in working.metadata_props]
+    del working.metadata_props[:]
+    with tempfile.TemporaryDirectory(prefix="adtk-int8-") as tmp:
+        out = Path(tmp) / "int8.onnx"
+        quantize_static(
+            working, out, FrameReader(working.graph.input[0].name, calibration_frames),
+            quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTISED_OPS, nodes_to_quantize=region,
+            per_channel=True, activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, calibrate_method=methods[calibrate_method],
+            # TensorRT reads only INT8 Q/DQ: conv biases stay float for it (onnxruntime would make them int32)
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric},
+        )
+        quantised = onnx.load(out)
+    del quantised.metadata_props[:]  # onnxruntime adds its own entries; the artefact carries only adtk's
+    for key, value in metadata:
+        entry = quantised.metadata_props.add()
+        entry.key, entry.value = key, value
+    return quantised

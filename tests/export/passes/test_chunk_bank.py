@@ -1,0 +1,89 @@
+"""Bank chunking: the split graph gives exactly the unsplit graph's results (onnxruntime and numpy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from adtk.export.passes.chunk_bank import chunk_bank_reductions  # noqa: E402
+from adtk.export.passes.graph import load_unsealed  # noqa: E402
+from adtk.export.passes.tensorrt_check import check_tensorrt  # noqa: E402
+from adtk.export.targets import load_target  # noqa: E402
+
+
+def bank_graph(bank: np.ndarray, patches: int, k: int):
+    """q [1, P, D]: d = |q|^2 - 2 q.m + |m|^2 -> ReduceMin, ArgMin, TopK(k, smallest) over the bank rows."""
+    rows, dims = bank.shape
+    inits = [numpy_helper.from_array(bank, "bank"), numpy_helper.from_array((bank ** 2).sum(1), "bank_sq"),
+             numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+             numpy_helper.from_array(np.array([k], np.int64), "k"), numpy_helper.from_array(np.float32(-2), "minus2")]
+    nodes = [helper.make_node("Transpose", ["bank"], ["bank_t"], perm=[1, 0]),
+             helper.make_node("MatMul", ["q", "bank_t"], ["dot"]),
+             helper.make_node("Mul", ["dot", "minus2"], ["m2"]),
+             helper.make_node("Mul", ["q", "q"], ["qq"]),
+             helper.make_node("ReduceSum", ["qq", "axes"], ["q_sq"], keepdims=1),
+             helper.make_node("Add", ["m2", "q_sq"], ["s1"]),
+             helper.make_node("Add", ["s1", "bank_sq"], ["d"]),
+             helper.make_node("ReduceMin", ["d", "axes"], ["nearest"], keepdims=0),
+             helper.make_node("ArgMin", ["d"], ["nearest_row"], axis=-1, keepdims=0),
+             helper.make_node("TopK", ["d", "k"], ["topk_v", "topk_i"], axis=-1, largest=0)]
+    outputs = [helper.make_tensor_value_info(n, t, shape) for n, t, shape in
+               (("nearest", TensorProto.FLOAT, [1, patches]), ("nearest_row", TensorProto.INT64, [1, patches]),
+                ("topk_v", TensorProto.FLOAT, [1, patches, k]), ("topk_i", TensorProto.INT64, [1, patches, k]))]
+    graph = helper.make_graph(nodes, "bank", [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, patches, dims])],
+                              outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def run(model, q):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"q": q})
+
+
+def test_chunked_bank_equals_unchunked_and_brute_force():
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(1000, 16)).astype(np.float32)
+    bank[700] = bank[10]  # a duplicate row: ArgMin must still return the first index, as unchunked
+    q = rng.normal(size=(1, 50, 16)).astype(np.float32)
+    q[0, 3] = bank[10]
+    original = bank_graph(bank, 50, k=5)
+    chunked, report = chunk_bank_reductions(original, max_elements=50 * 300)
+    assert [(r["rows"], r["chunks"]) for r in report] == [(1000, 4)]
+    onnx.checker.check_model(chunked)
+    assert sum(n.op_type == "MatMul" for n in chunked.graph.node) == 4
+    expected, got = run(original, q), run(chunked, q)
+    np.testing.assert_array_equal(expected[1], got[1])  # nearest rows, ties included
+    np.testing.assert_allclose(expected[0], got[0], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(expected[2], got[2], rtol=1e-5, atol=1e-4)
+    brute = ((q[0, :, None, :] - bank[None]) ** 2).sum(-1)  # numpy reference [P, M]
+    assert (got[1][0] == brute.argmin(1)).mean() == 1.0
+    np.testing.assert_array_equal(np.sort(got[3][0], 1), np.sort(np.argsort(brute, 1, kind="stable")[:, :5], 1))
+
+
+def test_nothing_changes_under_the_limit_and_chunking_clears_the_element_rule():
+    bank = np.random.default_rng(1).normal(size=(600, 8)).astype(np.float32)
+    original = bank_graph(bank, 20, k=3)
+    same, report = chunk_bank_reductions(original)
+    assert report == [] and same.SerializeToString() == original.SerializeToString()
+    limit = 20 * 200
+    chunked, _ = chunk_bank_reductions(original, max_elements=limit)
+    per_patch = [np.prod([d.dim_value for d in v.type.tensor_type.shape.dim])
+                 for v in onnx.shape_inference.infer_shapes(chunked).graph.value_info
+                 if len(v.type.tensor_type.shape.dim) == 3]  # the [1, P, rows] distance tensors
+    assert max(per_patch) <= limit < 20 * 600
+
+
+def test_real_artefact_chunks_exactly(tiny_build):
+    artefact = load_unsealed(tiny_build.artefact.read_bytes())
+    rows = tiny_build.manifest["method"]["fit"]["memory_bank_rows"]
+    chunked, report = chunk_bank_reductions(artefact, max_elements=64 * (rows // 3 + 1))
+    assert report and report[0]["chunks"] >= 3
+    assert check_tensorrt(chunked, load_target("orin_nano_8gb")) == []
+    frames = np.random.default_rng(2).integers(0, 256, (1, 70, 90, 3), dtype=np.uint8)
+    before = ort.InferenceSession(artefact.SerializeToString()).run(None, {"frames": frames})
+    after = ort.InferenceSession(chunked.SerializeToString()).run(None, {"frames": frames})
+    for a, b in zip(before, after):
+        np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=1e-5, atol=1e-5)
