@@ -1,0 +1,188 @@
+"""LDKNN (REB spec §7-8) against hand-computed answers and brute-force numpy, and LDKNN/REB artefacts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adtk.runtime.errors import ConfigError
+from adtk.toolkit.methods.ldknn import local_densities
+from adtk.toolkit.methods.registry import create_method
+
+# A hand-made 2-D bank: a dense cluster (side 0.1) and a sparse one (side 6).
+DENSE = [(0.0, 0.0), (0.1, 0.0), (0.0, 0.1), (0.1, 0.1)]
+SPARSE = [(10.0, 0.0), (16.0, 0.0), (10.0, 6.0), (16.0, 6.0)]
+
+
+def as_features(points) -> np.ndarray:
+    """points [N, 2] -> features [N, 2, 1, 1] (one patch per 'image')."""
+    return np.asarray(points, dtype=np.float32)[:, :, None, None]
+
+
+def score(method, state, points) -> np.ndarray:
+    with torch.no_grad():
+        return method.head(state)(torch.from_numpy(as_features(points))).patch_scores.numpy().ravel()
+
+
+@pytest.mark.parametrize("distance, alpha, expected", [
+    # K = 2. Squared: every dense point has two neighbours at 0.1 (0.01 squared) -> d = 0.01; every sparse
+    # point two at 6 (36) -> d = 36.  q1 = (-1, 0): nearest (0, 0) at 1 -> 1 - a*0.01.  q2 = (10, -1):
+    # nearest (10, 0) at 1 -> 1 - a*36.  q3 = (4.5, 0): raw nearest is (0.1, 0) at 4.4 (19.36) -> 19.36 - a*0.01,
+    # although (10, 0) at 5.5 (30.25) would win min(dist - a*d) = 30.25 - 36: the argmin comes first (spec §8).
+    ("squared", 1.0, [1 - 0.01, 1 - 36, 19.36 - 0.01]),
+    ("squared", 0.5, [1 - 0.005, 1 - 18, 19.36 - 0.005]),
+    # Euclidean (the paper): d = 0.1 and 6; distances 1, 1, 4.4.
+    ("euclidean", 1.0, [1 - 0.1, 1 - 6, 4.4 - 0.1]),
+])
+def test_density_term_on_a_hand_made_bank(distance, alpha, expected):
+    method = create_method("ldknn", coreset_ratio=1.0, num_neighbors=2, alpha=alpha, distance=distance,
+                           image_score="max")
+    state = method.fit(as_features(DENSE + SPARSE))
+    want_density = [0.01] * 4 + [36.0] * 4 if distance == "squared" else [0.1] * 4 + [6.0] * 4
+    np.testing.assert_allclose(state.densities, want_density, rtol=1e-4)
+    scores = score(method, state, [(-1.0, 0.0), (10.0, -1.0), (4.5, 0.0)])
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
+    # same distance to the nearest item, but the query beside the dense cluster is the more anomalous one
+    assert scores[0] > scores[1]
+
+
+def test_alpha_zero_is_plain_nearest_neighbour_distance():
+    method = create_method("ldknn", coreset_ratio=1.0, num_neighbors=2, alpha=0.0, image_score="max")
+    state = method.fit(as_features(DENSE + SPARSE))
+    np.testing.assert_allclose(score(method, state, [(-1.0, 0.0), (10.0, -1.0)]), [1.0, 1.0], rtol=1e-5)
+
+
+def test_densities_of_coreset_rows_are_searched_in_the_full_bank():
+    points = DENSE + SPARSE
+    method = create_method("ldknn", coreset_ratio=0.5, num_neighbors=2, image_score="max", seed=0)
+    state = method.fit(as_features(points))
+    assert state.memory_bank.shape == (4, 2)
+    full = np.asarray(points)
+    for row, density in zip(state.memory_bank, state.densities):
+        own = int(np.argmin(np.abs(full - row).sum(1)))
+        sq = ((full - full[own]) ** 2).sum(1)
+        sq[own] = np.inf
+        assert density == pytest.approx(np.sort(sq)[:2].mean(), rel=1e-4)
+
+
+def test_self_is_excluded_by_index_so_a_duplicate_counts_as_a_neighbour():
+    bank = np.array([[0.0, 0.0], [0.0, 0.0], [3.0, 4.0]], dtype=np.float32)
+    densities = local_densities(bank, np.arange(3), num_neighbors=1, distance="squared")
+    np.testing.assert_allclose(densities, [0.0, 0.0, 25.0], atol=1e-5)
+
+
+def brute_force(features, bank, full_bank, num_neighbors, alpha, distance, image_score, selected):
+    """float64 numpy reference: densities from all pairwise distances, argmin, gather, pooling."""
+    full = full_bank.astype(np.float64)
+    pair = ((full[:, None] - full[None]) ** 2).sum(-1)
+    np.fill_diagonal(pair, np.inf)
+    knn = np.sort(pair[selected], axis=1)[:, :num_neighbors]
+    density = (knn if distance == "squared" else np.sqrt(knn)).mean(1)
+    batch, dims, height, width = features.shape
+    queries = features.astype(np.float64).transpose(0, 2, 3, 1).reshape(batch, -1, dims)
+    sq = ((queries[:, :, None] - bank.astype(np.float64)[None, None]) ** 2).sum(-1)
+    nearest = sq.argmin(-1)
+    dist = np.take_along_axis(sq, nearest[..., None], -1)[..., 0]
+    dist = dist if distance == "squared" else np.sqrt(dist)
+    patch = (dist - alpha * density[nearest]).reshape(batch, height, width)
+    if image_score == "max":
+        image = patch.max((1, 2))
+    elif image_score == "pooled":
+        h3, w3 = height // 3, width // 3
+        image = patch[:, : h3 * 3, : w3 * 3].reshape(batch, h3, 3, w3, 3).mean((2, 4)).max((1, 2))
+    else:
+        padded = np.pad(patch, ((0, 0), (1, 1), (1, 1)), constant_values=np.nan)
+        windows = np.stack([padded[:, i: i + height, j: j + width] for i in range(3) for j in range(3)])
+        image = np.nanmean(windows, axis=0).max((1, 2))
+    return patch, image
+
+
+@pytest.mark.parametrize("distance", ["squared", "euclidean"])
+@pytest.mark.parametrize("image_score", ["pooled", "max", "pooled_overlapping"])
+def test_head_matches_brute_force(distance, image_score):
+    rng = np.random.default_rng(4)
+    train = rng.normal(size=(4, 6, 7, 8)).astype(np.float32)
+    method = create_method("ldknn", coreset_ratio=0.3, num_neighbors=3, alpha=0.7, distance=distance,
+                           image_score=image_score, seed=2)
+    state = method.fit(train)
+    full_bank = train.transpose(0, 2, 3, 1).reshape(-1, 6)
+    selected = np.array([int(np.argmin(np.abs(full_bank - row).sum(1))) for row in state.memory_bank])
+    test = rng.normal(size=(3, 6, 7, 8)).astype(np.float32)
+    with torch.no_grad():
+        patch_scores, image_scores = method.head(state)(torch.from_numpy(test))
+    ref_patch, ref_image = brute_force(test, state.memory_bank, full_bank, 3, 0.7, distance, image_score, selected)
+    np.testing.assert_allclose(patch_scores.numpy(), ref_patch, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(image_scores.numpy(), ref_image, rtol=1e-4, atol=1e-4)
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError):
+        create_method("ldknn", distance="cosine")
+    with pytest.raises(ConfigError):
+        create_method("ldknn", image_score="mean")
+    with pytest.raises(ConfigError):
+        create_method("ldknn", num_neighbors=0)
+    with pytest.raises(ConfigError):
+        create_method("reb", preset="slow")
+
+
+@pytest.fixture(scope="module")
+def tiny_reb_build(tiny_dataset, tmp_path_factory):
+    """REB on the tiny data set: random weights at 64 px, a 3-update fine-tune (monkeypatched preset)."""
+    from adtk.toolkit.build import BuildConfig, build
+    from adtk.toolkit.training import finetune
+
+    mp = pytest.MonkeyPatch()
+    mp.setitem(finetune.PRESETS, "tiny", finetune.FinetunePreset("tiny", updates=3, sources_per_pass=1,
+                                                                 accumulation=1, frozen_updates=1))
+    try:
+        config = BuildConfig(data=tiny_dataset.root, out=tmp_path_factory.mktemp("reb") / "reb.onnx", method="reb",
+                             method_params={"preset": "tiny", "coreset_ratio": 0.25}, random_weights=True,
+                             image_size_px=64, calib_fraction=0.25)
+        notes = []
+
+        class RecordingBar:  # what the CLI's click bar receives
+            def __init__(self, total, label):
+                self.label = label
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def update(self, steps, note=None):
+                notes.append((self.label, note))
+
+        result = build(config, log=lambda message: None, index=tiny_dataset, progress_factory=RecordingBar)
+        result.progress_notes = notes
+        yield result
+    finally:
+        mp.undo()
+
+
+def test_reb_artefact_matches_its_torch_reference(tiny_reb_build, tiny_dataset):
+    import onnx
+
+    from adtk.runtime.detector import Detector
+    from adtk.toolkit.backbones import create_backbone
+    from adtk.toolkit.data import read_image
+
+    manifest = tiny_reb_build.manifest
+    untouched = create_backbone("tf_efficientnet_lite0", random_weights=True, seed=0)
+    assert manifest["backbone"]["weights_source"] == "finetuned(reb:tiny) from random(seed=0)"
+    assert manifest["backbone"]["weights_sha256"] != untouched.weights_sha256  # the fine-tuned weights
+    finetune_report = manifest["method"]["fit"]["finetune"]
+    assert finetune_report["preset"] == "tiny" and np.isfinite(finetune_report["final_loss"])
+    loss_notes = [note for label, note in tiny_reb_build.progress_notes if label == "finetune"]
+    assert len(loss_notes) == 3 and all(note.startswith("loss ") for note in loss_notes)  # bar shows the loss
+    ops = {node.op_type for node in onnx.load(str(tiny_reb_build.artefact)).graph.node}
+    assert {"MatMul", "Gather"} <= ops and ops & {"ArgMin", "TopK"}  # the search is inside the graph
+    detector = Detector.load(tiny_reb_build.artefact, backend="cpu")
+    for sample in tiny_dataset.test[::3]:  # good and defective images
+        image = read_image(sample.path)
+        with torch.no_grad():
+            reference = tiny_reb_build.graph(torch.from_numpy(image)[None])
+        prediction = detector.predict(image[None])
+        assert abs(float(reference.pred_score[0]) - float(prediction.pred_score[0])) <= 1e-4

@@ -1,0 +1,37 @@
+"""REB on real images: a small real build (40 magnetic-tile images, real tf_efficientnet_lite0 weights, the
+default fine-tuning preset) whose artefact must match its torch reference (pred_score within 1e-4, fp32).
+The full-size figures are in bench/reb_ablation.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adtk.runtime.detector import Detector
+from adtk.toolkit.data import index_dataset, read_image
+from tests.conftest import require_magnetic_tile, require_offline_lite0_weights
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+
+
+def test_reb_artefact_matches_torch_reference_on_real_images(tmp_path):
+    root = require_magnetic_tile()
+    require_offline_lite0_weights()
+    from adtk.toolkit.build import BuildConfig, build
+
+    config = BuildConfig(data=root, out=tmp_path / "reb.onnx", method="reb", method_params={"coreset_ratio": 0.1},
+                         max_train_images=40, calib_fraction=0.2, seed=0)
+    result = build(config, log=lambda message: None)
+    assert result.manifest["backbone"]["weights_source"].startswith("finetuned(reb:fast) from ")
+    assert result.manifest["method"]["fit"]["finetune"]["updates"] == 24
+    index = index_dataset(root)
+    picks = np.random.default_rng(0).choice(len(index.test), 10, replace=False)
+    detector = Detector.load(result.artefact, backend="cpu")
+    worst = 0.0
+    for i in picks:
+        image = read_image(index.test[i].path)
+        with torch.no_grad():
+            reference = result.graph(torch.from_numpy(image)[None])
+        worst = max(worst, abs(float(reference.pred_score[0]) - float(detector.predict(image[None]).pred_score[0])))
+    assert worst <= 1e-4

@@ -1,0 +1,157 @@
+"""LDKNN (REB, seed 004 §7-8): nearest-neighbour distance to a memory bank, minus alpha x the local
+density of the retrieved bank item, so that distance in sparse regions of normal data is forgiven.
+
+fit:   all training patches [N*h*w, D] -> approximate greedy coreset (ratio, seeded) -> memory bank M.
+       density d_i = mean distance of bank item i to its K nearest neighbours, searched (faiss) in the
+       FULL pre-coreset bank (spec P3), the item itself excluded by index, not by distance 0 (spec P4).
+score: i* = argmin_i dist(f, m_i) on the raw distance, THEN s = dist(f, m_i*) - alpha * d_i* (spec §8, §14.3;
+       not min_i(dist - alpha d_i)). Scores can be negative.
+       distance="squared" (the official code, both terms squared; spec P1) or "euclidean" (the paper's Eq. 2-3).
+image: image_score="pooled" (the code: 3x3 stride-3 average pool, then max; spec P2), "max" (the paper,
+       Eq. 5) or "pooled_overlapping" (3x3 stride 1, zero-padded: no edge patch dropped; spec P2's
+       deployment suggestion).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adtk.runtime.errors import ConfigError
+from adtk.toolkit.coreset import ApproximateGreedyCoreset
+from adtk.toolkit.features import PatchEmbedding
+from adtk.toolkit.methods.base import AnomalyMethod, HeadOutput
+from adtk.toolkit.methods.patchcore import squared_distances
+from adtk.toolkit.methods.registry import register_method
+from adtk.toolkit.search import nearest_neighbours
+
+DISTANCES = ("squared", "euclidean")
+IMAGE_SCORES = ("pooled", "max", "pooled_overlapping")
+
+
+@dataclass(frozen=True)
+class LDKNNState:
+    memory_bank: np.ndarray  # float32 [M, D] (the coreset rows)
+    densities: np.ndarray  # float32 [M]: mean distance to K nearest full-bank rows (the score's convention)
+    alpha: float
+    distance: str  # "squared" | "euclidean"
+    image_score: str  # one of IMAGE_SCORES
+
+
+def local_densities(full_bank: np.ndarray, bank_rows: np.ndarray, num_neighbors: int, distance: str,
+                    chunk_rows: int = 16384, progress=None) -> np.ndarray:
+    """[M] mean distance of full_bank[bank_rows] to their K nearest rows of full_bank, excluding themselves.
+
+    full_bank [N, D]; bank_rows [M] indices into it. Queries go in chunks so progress can be reported.
+    """
+    num_rows = full_bank.shape[0]
+    k = min(num_neighbors, num_rows - 1)
+    if k < 1:
+        return np.zeros(len(bank_rows), dtype=np.float32)
+    densities = np.empty(len(bank_rows), dtype=np.float32)
+    for start in range(0, len(bank_rows), chunk_rows):
+        rows = bank_rows[start: start + chunk_rows]
+        sq_dists, found = nearest_neighbours(full_bank, full_bank[rows], k + 1)  # exact faiss flat L2, squared
+        # spec P4: drop the query's own row by index wherever faiss put it; when it was not returned
+        # (ties with duplicates), drop the farthest instead so K neighbours remain.
+        is_self = found == rows[:, None]
+        is_self[~is_self.any(1), -1] = True
+        is_self[np.cumsum(is_self, axis=1) > 1] = False  # at most one dropped per row
+        kept = sq_dists[~is_self].reshape(len(rows), k).astype(np.float64).clip(min=0.0)
+        densities[start: start + len(rows)] = (kept if distance == "squared" else np.sqrt(kept)).mean(1)
+        if progress is not None:
+            progress(min(start + chunk_rows, len(bank_rows)), len(bank_rows))
+    return densities
+
+
+def pool_image_score(patch_scores: torch.Tensor, mode: str) -> torch.Tensor:
+    """patch scores [B, h, w] -> image score [B]."""
+    if mode == "max":
+        return patch_scores.amax(dim=(1, 2))
+    maps = patch_scores.unsqueeze(1)
+    if mode == "pooled":  # the official code: no padding, trailing rows/columns dropped (32 -> 10)
+        pooled = F.avg_pool2d(maps, kernel_size=3, stride=3) if min(maps.shape[-2:]) >= 3 else maps
+    else:
+        pooled = F.avg_pool2d(maps, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+    return pooled.amax(dim=(1, 2, 3))
+
+
+class LDKNNHead(nn.Module):
+    """patch features [B, D, h, w] -> HeadOutput(patch_scores [B, h, w], image_score [B])."""
+
+    def __init__(self, state: LDKNNState):
+        super().__init__()
+        bank = torch.from_numpy(np.ascontiguousarray(state.memory_bank, dtype=np.float32))
+        self.register_buffer("memory_bank", bank)
+        self.register_buffer("bank_sq_norms", (bank * bank).sum(1))
+        self.register_buffer("densities", torch.from_numpy(np.asarray(state.densities, dtype=np.float32)))
+        self.register_buffer("alpha", torch.tensor(float(state.alpha)))
+        self.euclidean = state.distance == "euclidean"
+        self.image_score = state.image_score
+        self.bank_rows = int(bank.shape[0])  # declared as data for graph passes (e.g. bank chunking)
+
+    def forward(self, features: torch.Tensor) -> HeadOutput:
+        batch, _, height, width = features.shape
+        queries = features.flatten(2).transpose(1, 2)  # [B, P, D]
+        sq_dists = squared_distances(queries, self.memory_bank, self.bank_sq_norms)
+        nearest_sq, nearest_index = sq_dists.min(dim=-1)  # spec §8: argmin on the raw distance first
+        distance = nearest_sq.sqrt() if self.euclidean else nearest_sq
+        # then gather the density; index_select exports as a plain ONNX Gather (x[idx] would be GatherND)
+        density = torch.index_select(self.densities, 0, nearest_index.flatten()).view_as(nearest_index)
+        patch_scores = distance - self.alpha * density
+        patch_scores = patch_scores.view(batch, height, width)
+        return HeadOutput(patch_scores, pool_image_score(patch_scores, self.image_score))
+
+
+@register_method("ldknn")
+class LDKNN(AnomalyMethod):
+    """Nearest-neighbour distance minus alpha x local density of the neighbour (spec: REB, seed 004)."""
+
+    def __init__(self, coreset_ratio: float = 0.1, num_neighbors: int = 5, alpha: float = 1.0,
+                 distance: str = "squared", image_score: str = "pooled", embed_dim: int | None = None,
+                 projection_dim: int = 128, seed: int = 0):
+        if num_neighbors < 1:
+            raise ConfigError(f"{self.name}: num_neighbors (K of the density) must be >= 1, got {num_neighbors}")
+        if distance not in DISTANCES:
+            raise ConfigError(f"{self.name}: distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
+        if image_score not in IMAGE_SCORES:
+            raise ConfigError(f"{self.name}: image_score must be one of {', '.join(IMAGE_SCORES)}, "
+                              f"got {image_score!r}")
+        self.coreset = ApproximateGreedyCoreset(coreset_ratio, projection_dim=projection_dim, seed=seed)
+        self.num_neighbors, self.alpha = int(num_neighbors), float(alpha)
+        self.distance, self.image_score, self.embed_dim = distance, image_score, embed_dim
+        self._params = dict(coreset_ratio=float(coreset_ratio), num_neighbors=self.num_neighbors,
+                            alpha=self.alpha, distance=distance, image_score=image_score, embed_dim=embed_dim,
+                            projection_dim=int(projection_dim), seed=int(seed))
+
+    def embedding(self, channels: tuple[int, ...]) -> nn.Module:
+        return PatchEmbedding(channels, embed_dim=self.embed_dim)
+
+    def fit(self, features: np.ndarray, progress=None) -> LDKNNState:
+        """features [N, D, h, w] float32 -> LDKNNState. progress(done, total) follows coreset, then densities."""
+        patches = np.ascontiguousarray(features.transpose(0, 2, 3, 1).reshape(-1, features.shape[1]))
+        selected = self.coreset.select(patches, progress=_scaled(progress, 0))
+        densities = local_densities(patches, selected, self.num_neighbors, self.distance,
+                                    progress=_scaled(progress, 1))
+        return LDKNNState(memory_bank=np.ascontiguousarray(patches[selected]), densities=densities,
+                          alpha=self.alpha, distance=self.distance, image_score=self.image_score)
+
+    def head(self, state: LDKNNState) -> LDKNNHead:
+        return LDKNNHead(state)
+
+    def fit_report(self, state: LDKNNState) -> dict:
+        rows, dims = state.memory_bank.shape
+        return {"memory_bank_rows": int(rows), "memory_bank_dims": int(dims),
+                "density_mean": round(float(state.densities.mean()), 6),
+                "density_neighbors": self.num_neighbors, "density_searched_in": "full pre-coreset bank"}
+
+
+def _scaled(progress, phase: int):
+    """Report two fit phases (coreset, densities) on one 0..2000 progress scale."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(phase * 1000 + int(1000 * done / max(total, 1)), 2000)

@@ -1,0 +1,90 @@
+"""REB (Lyu et al., "Reducing Biases in Representation"; seed 004): DefectMaker self-supervised
+fine-tuning of the backbone, then LDKNN on the fine-tuned features (spec §1).
+
+    prepare_backbone: a copy of the backbone up to its deepest stage (the spec's layer4) is fine-tuned on
+                      the 7-class DefectMaker task (adtk.toolkit.training); its weights are copied into the
+                      truncated backbone of the scoring graph, so the artefact carries them. The manifest's
+                      weights_sha256 is that of the fine-tuned weights.
+    fit / head:       LDKNN (toolkit/methods/ldknn.py), unchanged.
+
+The fit report records the preset, the final proxy loss and accuracy, and the device.
+
+Differences from the spec, on purpose: images are resized with the artefact's own preprocessing
+(FramePreprocess: bilinear, the backbone's mean/std) instead of PIL bicubic + ImageNet statistics, so the
+fine-tuning sees exactly the pixels the deployed graph sees; no saliency model ships, so defects may be
+centred anywhere (the spec's fallback for textures, §2); the default preset is far smaller than the
+paper's (training/finetune.py says why), `preset="paper"` runs the spec's schedule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adtk.runtime.errors import ConfigError, DataError
+from adtk.toolkit.methods.ldknn import LDKNN, LDKNNState
+from adtk.toolkit.methods.registry import register_method
+from adtk.toolkit.preprocess import RESIZE_ALIGN_CORNERS, RESIZE_ANTIALIAS, RESIZE_MODE
+from adtk.toolkit.training.finetune import PRESETS, finetune_backbone
+
+
+def frames_at_model_size(images, size_hw: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W, 3] images (any sizes) -> uint8 [N, S_h, S_w, 3], resized exactly as FramePreprocess does,
+    so the fine-tuning sees the pixels the features will be extracted from."""
+    frames = []
+    for image in images:
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(torch.float32)
+        x = F.interpolate(x, size=size_hw, mode=RESIZE_MODE, align_corners=RESIZE_ALIGN_CORNERS,
+                          antialias=RESIZE_ANTIALIAS)
+        frames.append(x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy())
+    if not frames:
+        raise DataError("reb: no training images to fine-tune on; check the data folder's train/good")
+    return np.stack(frames)
+
+
+def copy_shared_weights(source: nn.Module, target: nn.Module) -> None:
+    """Load every tensor of `target`'s state dict from `source` (a deeper copy of the same network)."""
+    source_state, target_state = source.state_dict(), target.state_dict()
+    missing = [key for key in target_state if key not in source_state]
+    if missing:
+        raise ConfigError(f"reb: the fine-tuned network lacks {len(missing)} tensors of the scoring backbone "
+                          f"(e.g. {missing[:3]}); this backbone cannot be fine-tuned by reb")
+    target.load_state_dict({key: source_state[key].detach().to("cpu") for key in target_state}, strict=True)
+
+
+@register_method("reb")
+class REB(LDKNN):
+    """DefectMaker fine-tuning + LDKNN (spec: REB, seed 004). `preset`: "fast" (default) or "paper"."""
+
+    def __init__(self, preset: str = "fast", coreset_ratio: float = 0.1, num_neighbors: int = 5,
+                 alpha: float = 1.0, distance: str = "squared", image_score: str = "pooled",
+                 embed_dim: int | None = None, projection_dim: int = 128, seed: int = 0):
+        if preset not in PRESETS:
+            raise ConfigError(f"reb: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        super().__init__(coreset_ratio=coreset_ratio, num_neighbors=num_neighbors, alpha=alpha,
+                         distance=distance, image_score=image_score, embed_dim=embed_dim,
+                         projection_dim=projection_dim, seed=seed)
+        self.preset = preset
+        self._params = {"preset": preset, **self._params}
+        self.finetune_report: dict | None = None
+
+    def prepare_backbone(self, backbone, preprocess, images, make_backbone, progress=None):
+        # private helpers of backbones.py: the stage list of the full network and the weights hash
+        from adtk.toolkit.backbones import _feature_info, _resolve_spec, _state_dict_sha256
+
+        deepest_stage = _feature_info(_resolve_spec(backbone.name).timm_name)[-1]["module"]
+        deep = make_backbone(stages=(deepest_stage,), trainable=True)
+        frames = frames_at_model_size(images, preprocess.image_size_px)
+        report = finetune_backbone(deep, deep.channels[-1], frames, preprocess, self.preset,
+                                   seed=self._params["seed"], progress=progress)
+        copy_shared_weights(deep.model, backbone.model)
+        backbone.eval()
+        backbone.weights_source = f"finetuned(reb:{self.preset}) from {backbone.weights_source}"
+        backbone.weights_sha256 = _state_dict_sha256(backbone.model)
+        self.finetune_report = report.as_dict()
+        return backbone
+
+    def fit_report(self, state: LDKNNState) -> dict:
+        return {**super().fit_report(state), "finetune": self.finetune_report}
