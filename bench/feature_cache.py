@@ -22,11 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = (REPO / ".." / "shared" / "data" / "magnetic-tile").resolve()
 
 
-def cache_paths(folder: Path) -> dict[str, Path]:
-    return {"meta": folder / "meta.json", "masks": folder / "test_masks.npy",
-            **{f"{split}_stage{i}": folder / f"{split}_stage{i}.npy" for split in ("train", "test") for i in range(4)}}
-
-
 @torch.no_grad()
 def extract(data: Path, out: Path, backbone_name: str, image_size_px: int, batch_size: int = 16) -> None:
     from adtk.toolkit.backbones import create_backbone

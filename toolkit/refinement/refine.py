@@ -1,0 +1,136 @@
+"""SROC and PaIRE refinement behind one spec string (see the package docstring)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adtk.runtime.errors import ConfigError
+from adtk.toolkit.methods.registry import canonical_name, create_method, method_class
+
+SCORE_BATCH = 32
+
+
+@dataclass(frozen=True)
+class RefineSpec:
+    strategy: str  # "sroc" or "paire"
+    ratio: float | None = None  # SROC's refinement ratio r (fraction of the training images dropped)
+    detector: str | None = None  # SROC's refining detector; None = the build's own method
+
+    def __str__(self) -> str:
+        if self.strategy == "paire":
+            return "paire"
+        return f"sroc:{self.ratio:g}" + (f":{self.detector}" if self.detector else "")
+
+
+def parse_refine(text: str) -> RefineSpec:
+    """'sroc:0.2', 'sroc:0.2:mahalanobis' or 'paire' -> RefineSpec (ConfigError with the accepted forms)."""
+    forms = "expected sroc:R (0 <= R < 1), sroc:R:DETECTOR (e.g. sroc:0.2:mahalanobis) or paire"
+    parts = [p.strip() for p in str(text).split(":")]
+    if parts == ["paire"]:
+        return RefineSpec("paire")
+    if parts[0] != "sroc" or len(parts) not in (2, 3):
+        raise ConfigError(f"--refine {text!r}: {forms}")
+    try:
+        ratio = float(parts[1])
+    except ValueError:
+        raise ConfigError(f"--refine {text!r}: the ratio {parts[1]!r} is not a number; {forms}") from None
+    if not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"--refine {text!r}: the ratio must be in [0, 1) (a fraction, 0.2 = 20%); {forms}")
+    detector = None
+    if len(parts) == 3:
+        detector = method_class(parts[2]).name  # unknown names fail here, with suggestions
+    return RefineSpec("sroc", ratio, detector)
+
+
+@dataclass(frozen=True)
+class RefinementResult:
+    spec: RefineSpec
+    detector: str  # the method that refined
+    detector_params: dict
+    kept: np.ndarray  # int64, indices into the candidate training images, ascending
+    dropped: np.ndarray  # int64, ascending
+    scores: np.ndarray  # float64 [N]: the refiner's in-sample image scores (higher = more anomalous)
+    details: dict  # strategy-specific facts (PaIRE's rounds)
+
+
+@torch.no_grad()
+def head_image_scores(method, state, features: np.ndarray) -> np.ndarray:
+    """Image scores of `features` [N, ...] through method.head(state), in batches (float64 out)."""
+    head = method.head(state).eval()
+    scores = [head(torch.from_numpy(np.ascontiguousarray(features[i:i + SCORE_BATCH], dtype=np.float32)))[1]
+              for i in range(0, len(features), SCORE_BATCH)]
+    return torch.cat(scores).double().numpy()
+
+
+def refine(spec: RefineSpec, detector, features: np.ndarray, log=None) -> RefinementResult:
+    """Fit `detector` (a method whose embedding() produced `features`) and choose the images to keep."""
+    num_images = len(features)
+    state = detector.fit(features)
+    scores = head_image_scores(detector, state, features)
+    details: dict = {}
+    if spec.strategy == "paire":
+        kept = np.sort(np.asarray(state.clean, dtype=np.int64))
+        details["rounds"] = list(state.rounds)
+    else:
+        num_dropped = int(round(spec.ratio * num_images))  # spec P-A3: round(), as the pollution count
+        num_dropped = min(num_dropped, num_images - 2)  # a detector needs images to fit
+        order = np.argsort(-scores, kind="stable")
+        kept = np.sort(order[num_dropped:]).astype(np.int64)
+    dropped = np.setdiff1d(np.arange(num_images), kept).astype(np.int64)
+    if log is not None:
+        log(f"refine {spec}: {detector.name} dropped {len(dropped)} of {num_images} training images")
+    return RefinementResult(spec, detector.name, detector.params(), kept, dropped, scores, details)
+
+
+def refiner_for(spec: RefineSpec, method):
+    """The detector that refines: the build's own method (same parameters) unless the spec names one."""
+    name = "paire" if spec.strategy == "paire" else (spec.detector or method.name)
+    if canonical_name(name) == method.name:
+        return create_method(method.name, **method.params())
+    return create_method(name)
+
+
+def refine_training_set(spec: RefineSpec, method, channels: tuple[int, ...], features: np.ndarray, samples: list,
+                        extract: Callable, log=None):
+    """-> (kept features, kept samples, RefinementResult). `features` came from method's embedding;
+    `extract(embedding)` computes the same samples' features through another embedding (one more
+    backbone pass, only when the refiner is a different method)."""
+    detector = refiner_for(spec, method)
+    embedding = detector.embedding(channels).eval()
+    same = detector.name == method.name and detector.params() == method.params()
+    refiner_features = features if same else extract(embedding)
+    result = refine(spec, detector, refiner_features, log=log)
+    return features[result.kept], [samples[i] for i in result.kept], result
+
+
+def training_list_path(artefact: Path) -> Path:
+    return Path(str(artefact) + ".training.json")
+
+
+def manifest_entry(result: RefinementResult, candidates: list, artefact: Path) -> dict:
+    dropped = sorted(str(candidates[i].path) for i in result.dropped)
+    return {"spec": str(result.spec), "strategy": result.spec.strategy, "ratio": result.spec.ratio,
+            "detector": result.detector, "detector_params": result.detector_params,
+            "num_candidates": len(candidates), "num_kept": int(len(result.kept)),
+            "num_dropped": int(len(result.dropped)),
+            "dropped_sha256": hashlib.sha256("\n".join(dropped).encode()).hexdigest(),
+            "list_file": training_list_path(artefact).name, **result.details}
+
+
+def write_training_list(result: RefinementResult, candidates: list, artefact: Path) -> Path:
+    """Write <artefact>.training.json: every candidate training image, kept or dropped, with its score."""
+    kept = set(result.kept.tolist())
+    rows = [{"path": str(s.path), "kept": i in kept, "score": float(result.scores[i])} for i, s in enumerate(candidates)]
+    document = {"refinement": str(result.spec), "detector": result.detector,
+                "kept": [r["path"] for r in rows if r["kept"]], "dropped": [r["path"] for r in rows if not r["kept"]],
+                "images": rows}
+    path = training_list_path(artefact)
+    path.write_text(json.dumps(document, indent=1))
+    return path
