@@ -1,0 +1,147 @@
+"""Labeled PatchCore (seed 003; spec softcore_semlp_labeled_patchcore.md B.4): a good bank and a defect bank.
+
+fit:   good bank M_0 = greedy coreset of the good images' patches (ratio); defect bank M_1 = the defective
+       patches (>= 10% masked, B.2.4) of the labelled defect images, all of them by default (the code's
+       ratio 1; `defect_coreset_ratio` subsamples). Good patches of defect images are dropped (B.9.4).
+score: per patch and bank i: d_i = L2 distance to the nearest entry m_i*, and
+       s_i = (1 - softmax(distances to m_i*'s b = 9 bank neighbours)[m_i*]) * d_i (PatchCore's weighting,
+       applied to every patch here). Patch score = s_0 / (s_0 + s_1): near 1 when the patch is far from
+       good and close to a known defect. Image score = max over patches (B.4.5, corrected direction).
+       paper_compat=True reproduces the released code's s_1 / (s_0 + s_1) (which measures goodness, B.9.6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from adtk.runtime.errors import ConfigError, DataError
+from adtk.toolkit.coreset import ApproximateGreedyCoreset
+from adtk.toolkit.features import PatchEmbedding
+from adtk.toolkit.methods.base import AnomalyMethod, HeadOutput
+from adtk.toolkit.methods.patchcore import PatchCore, squared_distances
+from adtk.toolkit.methods.registry import register_method
+from adtk.toolkit.online_coreset import OnlineGreedyCoreset
+
+RATIO_EPSILON = 1e-12  # s_0 = s_1 = 0 (a patch equal to an entry of both banks) must not give NaN
+
+
+@dataclass(frozen=True)
+class LabeledPatchCoreState:
+    good_bank: np.ndarray  # float32 [M0, D]
+    good_neighbours: np.ndarray  # int64 [M0, b]: each row's b nearest good rows, itself first
+    defect_bank: np.ndarray  # float32 [M1, D]
+    defect_neighbours: np.ndarray  # int64 [M1, b]
+
+
+class WeightedBankDistance(nn.Module):
+    """PatchCore's re-weighted nearest distance s = (1 - softmax(support distances)[0]) * d, per patch."""
+
+    def __init__(self, bank: np.ndarray, neighbours: np.ndarray):
+        super().__init__()
+        rows = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32))
+        self.register_buffer("bank", rows)
+        self.register_buffer("sq_norms", (rows * rows).sum(1))
+        self.register_buffer("neighbours", torch.from_numpy(neighbours.astype(np.int64)))
+        self.reweight = neighbours.shape[1] > 1  # one neighbour: softmax over one is 1, so s would be 0
+
+    def forward(self, queries: torch.Tensor) -> torch.Tensor:
+        """[B, P, D] -> [B, P]."""
+        sq_dists = squared_distances(queries, self.bank, self.sq_norms)  # [B, P, M]
+        nearest_sq, nearest_index = sq_dists.min(dim=-1)
+        distance = nearest_sq.sqrt()
+        if not self.reweight:
+            return distance
+        support = self.neighbours[nearest_index]  # [B, P, b], nearest entry first
+        support_dists = torch.gather(sq_dists, 2, support).sqrt()
+        return (1.0 - torch.softmax(support_dists, dim=-1)[..., 0]) * distance
+
+
+class LabeledPatchCoreHead(nn.Module):
+    def __init__(self, state: LabeledPatchCoreState, paper_compat: bool):
+        super().__init__()
+        self.good = WeightedBankDistance(state.good_bank, state.good_neighbours)
+        self.defect = WeightedBankDistance(state.defect_bank, state.defect_neighbours)
+        self.paper_compat = bool(paper_compat)
+        self.bank_rows = int(state.good_bank.shape[0] + state.defect_bank.shape[0])
+
+    def forward(self, features: torch.Tensor) -> HeadOutput:
+        batch, _, height, width = features.shape
+        queries = features.flatten(2).transpose(1, 2)
+        good, defect = self.good(queries), self.defect(queries)
+        numerator = defect if self.paper_compat else good
+        patch_scores = numerator / (good + defect + RATIO_EPSILON)
+        return HeadOutput(patch_scores.view(batch, height, width), patch_scores.max(dim=1).values)
+
+
+@register_method("labeled_patchcore")
+class LabeledPatchCore(AnomalyMethod):
+    """Nearest of a good and a defect memory bank (spec B.4, seed 003)."""
+
+    uses_labelled_defects = True
+
+    def __init__(self, coreset_ratio: float = 0.1, defect_coreset_ratio: float = 1.0, num_neighbors: int = 9,
+                 paper_compat: bool = False, upsample: str = "nearest", good_sampler: str = "greedy",
+                 online_batch_images: int = 8, embed_dim: int | None = None, projection_dim: int = 128,
+                 seed: int = 0):
+        if upsample not in ("nearest", "bilinear"):
+            raise ConfigError(f"labeled_patchcore: upsample must be 'nearest' (anomalib, spec B.2) or 'bilinear', "
+                              f"got {upsample!r}")
+        if good_sampler not in ("greedy", "online"):
+            raise ConfigError(f"labeled_patchcore: good_sampler must be 'greedy' or 'online' (seed 003's "
+                              f"Algorithm 2), got {good_sampler!r}")
+        self.good_sampler, self.online_batch_images = good_sampler, max(1, int(online_batch_images))
+        self.good_patchcore = PatchCore(coreset_ratio, num_neighbors, embed_dim, projection_dim, seed)
+        self.defect_coreset = ApproximateGreedyCoreset(defect_coreset_ratio, projection_dim=projection_dim, seed=seed)
+        self.paper_compat, self.upsample, self.embed_dim = bool(paper_compat), upsample, embed_dim
+        self._params = dict(coreset_ratio=float(coreset_ratio), defect_coreset_ratio=float(defect_coreset_ratio),
+                            num_neighbors=int(num_neighbors), paper_compat=self.paper_compat, upsample=upsample,
+                            good_sampler=good_sampler, online_batch_images=self.online_batch_images,
+                            embed_dim=embed_dim, projection_dim=int(projection_dim), seed=int(seed))
+
+    def embedding(self, channels: tuple[int, ...]) -> nn.Module:
+        return PatchEmbedding(channels, embed_dim=self.embed_dim, upsample=self.upsample)
+
+    def fit(self, features: np.ndarray, progress=None, defects=None) -> LabeledPatchCoreState:
+        """features [N, D, h, w] of good images; defects: LabelledFeatures -> LabeledPatchCoreState."""
+        if defects is None or defects.num_defective_patches == 0:
+            raise DataError("labeled_patchcore needs labelled defect patches for its defect bank (see "
+                            "`adtk build --help`: DATA/defects/<type>/ with masks, or --defects-from-test)")
+        if self.good_sampler == "online":
+            good_bank = self._online_good_bank(features, progress)
+            return self.with_defect_bank(good_bank, self.good_patchcore._bank_neighbours(good_bank), defects)
+        good = self.good_patchcore.fit(features, progress=progress)
+        return self.with_defect_bank(good.memory_bank, good.bank_neighbours, defects)
+
+    def _online_good_bank(self, features: np.ndarray, progress=None) -> np.ndarray:
+        """Seed 003's batch-wise online coreset over batches of `online_batch_images` images (B.5)."""
+        sampler = OnlineGreedyCoreset(self.good_patchcore.coreset.ratio, seed=self._params["seed"])
+        step = self.online_batch_images
+        for start in range(0, len(features), step):
+            batch = features[start:start + step]
+            sampler.add(np.ascontiguousarray(batch.transpose(0, 2, 3, 1).reshape(-1, batch.shape[1])))
+            if progress is not None:
+                progress(min(start + step, len(features)), len(features))
+        return sampler.bank()
+
+    def with_defect_bank(self, good_bank: np.ndarray, good_neighbours: np.ndarray, defects) -> LabeledPatchCoreState:
+        """The state for a fitted good bank and these labelled defects (the good bank can be reused)."""
+        defect_patches = defects.defective_patches()
+        defect_bank = np.ascontiguousarray(defect_patches[self.defect_coreset.select(defect_patches)])
+        return LabeledPatchCoreState(good_bank, good_neighbours, defect_bank, self._neighbours(defect_bank))
+
+    def _neighbours(self, bank: np.ndarray) -> np.ndarray:
+        # PatchCore's N_b(m*) rule, capped at the bank's size (a tiny defect bank has fewer than b rows)
+        capped = PatchCore(num_neighbors=max(1, min(self.good_patchcore.num_neighbors, len(bank) - 1)))
+        return capped._bank_neighbours(bank)
+
+    def head(self, state: LabeledPatchCoreState) -> LabeledPatchCoreHead:
+        return LabeledPatchCoreHead(state, self.paper_compat)
+
+    def fit_report(self, state: LabeledPatchCoreState) -> dict:
+        return {"good_bank_rows": len(state.good_bank), "defect_bank_rows": len(state.defect_bank),
+                "dims": int(state.good_bank.shape[1]),
+                "score": "s1/(s0+s1) (paper_compat, inverted)" if self.paper_compat else "s0/(s0+s1)"}

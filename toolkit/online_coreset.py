@@ -1,0 +1,73 @@
+"""Online greedy coreset subsampling (seed 003, Algorithm 2; spec softcore_semlp_labeled_patchcore.md B.5).
+
+Patches arrive in batches (the released code: 8 images). From each batch, max(1, floor(|batch| * ratio))
+patches are added one at a time, each the batch patch farthest (in a projected space) from everything
+stored so far, earlier batches included. Only the stored rows and one batch are ever held, so memory is
+bounded by the bank, not by the training set. Distances are taken in psi-space, a sparse random
+projection (Johnson-Lindenstrauss, eps = 0.9, about 215 dims for 8 x 784 patches) fitted once on the
+first batch (scikit-learn's SparseRandomProjection, seeded; skipped when the features already have fewer
+dims than it would produce); the stored entries are the full feature vectors (B.5 last bullet).
+When nothing is stored yet, the batch's distances start from one random row of the batch that is not
+itself stored (the code's "virtual" centre, B.9.10).
+
+Hand-written (like toolkit/coreset.py): neither faiss nor scikit-learn has a streaming k-center sampler.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from adtk.runtime.errors import ConfigError
+
+JL_EPS = 0.9
+
+
+class OnlineGreedyCoreset:
+    def __init__(self, ratio: float, seed: int = 0, eps: float = JL_EPS):
+        if not 0.0 < ratio <= 1.0:
+            raise ConfigError(f"online coreset ratio must be in (0, 1], got {ratio}")
+        self.ratio, self.seed, self.eps = float(ratio), int(seed), float(eps)
+        self.projection = None  # fitted on the first batch
+        self.rows: list[np.ndarray] = []  # stored full rows, one array per batch
+        self.projected: torch.Tensor | None = None  # [M, d] stored rows in psi-space
+        self.generator = np.random.default_rng(seed)
+        self.projection_dims: int | None = None
+
+    def _project(self, patches: np.ndarray) -> torch.Tensor:
+        if self.projection is None:
+            from sklearn.random_projection import (
+                SparseRandomProjection,
+                johnson_lindenstrauss_min_dim,
+            )
+
+            dims = int(johnson_lindenstrauss_min_dim(len(patches), eps=self.eps))
+            self.projection = (SparseRandomProjection(dims, random_state=self.seed).fit(patches)
+                               if dims < patches.shape[1] else False)
+            self.projection_dims = dims if self.projection is not False else patches.shape[1]
+        rows = self.projection.transform(patches) if self.projection is not False else patches
+        return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+
+    def add(self, patches: np.ndarray) -> np.ndarray:
+        """patches [n, D] (one batch) -> indices of the rows of this batch that were stored, in pick order."""
+        batch = self._project(patches)
+        count = max(1, int(len(patches) * self.ratio))
+        if self.projected is None:
+            virtual = int(self.generator.integers(len(patches)))
+            min_dist = torch.linalg.vector_norm(batch - batch[virtual], dim=1)
+        else:
+            min_dist = torch.cdist(batch, self.projected).amin(1)
+        picks = []
+        for _ in range(min(count, len(patches))):
+            index = int(torch.argmax(min_dist))
+            picks.append(index)
+            torch.minimum(min_dist, torch.linalg.vector_norm(batch - batch[index], dim=1), out=min_dist)
+        picks_arr = np.asarray(picks, dtype=np.int64)
+        self.rows.append(np.ascontiguousarray(patches[picks_arr], dtype=np.float32))
+        new = batch[picks_arr]
+        self.projected = new if self.projected is None else torch.cat([self.projected, new])
+        return picks_arr
+
+    def bank(self) -> np.ndarray:
+        """[M, D] the stored rows, in the order they were added."""
+        return np.concatenate(self.rows) if self.rows else np.zeros((0, 0), np.float32)
