@@ -6,7 +6,7 @@
       -> embedding (the method's feature aggregation)           same module as the fit used
       -> head (the method's scoring, its state as buffers)      -> patch scores [B,h,w], image score [B]
       -> smoother (upsample + Gaussian blur)                    -> raw anomaly map [B, S, S]
-      -> normaliser (0.5 = threshold)                           -> pred_score, pred_label, anomaly_map
+      -> normalisers (0.5 = threshold; maps calibrated apart)   -> pred_score, pred_label, anomaly_map
 
 This module is the torch reference pipeline *and* what the compiler exports, so the artefact and the
 reference agree by construction; the parity tests measure how closely onnxruntime reproduces it.
@@ -24,14 +24,14 @@ from torch import nn
 class ScoringOutputs(NamedTuple):
     pred_score: torch.Tensor  # [B] float32 in [0, 1]; 0.5 is the calibrated threshold
     pred_label: torch.Tensor  # [B] bool; raw_score >= threshold
-    anomaly_map: torch.Tensor  # [B, S, S] float32 in [0, 1], normalised as pred_score
+    anomaly_map: torch.Tensor  # [B, S, S] float32 in [0, 1]; 0.5 = the highest held-out good map value
     raw_score: torch.Tensor  # [B] float32, the method's unnormalised image score
     raw_anomaly_map: torch.Tensor  # [B, S, S] float32, unnormalised
 
 
 class ScoringGraph(nn.Module):
     def __init__(self, preprocess: nn.Module, backbone: nn.Module, embedding: nn.Module, head: nn.Module,
-                 smoother: nn.Module, normaliser: nn.Module):
+                 smoother: nn.Module, normaliser: nn.Module, map_normaliser: nn.Module | None = None):
         super().__init__()
         self.preprocess = preprocess
         self.backbone = backbone
@@ -39,6 +39,9 @@ class ScoringGraph(nn.Module):
         self.head = head
         self.smoother = smoother
         self.normaliser = normaliser
+        # Maps get their own calibration: for some methods (image-level KNN, Mahalanobis) the map is not on
+        # the image score's scale, and normalising it with the image constants would saturate it.
+        self.map_normaliser = map_normaliser if map_normaliser is not None else normaliser
 
     def raw_scores(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames uint8 [B, H, W, 3] -> (raw image score [B], raw anomaly map [B, S, S])."""
@@ -51,7 +54,7 @@ class ScoringGraph(nn.Module):
         return ScoringOutputs(
             pred_score=self.normaliser(raw_score),
             pred_label=self.normaliser.label(raw_score),
-            anomaly_map=self.normaliser(raw_map),
+            anomaly_map=self.map_normaliser(raw_map),
             raw_score=raw_score,
             raw_anomaly_map=raw_map,
         )

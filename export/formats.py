@@ -55,9 +55,8 @@ def export_onnx_bytes(graph: torch.nn.Module, image_size_px: tuple[int, int], op
     return buffer.getvalue()
 
 
-def build_onnx(graph: torch.nn.Module, manifest: dict, out_path: str | Path, image_size_px: tuple[int, int],
-               opset: int = DEFAULT_OPSET) -> Path:
-    """Export, embed the manifest, seal with the integrity record, verify, and write one .onnx file."""
+def export_model(graph: torch.nn.Module, manifest: dict, image_size_px: tuple[int, int], opset: int = DEFAULT_OPSET):
+    """Export the scoring graph to an onnx ModelProto carrying the manifest (not sealed yet: passes may follow)."""
     import onnx  # imported here: only the compiler needs it
 
     model = onnx.load_from_string(export_onnx_bytes(graph, image_size_px, opset))
@@ -65,6 +64,16 @@ def build_onnx(graph: torch.nn.Module, manifest: dict, out_path: str | Path, ima
     entry = model.metadata_props.add()
     entry.key, entry.value = MANIFEST_KEY, json.dumps(manifest, sort_keys=True)
     model.producer_name = "adtk"
+    return model
+
+
+def write_artefact(model, manifest: dict, out_path: str | Path) -> Path:
+    """Embed the final manifest, check, seal with the integrity record, verify, write atomically."""
+    import onnx
+
+    from adtk.export.passes.graph import set_manifest
+
+    set_manifest(model, manifest)
     onnx.checker.check_model(model)
     data = seal(model.SerializeToString())
     if len(data) > MAX_ARTEFACT_BYTES:
@@ -77,6 +86,12 @@ def build_onnx(graph: torch.nn.Module, manifest: dict, out_path: str | Path, ima
     temporary.write_bytes(data)
     temporary.replace(out_path)  # atomic: a reader never sees a half-written artefact
     return out_path
+
+
+def build_onnx(graph: torch.nn.Module, manifest: dict, out_path: str | Path, image_size_px: tuple[int, int],
+               opset: int = DEFAULT_OPSET) -> Path:
+    """Export, embed the manifest, seal with the integrity record, verify, and write one .onnx file."""
+    return write_artefact(export_model(graph, manifest, image_size_px, opset), manifest, out_path)
 
 
 FORMATS = {"onnx": Format(".onnx", build_onnx, frozenset({"opset"}))}

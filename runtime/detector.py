@@ -29,15 +29,20 @@ class Prediction:
     raw_anomaly_map: np.ndarray  # [B, S, S] float32
 
 
-def create_backend(artefact: VerifiedArtefact, backend: str, **options):
-    """backend: "auto", "onnxruntime", or an onnxruntime provider alias ("cpu", "cuda", "tensorrt")."""
+def create_backend(artefact: VerifiedArtefact, backend: str, engine_path=None, **options):
+    """backend: "auto" (the best present: TensorRT, then onnxruntime's TensorRT / CUDA / CPU providers),
+    "tensorrt" (a TensorRT engine: `engine_path`, else built at load), "onnxruntime", or an onnxruntime
+    provider alias ("cpu", "cuda", "ort-tensorrt")."""
     from adtk.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from adtk.runtime.backends.tensorrt import TensorRTBackend, tensorrt_available
 
+    if backend == "tensorrt" or (backend == "auto" and (engine_path is not None or tensorrt_available())):
+        return TensorRTBackend(artefact, engine_path=engine_path)
     if backend in ("auto", "onnxruntime"):
         return OnnxRuntimeBackend(artefact.model_bytes, provider="auto", **options)
-    if backend in ("cpu", "cuda", "tensorrt"):
-        return OnnxRuntimeBackend(artefact.model_bytes, provider=backend, **options)
-    raise BackendError(f"unknown backend {backend!r} (known: auto, onnxruntime, cpu, cuda, tensorrt)")
+    if backend in ("cpu", "cuda", "ort-tensorrt"):
+        return OnnxRuntimeBackend(artefact.model_bytes, provider=backend.replace("ort-", ""), **options)
+    raise BackendError(f"unknown backend {backend!r} (known: auto, tensorrt, onnxruntime, cpu, cuda, ort-tensorrt)")
 
 
 def as_frame(image, source: str = "frame") -> np.ndarray:
@@ -70,13 +75,20 @@ class Detector:
         self.backend = backend
 
     @classmethod
-    def load(cls, path: str | Path, backend: str = "auto", **backend_options) -> "Detector":
-        """Verify the file (integrity record, manifest, contract), then open it with a backend.
+    def load(cls, path: str | Path, backend: str = "auto", public_key: str | Path | None = None,
+             **backend_options) -> "Detector":
+        """Verify the file (integrity record, manifest, contract; its ed25519 signature `<file>.sig` when a
+        public key is given or $ADTK_PUBLIC_KEY names one), then open it with a backend.
 
         Only the verified bytes reach the backend: the file is read once, so a file replaced after the
         check cannot be the one that runs.
         """
+        from adtk.runtime.signing import configured_public_key, verify_signature
+
         artefact = read_artefact(path)
+        key = configured_public_key(public_key)
+        if key is not None:
+            verify_signature(artefact.model_bytes, path, key)
         return cls(artefact, create_backend(artefact, backend, **backend_options))
 
     @property

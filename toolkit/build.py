@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import time
 from dataclasses import dataclass, field
@@ -18,15 +19,20 @@ import numpy as np
 import torch
 
 from adtk.export.compose import ScoringGraph
-from adtk.export.formats import build_artefact
+from adtk.export.compiler import CompileOptions, compile_model
+from adtk.export.formats import export_model, write_artefact
+from adtk.export.targets import load_target
 from adtk.runtime.artefact import INPUT_NAME, OUTPUT_NAMES, SCHEMA_VERSION
-from adtk.runtime.errors import ConfigError, DataError
+from adtk.runtime.errors import ConfigError, DataError, TargetError
 from adtk.toolkit.backbones import create_backbone
 from adtk.toolkit.calibration import Calibration, calibrate
 from adtk.toolkit.data import DatasetIndex, Sample, index_dataset, iter_images, training_list_sha256
+from adtk.toolkit.labelled_defects import defects_manifest_entry, extract_labelled_features, labelled_defect_samples
 from adtk.toolkit.methods.registry import create_method
 from adtk.toolkit.postprocess import AnomalyMapSmoother, ScoreNormaliser
 from adtk.toolkit.preprocess import FramePreprocess
+from adtk.toolkit.refinement import manifest_entry, parse_refine, refine_training_set, write_training_list
+from adtk.toolkit.sizing import MAX_SIZING_ROUNDS, compile_check_data, plan_for_target, resolve_precision
 
 
 @dataclass
@@ -46,6 +52,12 @@ class BuildConfig:
     skip_bad: bool = False
     batch_size: int = 16
     blur_sigma: float = 4.0
+    target: str | None = None  # a targets/*.yaml name or path: size, check and record for that device
+    precision: str = "auto"  # fp32 | fp16 | int8 | auto (the target's default; fp32 without a target)
+    max_auroc_drop: float = 0.01  # refuse a precision that loses more image AUROC than this against fp32
+    check_images: int = 200  # held-out images the precision check scores (seeded subset)
+    refine: str | None = None  # "sroc:R", "sroc:R:DETECTOR" or "paire": drop suspected defects before the fit
+    defects_from_test: tuple[str, ...] = ()  # test/<type> folders whose images (and masks) methods may learn from
 
 
 @dataclass
@@ -108,12 +120,15 @@ class FeatureExtractorPipeline:
 
 
 @torch.no_grad()
-def raw_image_scores(graph: ScoringGraph, samples, skip_bad: bool, on_warning=None) -> np.ndarray:
-    scores = []
+def raw_image_scores(graph: ScoringGraph, samples, skip_bad: bool, on_warning=None):
+    """-> (raw image scores [N], per-image raw map maxima [N], minima [N]) through the torch reference."""
+    scores, map_max, map_min = [], [], []
     for _, image in iter_images(samples, skip_bad=skip_bad, on_warning=on_warning):
-        raw_score, _ = graph.raw_scores(torch.from_numpy(image)[None])
+        raw_score, raw_map = graph.raw_scores(torch.from_numpy(image)[None])
         scores.append(float(raw_score[0]))
-    return np.asarray(scores)
+        map_max.append(float(raw_map.max()))
+        map_min.append(float(raw_map.min()))
+    return np.asarray(scores), np.asarray(map_max), np.asarray(map_min)
 
 
 def make_manifest(config: BuildConfig, method, backbone, preprocess, calibration: Calibration, fit_samples,
@@ -132,13 +147,15 @@ def make_manifest(config: BuildConfig, method, backbone, preprocess, calibration
         "outputs": {
             "pred_score": "[B] float32 in [0, 1]; 0.5 is the calibrated threshold",
             "pred_label": "[B] bool; True = anomalous (raw_score >= threshold)",
-            "anomaly_map": "[B, S, S] float32 in [0, 1], normalised as pred_score, at the model size",
+            "anomaly_map": "[B, S, S] float32 in [0, 1] at the model size; 0.5 = the highest value of any "
+                           "held-out good image's map (calibration.map_threshold)",
             "raw_score": "[B] float32, the method's image score before normalisation",
             "raw_anomaly_map": "[B, S, S] float32, before normalisation",
             "order": list(OUTPUT_NAMES),
         },
         "postprocess": {"map_upsample": "bilinear", "blur_sigma": config.blur_sigma,
-                        "normalisation": "clip((raw - threshold) / (score_max - score_min) + 0.5, 0, 1)"},
+                        "normalisation": "clip((raw - threshold) / (score_max - score_min) + 0.5, 0, 1); maps likewise "
+                                         "with map_threshold, map_min, map_max"},
         "calibration": calibration.as_dict(),
         "training": {
             "num_fit_images": len(fit_samples),
@@ -159,13 +176,27 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
     timings: dict[str, float] = {}
     started = time.perf_counter()
     method = create_method(config.method, **config.method_params)  # config errors before any data is read
+    refine_spec = parse_refine(config.refine) if config.refine else None
     index = index or index_dataset(config.data)
     fit_samples, calib_samples = split_training_set(index.train, config.calib_fraction,
                                                     config.max_train_images, config.seed)
     warn = (lambda message: log(f"warning: {message}"))
+    # labelled defects (seed 003) are chosen before any image is read, so a wrong type fails fast
+    defect_samples = labelled_defect_samples(index, config.defects_from_test, warn) if method.uses_labelled_defects else []
+    if config.defects_from_test and not method.uses_labelled_defects:
+        warn(f"--defects-from-test is ignored: {method.name} does not learn from labelled defects")
     backbone = create_backbone(config.backbone, stages=config.stages, weights=config.weights,
                                random_weights=config.random_weights, seed=config.seed)
     preprocess = FramePreprocess(config.image_size_px, backbone.mean, backbone.std)
+    tic = time.perf_counter()
+    with StepProgress(progress_factory, "finetune") as prepare_progress:
+        # methods that change the backbone (REB's fine-tuning) do it here, before any feature is extracted
+        backbone = method.prepare_backbone(
+            backbone, preprocess, (image for _, image in iter_images(fit_samples, config.skip_bad, warn)),
+            functools.partial(create_backbone, config.backbone, weights=config.weights,
+                              random_weights=config.random_weights, seed=config.seed),
+            progress=prepare_progress)
+    timings["prepare_backbone"] = time.perf_counter() - tic
     embedding = method.embedding(tuple(backbone.channels)).eval()
     pipeline = FeatureExtractorPipeline(preprocess, backbone, embedding, config.batch_size)
     log(f"{method.name}: {len(fit_samples)} images to fit, {len(calib_samples)} held out to calibrate; "
@@ -174,31 +205,79 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
     tic = time.perf_counter()
     with _progress(progress_factory, len(fit_samples), "features") as bar:
         features, fit_samples = pipeline.features(fit_samples, config.skip_bad, bar.update, warn)
+    fit_inputs = {}
+    if method.uses_labelled_defects:  # seed 003: labelled defects with patch masks (toolkit/labelled_defects.py)
+        fit_inputs["defects"] = extract_labelled_features(pipeline, defect_samples, config.skip_bad, warn)
+        log(f"{method.name}: {len(defect_samples)} labelled defect images, "
+            f"{fit_inputs['defects'].num_defective_patches} defective patches")
     timings["features"] = time.perf_counter() - tic
 
-    tic = time.perf_counter()
-    with StepProgress(progress_factory, "fit") as fit_progress:
-        state = method.fit(features, progress=fit_progress)
-    timings["fit"] = time.perf_counter() - tic
+    refinement, candidates = None, fit_samples
+    if refine_spec is not None:  # toolkit/refinement: fit a detector, score the fit images, drop some
+        tic = time.perf_counter()
+        features, fit_samples, refinement = refine_training_set(
+            refine_spec, method, tuple(backbone.channels), features, candidates,
+            lambda other: FeatureExtractorPipeline(preprocess, backbone, other, config.batch_size).features(
+                candidates, config.skip_bad)[0], log)
+        timings["refine"] = time.perf_counter() - tic
+
+    target = load_target(config.target) if config.target else None
+    precision = resolve_precision(config.precision, target)
+    for sizing_round in range(MAX_SIZING_ROUNDS):
+        tic = time.perf_counter()
+        with StepProgress(progress_factory, "fit") as fit_progress:
+            state = method.fit(features, progress=fit_progress, **fit_inputs)
+        timings["fit"] = time.perf_counter() - tic
+
+        smoother = AnomalyMapSmoother(preprocess.image_size_px, sigma=config.blur_sigma)
+        graph = ScoringGraph(preprocess, backbone, embedding, method.head(state), smoother, ScoreNormaliser()).eval()
+
+        tic = time.perf_counter()
+        good_scores, good_map_max, good_map_min = raw_image_scores(graph, calib_samples, config.skip_bad, warn)
+        defect_scores = raw_image_scores(graph, index.defects, config.skip_bad, warn)[0] if index.defects else None
+        calibration = calibrate(good_scores, defect_scores, good_map_max=good_map_max, good_map_min=good_map_min)
+        graph.normaliser = ScoreNormaliser(calibration.threshold, calibration.score_min, calibration.score_max)
+        graph.map_normaliser = ScoreNormaliser(calibration.map_threshold, calibration.map_min, calibration.map_max)
+        timings["calibrate"] = time.perf_counter() - tic
+        log(f"threshold {calibration.threshold:.4f} ({calibration.method})")
+
+        timings["total_before_export"] = time.perf_counter() - started
+        manifest = make_manifest(config, method, backbone, preprocess, calibration, fit_samples, calib_samples,
+                                 method.fit_report(state), timings)
+        if refinement is not None:
+            manifest["training"]["refinement"] = manifest_entry(refinement, candidates, config.out)
+        if "defects" in fit_inputs:
+            manifest["training"]["labelled_defects"] = defects_manifest_entry(defect_samples, fit_inputs["defects"])
+        tic = time.perf_counter()
+        fp32_model = export_model(graph, manifest, preprocess.image_size_px)
+        timings["export"] = time.perf_counter() - tic
+        if target is None:
+            break
+        # --target: size the head from the cost model; a knob change refits on the same features (export/...)
+        plan = plan_for_target(fp32_model, target, precision, method, config.precision == "auto")
+        log(f"sizing for {target.name}: {plan.message}")
+        precision = plan.precision
+        if plan.fits:
+            break
+        method = create_method(config.method, **{**method.params(), **plan.params})
+        # Sizing knobs size the head (bank rows), never the embedding: the features stay valid, but the
+        # new instance still needs its embedding set up (e.g. a seeded channel subset) before fit.
+        method.embedding(tuple(backbone.channels))
+    else:
+        raise TargetError(f"{target.name}: no fit after {MAX_SIZING_ROUNDS} sizing rounds; lower the knobs by hand")
     del features
 
-    smoother = AnomalyMapSmoother(preprocess.image_size_px, sigma=config.blur_sigma)
-    graph = ScoringGraph(preprocess, backbone, embedding, method.head(state), smoother, ScoreNormaliser()).eval()
-
     tic = time.perf_counter()
-    good_scores = raw_image_scores(graph, calib_samples, config.skip_bad, warn)
-    defect_scores = raw_image_scores(graph, index.defects, config.skip_bad, warn) if index.defects else None
-    calibration = calibrate(good_scores, defect_scores)
-    graph.normaliser = ScoreNormaliser(calibration.threshold, calibration.score_min, calibration.score_max)
-    timings["calibrate"] = time.perf_counter() - tic
-    log(f"threshold {calibration.threshold:.4f} ({calibration.method})")
-
-    timings["total_before_export"] = time.perf_counter() - started
-    manifest = make_manifest(config, method, backbone, preprocess, calibration, fit_samples, calib_samples,
-                             method.fit_report(state), timings)
-    tic = time.perf_counter()
-    artefact = build_artefact("onnx", graph, manifest, config.out, preprocess.image_size_px)
-    timings["export"] = time.perf_counter() - tic
+    data = None
+    if precision != "fp32":
+        data = compile_check_data(index, fit_samples, calib_samples, config.check_images, config.seed,
+                                  config.skip_bad, warn)
+    model, manifest, _ = compile_model(fp32_model, manifest, CompileOptions(precision, target, config.max_auroc_drop),
+                                       data, log)
+    artefact = write_artefact(model, manifest, config.out)
+    if refinement is not None:
+        write_training_list(refinement, candidates, artefact)
+    timings["compile"] = time.perf_counter() - tic
     return BuildResult(artefact, manifest, graph, fit_samples, calib_samples, timings)
 
 
@@ -223,12 +302,15 @@ class StepProgress:
     def __init__(self, factory, label: str):
         self.factory, self.label, self.bar, self.done = factory, label, None, 0
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, note: str | None = None) -> None:
         if self.factory is None:
             return
         if self.bar is None:
             self.bar = self.factory(total, self.label).__enter__()
-        self.bar.update(done - self.done)
+        if note is None:
+            self.bar.update(done - self.done)
+        else:  # shown beside the bar (e.g. the fine-tuning loss)
+            self.bar.update(done - self.done, note)
         self.done = done
 
     def __enter__(self):

@@ -3,6 +3,7 @@
 Good images only: threshold = the `good_quantile` quantile of the held-out good scores (default 1.0, the
 highest: no held-out good image is flagged); score_min = their minimum; score_max mirrors the threshold
 (threshold + (threshold - min)), so good scores map to [0, 0.5].
+Anomaly maps are normalised apart, from the held-out good images' raw maps (map_statistics).
 With labelled defects as well: threshold = the F1-optimal cut between good and defective scores
 (midway between the two neighbouring scores), score_max = the highest defective score.
 """
@@ -24,6 +25,9 @@ class Calibration:
     method: str  # how the threshold was chosen, recorded in the manifest
     num_good: int
     num_defective: int
+    map_threshold: float = 0.0  # the highest raw map value of any held-out good image
+    map_min: float = 0.0
+    map_max: float = 1.0  # mirrors map_threshold, so held-out good maps normalise into [0, 0.5]
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -44,7 +48,19 @@ def f1_optimal_threshold(good: np.ndarray, defective: np.ndarray) -> float:
     return float((scores[best] + below) / 2.0)
 
 
-def calibrate(good_scores, defective_scores=None, good_quantile: float = 1.0) -> Calibration:
+def map_statistics(good_map_max, good_map_min) -> dict:
+    """Anomaly-map normalisation from the held-out good images' per-image raw map maxima and minima:
+    0.5 in a normalised map = the highest value any held-out good image reached anywhere."""
+    threshold = float(np.max(good_map_max))
+    low = float(np.min(good_map_min))
+    high = threshold + (threshold - low)
+    if high <= low:
+        high = low + max(abs(low), 1.0)
+    return {"map_threshold": threshold, "map_min": low, "map_max": high}
+
+
+def calibrate(good_scores, defective_scores=None, good_quantile: float = 1.0, good_map_max=None,
+              good_map_min=None) -> Calibration:
     good = np.asarray(good_scores, dtype=np.float64).ravel()
     if good.size == 0:
         raise DataError("calibration needs at least one held-out good image; lower --calib-fraction's "
@@ -63,4 +79,5 @@ def calibrate(good_scores, defective_scores=None, good_quantile: float = 1.0) ->
         method = f"quantile {good_quantile:g} of {good.size} held-out good images"
     if score_max <= score_min:  # all calibration scores equal: keep a usable, non-zero span
         score_max = score_min + max(abs(score_min), 1.0)
-    return Calibration(threshold, score_min, score_max, method, int(good.size), int(defective.size))
+    maps = map_statistics(good_map_max, good_map_min) if good_map_max is not None else {}
+    return Calibration(threshold, score_min, score_max, method, int(good.size), int(defective.size), **maps)

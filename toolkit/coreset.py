@@ -58,13 +58,15 @@ class ApproximateGreedyCoreset:
         weight = (torch.rand(rows.shape[1], self.projection_dim, generator=generator) * 2 - 1) * bound
         return rows @ weight
 
-    def select(self, features: np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    def select(self, features: np.ndarray, progress: Callable[[int, int], None] | None = None,
+               num_selected: int | None = None) -> np.ndarray:
         """features [N, D] -> sorted indices [M] of the selected rows (M = max(1, int(N * ratio))).
 
-        progress(done, total) is called after every block of picks.
+        num_selected overrides M (e.g. SoftCore sizes its coreset on all patches but samples only the
+        kept ones). progress(done, total) is called after every block of picks.
         """
         num_rows = features.shape[0]
-        target = self.target_size(num_rows)
+        target = self.target_size(num_rows) if num_selected is None else max(1, int(num_selected))
         if target >= num_rows:
             return np.arange(num_rows)
         generator = torch.Generator().manual_seed(self.seed)

@@ -27,8 +27,9 @@ def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 def evaluate_artefact(model_path: str | Path, data: str | Path, backend: str = "auto", batch_size: int = 8,
                       skip_bad: bool = False, progress: Callable[[int], None] | None = None,
-                      samples=None) -> dict:
-    """-> metrics dict (JSON-serialisable); `samples` overrides the data set's test split."""
+                      samples=None, details: dict | None = None) -> dict:
+    """-> metrics dict (JSON-serialisable); `samples` overrides the data set's test split. A `details` dict
+    is filled with the per-image arrays (samples, scores, labels, raw maps, masks) for reports."""
     detector = Detector.load(model_path, backend=backend)
     if samples is None:
         index = index_dataset(data)
@@ -68,6 +69,9 @@ def evaluate_artefact(model_path: str | Path, data: str | Path, backend: str = "
     scores_a, labels_a = np.asarray(scores), np.asarray(labels)
     metrics = evaluate_predictions(scores_a, labels_a, maps=np.stack(maps), masks=np.stack(masks),
                                    pred_labels=np.asarray(pred_labels))
+    if details is not None:
+        details.update(samples=used, scores=scores_a, labels=labels_a, maps=np.stack(maps), masks=np.stack(masks),
+                       threshold=detector.threshold)
     per_type = {}
     for defect_type in sorted(set(types) - {"good"}):
         keep = np.array([t in ("good", defect_type) for t in types])

@@ -32,8 +32,14 @@ class PatchEmbedding(nn.Module):
     D = sum(C_i), or embed_dim when given.
     """
 
-    def __init__(self, channels: Sequence[int], neighbourhood: int = 3, embed_dim: int | None = None):
+    def __init__(self, channels: Sequence[int], neighbourhood: int = 3, embed_dim: int | None = None,
+                 upsample: str = "bilinear"):
         super().__init__()
+        # "bilinear": official PatchCore; "nearest": anomalib's variant, which seed 003's SEMLP and Labeled
+        # PatchCore were trained with (spec softcore_semlp_labeled_patchcore.md, B.2 and part C).
+        if upsample not in ("bilinear", "nearest"):
+            raise ValueError(f"upsample must be 'bilinear' or 'nearest', got {upsample!r}")
+        self.upsample = upsample
         self.channels = tuple(int(c) for c in channels)
         self.neighbourhood = int(neighbourhood)
         total = sum(self.channels)
@@ -48,9 +54,8 @@ class PatchEmbedding(nn.Module):
         pad = self.neighbourhood // 2
         pooled = [F.avg_pool2d(m, self.neighbourhood, stride=1, padding=pad) for m in stage_maps]
         grid = pooled[0].shape[-2:]
-        aligned = [pooled[0]] + [
-            F.interpolate(m, size=grid, mode="bilinear", align_corners=False) for m in pooled[1:]
-        ]
+        resize = (dict(mode="bilinear", align_corners=False) if self.upsample == "bilinear" else dict(mode="nearest"))
+        aligned = [pooled[0]] + [F.interpolate(m, size=grid, **resize) for m in pooled[1:]]
         features = torch.cat(aligned, dim=1)
         if self.projection is not None:
             features = F.conv2d(features, self.projection)

@@ -48,8 +48,8 @@ class ScoreNormaliser(nn.Module):
     """raw score -> clip((raw - threshold) / (score_max - score_min) + 0.5, 0, 1).
 
     0.5 is the calibrated threshold; pred_label is raw >= threshold (taken from the raw score so that it
-    cannot disagree with the threshold through rounding). Maps are normalised with the same constants,
-    so a map value above 0.5 marks a region that alone would exceed the image threshold.
+    cannot disagree with the threshold through rounding). Anomaly maps use a second instance with their
+    own constants (calibration.map_statistics): above 0.5 = beyond any held-out good image's map.
     """
 
     def __init__(self, threshold: float = 0.0, score_min: float = 0.0, score_max: float = 1.0):

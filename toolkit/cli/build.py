@@ -44,8 +44,25 @@ def parse_params(pairs: tuple[str, ...]) -> dict:
 @click.option("--max-train-images", type=int, default=None, help="Use a seeded subset of this many images.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Skip undecodable images with a warning instead of stopping.")
+@click.option("--refine", default=None, metavar="SPEC",
+              help="Drop suspected defects from the training images before the fit: sroc:R (drop the top R "
+                   "fraction as scored by this method), sroc:R:DETECTOR (scored by DETECTOR, e.g. "
+                   "sroc:0.2:mahalanobis) or paire (PaIRE's iterative trimming). Kept/dropped images are "
+                   "written to ARTEFACT.training.json.")
+@click.option("--defects-from-test", "defects_from_test", default=None, metavar="TYPES",
+              help="Comma-separated test/<type> folders whose images and masks methods that learn from labelled "
+                   "defects (semlp, labeled-patchcore) may fit on, besides DATA/defects/<type>/.")
+@click.option("--target", default=None, help="Device to build for (see `adtk targets`): sizes, checks, records.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
+              help="auto = the target's default (fp32 without a target).")
+@click.option("--max-auroc-drop", type=float, default=0.01, show_default=True,
+              help="Refuse a precision whose image AUROC is lower than fp32's by more than this (0.01 = 1 point).")
+@click.option("--check-images", type=int, default=200, show_default=True,
+              help="Held-out images the precision check scores.")
+@click.option("--engine", is_flag=True, help="Also build a TensorRT engine for --target (needs tensorrt).")
 def command(method, data, out, backbone, stages, weights, random_weights, image_size_px, coreset_ratio,
-            num_neighbors, params, calib_fraction, max_train_images, seed, skip_bad):
+            num_neighbors, params, calib_fraction, max_train_images, seed, skip_bad, target, precision, max_auroc_drop,
+            check_images, engine, refine=None, defects_from_test=None):
     """Fit a detector on DATA and compile it into one ONNX artefact."""
     from adtk.toolkit.build import BuildConfig, build
 
@@ -57,13 +74,28 @@ def command(method, data, out, backbone, stages, weights, random_weights, image_
         data=data, out=out, method=method, method_params=method_params, backbone=backbone,
         stages=tuple(s.strip() for s in stages.split(",")) if stages else None, weights=weights,
         random_weights=random_weights, image_size_px=image_size_px, calib_fraction=calib_fraction,
-        max_train_images=max_train_images, seed=seed, skip_bad=skip_bad,
+        max_train_images=max_train_images, seed=seed, skip_bad=skip_bad, refine=refine,
+        defects_from_test=tuple(t.strip() for t in defects_from_test.split(",") if t.strip()) if defects_from_test else (),
+        target=target, precision=precision, max_auroc_drop=max_auroc_drop, check_images=check_images,
     )
+    if engine and not target:
+        from adtk.runtime.errors import ConfigError
+
+        raise ConfigError("--engine needs --target (the engine is built for one device)")
     result = build(config, log=lambda m: click.echo(m, err=True), progress_factory=progress_factory)
     size_mb = result.artefact.stat().st_size / 1e6
     fit = result.manifest["method"]["fit"]
     click.echo(f"wrote {result.artefact} ({size_mb:.1f} MB; {fit}); "
                f"timings {', '.join(f'{k} {v:.1f}s' for k, v in result.timings_s.items())}")
+    if engine:
+        from adtk.export.tensorrt import build_engine
+
+        engine_path = build_engine(result.artefact, target, log=lambda m: click.echo(m, err=True))
+        click.echo(f"wrote {engine_path} (TensorRT engine) and {engine_path}.json (its metadata)")
+    refinement = result.manifest["training"].get("refinement")
+    if refinement:
+        click.echo(f"refine {refinement['spec']}: dropped {refinement['num_dropped']} of "
+                   f"{refinement['num_candidates']} training images (list: {refinement['list_file']})")
     click.echo("next:")
     click.echo(f"  adtk eval {result.artefact} --data {data}")
     click.echo(f"  adtk predict {result.artefact} IMAGE...")

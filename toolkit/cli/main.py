@@ -30,10 +30,13 @@ def cli(debug: bool) -> None:
 
 
 def _register() -> None:
-    from adtk.toolkit.cli import build, demo, evaluate, inspect, predict
+    from adtk.toolkit.cli import build, compile, demo, evaluate, flash, inspect, predict, serve, sign, targets
 
-    for module in (build, predict, evaluate, inspect, demo):
+    for module in (build, predict, evaluate, inspect, demo, serve, flash, targets, compile, sign):
         cli.add_command(module.command)
+    from adtk.toolkit.cli import defects
+
+    cli.add_command(defects.command)
 
 
 _register()

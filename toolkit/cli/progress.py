@@ -9,4 +9,5 @@ import click
 
 def progress_factory(total: int, label: str):
     return click.progressbar(length=total, label=f"{label:<10}", file=sys.stderr,
-                             show_pos=True, show_eta=True)
+                             show_pos=True, show_eta=True,
+                             item_show_func=lambda note: note)  # e.g. "loss 0.123" from bar.update(n, note)

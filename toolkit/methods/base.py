@@ -13,11 +13,23 @@ HeadOutput(patch_scores [B, h, w], image_score [B]); it holds no faiss/numpy and
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
+
+
+@dataclasses.dataclass(frozen=True)
+class SizingKnob:
+    """A constructor parameter the compiler may lower to fit a device's frame budget (declared as data, so
+    the compiler never needs to know the method): the head's cost grows as value ** cost_exponent."""
+
+    param: str  # constructor keyword, e.g. "coreset_ratio"
+    minimum: float  # never go below this
+    cost_exponent: float = 1.0  # 1 = linear (bank rows), 2 = quadratic (e.g. covariance channels)
+    integer: bool = False
 
 
 class HeadOutput(NamedTuple):
@@ -29,6 +41,9 @@ class AnomalyMethod:
     """Base class: holds the constructor parameters so they can be recorded in the manifest."""
 
     name: str = ""  # set by @register_method
+    # True for methods that learn from labelled defect images (seed 003): the build then calls
+    # fit(features, progress, defects=LabelledFeatures(...)) (toolkit/labelled_defects.py).
+    uses_labelled_defects: bool = False
 
     def params(self) -> dict[str, Any]:
         """The constructor keyword arguments, as recorded in the artefact manifest."""
@@ -37,11 +52,26 @@ class AnomalyMethod:
     def embedding(self, channels: tuple[int, ...]) -> nn.Module:
         raise NotImplementedError
 
+    def prepare_backbone(self, backbone: nn.Module, preprocess: nn.Module, images: Iterable[np.ndarray],
+                         make_backbone: Callable[..., nn.Module], progress=None) -> nn.Module:
+        """Change the backbone before any feature is extracted (e.g. REB's fine-tuning); default: unchanged.
+
+        images: the fit images, uint8 [H, W, 3] (lazy: nothing is read unless iterated).
+        make_backbone(stages=..., trainable=...): a new backbone with the build's weights, e.g. deeper.
+        progress(done, total, note). The returned module is what the scoring graph (and the artefact)
+        contains; a method that changes weights updates its weights_source / weights_sha256.
+        """
+        return backbone
+
     def fit(self, features: np.ndarray, progress=None):
         raise NotImplementedError
 
     def head(self, state) -> nn.Module:
         raise NotImplementedError
+
+    def sizing_knobs(self) -> tuple[SizingKnob, ...]:
+        """Parameters `adtk build --target` may lower when the head does not fit the frame budget; default none."""
+        return ()
 
     def fit_report(self, state) -> dict[str, Any]:
         """Facts about the fitted state worth recording (e.g. memory bank rows x dims)."""

@@ -20,7 +20,7 @@ from torch import nn
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.coreset import ApproximateGreedyCoreset
 from adtk.toolkit.features import PatchEmbedding
-from adtk.toolkit.methods.base import AnomalyMethod, HeadOutput
+from adtk.toolkit.methods.base import AnomalyMethod, HeadOutput, SizingKnob
 from adtk.toolkit.methods.registry import register_method
 from adtk.toolkit.search import nearest_neighbours
 
@@ -103,6 +103,10 @@ class PatchCore(AnomalyMethod):
         others_first = np.argsort(found == own_row, axis=1, kind="stable")
         others = np.take_along_axis(found, others_first, axis=1)[:, : self.num_neighbors - 1]
         return np.concatenate([own_row, others], axis=1)
+
+    def sizing_knobs(self) -> tuple[SizingKnob, ...]:
+        # The head's cost (one GEMM against the bank, then a min over its rows) is linear in the bank rows.
+        return (SizingKnob("coreset_ratio", minimum=0.001, cost_exponent=1.0),)
 
     def head(self, state: PatchCoreState) -> PatchCoreHead:
         return PatchCoreHead(state)

@@ -1,0 +1,48 @@
+"""Threshold and normalisation calibration, and what it means for a built artefact."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from adtk.runtime.detector import Detector
+from adtk.toolkit.calibration import calibrate, f1_optimal_threshold
+from adtk.toolkit.data import read_image
+
+
+def test_good_only_threshold_is_the_highest_held_out_score_and_maps_good_into_lower_half():
+    calibration = calibrate([1.0, 2.0, 4.0], good_map_max=[3.0, 5.0], good_map_min=[0.5, 1.0])
+    assert calibration.threshold == 4.0
+    assert (calibration.score_min, calibration.score_max) == (1.0, 7.0)
+    assert (calibration.map_threshold, calibration.map_min, calibration.map_max) == (5.0, 0.5, 9.5)
+    assert "3 held-out good" in calibration.method
+
+
+def test_f1_optimal_threshold_matches_a_brute_force_search():
+    rng = np.random.default_rng(0)
+    good, bad = rng.normal(0, 1, 40), rng.normal(1.5, 1, 25)
+    threshold = f1_optimal_threshold(good, bad)
+    scores = np.concatenate([good, bad])
+    labels = np.concatenate([np.zeros(40), np.ones(25)])
+
+    def f1(t):
+        predicted = scores >= t
+        tp = (predicted & (labels == 1)).sum()
+        return 2 * tp / (predicted.sum() + 25)
+
+    best = max(f1(t) for t in np.unique(scores))
+    assert np.isclose(f1(threshold), best)
+    assert calibrate(good, bad).threshold == threshold
+
+
+def test_held_out_good_images_score_below_threshold_and_their_maps_below_half(tiny_build):
+    detector = Detector.load(tiny_build.artefact)
+    images = [read_image(s.path) for s in tiny_build.calibration_samples]
+    for image in images:
+        prediction = detector.predict(image[None])
+        assert prediction.pred_score[0] <= 0.5 + 1e-6 and not prediction.pred_label[0]
+        assert prediction.anomaly_map.max() <= 0.5 + 1e-4
+    with torch.no_grad():
+        raw_score, _ = tiny_build.graph.raw_scores(torch.from_numpy(images[0])[None])
+    cal = tiny_build.manifest["calibration"]
+    assert cal["score_min"] <= float(raw_score[0]) <= cal["threshold"] + 1e-4
