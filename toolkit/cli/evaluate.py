@@ -22,7 +22,8 @@ def format_table(metrics: dict) -> str:
 @click.command("eval")
 @click.argument("model", type=click.Path(path_type=Path), required=False)
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="MVTec-style folder with test/.")
-@click.option("--backend", default="auto", show_default=True)
+@click.option("--backend", default="auto", show_default=True,
+              help="auto, tensorrt (engine), onnxruntime, cpu, cuda or ort-tensorrt.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
               help="Also write the metrics as JSON to this file ('-' for stdout only).")
 @click.option("--skip-bad", is_flag=True)

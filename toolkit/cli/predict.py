@@ -9,7 +9,7 @@ import click
 @click.command("predict")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--backend", default="auto", show_default=True, help="auto, cpu, cuda or tensorrt.")
+@click.option("--backend", default="auto", show_default=True, help="auto, tensorrt (engine), onnxruntime, cpu, cuda or ort-tensorrt.")
 @click.option("--skip-bad", is_flag=True, help="Report undecodable images as errors and go on.")
 def command(model, images, backend, skip_bad):
     """Score IMAGES with MODEL; one JSON line per image: path, score (0..1, 0.5 = threshold), label.

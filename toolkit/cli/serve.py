@@ -45,7 +45,7 @@ def read_token(token_file: Path | None) -> str | None:
 @click.option("--model-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder watched for new artefacts (default: the model's folder).")
 @click.option("--no-watch", is_flag=True, help="Do not hot-swap new artefacts.")
-@click.option("--backend", default="auto", show_default=True, help="auto, cpu, cuda or tensorrt.")
+@click.option("--backend", default="auto", show_default=True, help="auto, tensorrt (engine), onnxruntime, cpu, cuda or ort-tensorrt.")
 def command(model, source, sinks, http_bind, token_file, queue_capacity, pace_fps, loop, model_dir, no_watch,
             backend):
     """Score frames from --source with MODEL until SIGTERM; hot-swap new artefacts placed in its folder.
