@@ -23,7 +23,7 @@ from torch import nn
 
 class ScoringOutputs(NamedTuple):
     pred_score: torch.Tensor  # [B] float32 in [0, 1]; 0.5 is the calibrated threshold
-    pred_label: torch.Tensor  # [B] bool; raw_score >= threshold
+    pred_label: torch.Tensor  # [B] bool; raw_score > threshold
     anomaly_map: torch.Tensor  # [B, S, S] float32 in [0, 1]; 0.5 = the highest held-out good map value
     raw_score: torch.Tensor  # [B] float32, the method's unnormalised image score
     raw_anomaly_map: torch.Tensor  # [B, S, S] float32, unnormalised
@@ -39,7 +39,7 @@ class ScoringGraph(nn.Module):
         self.head = head
         self.smoother = smoother
         self.normaliser = normaliser
-        # Maps get their own calibration: for some methods (image-level KNN, Mahalanobis) the map is not on
+        # Maps get their own calibration: for some methods (the image-level ones) the map is not on
         # the image score's scale, and normalising it with the image constants would saturate it.
         self.map_normaliser = map_normaliser if map_normaliser is not None else normaliser
 

@@ -46,7 +46,7 @@ def test_predict_prints_json_lines(runner, built, tiny_dataset):
     assert [line["path"] for line in lines] == paths
     for line in lines:
         assert 0.0 <= line["score"] <= 1.0 and isinstance(line["label"], bool)
-        assert line["label"] == (line["score"] >= 0.5)
+        assert line["label"] == (line["score"] > 0.5)
 
 
 def test_eval_reports_metrics_as_table_and_json(runner, built, tiny_dataset, tmp_path):

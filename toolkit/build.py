@@ -146,7 +146,7 @@ def make_manifest(config: BuildConfig, method, backbone, preprocess, calibration
         "input": {"name": INPUT_NAME, **preprocess.contract()},
         "outputs": {
             "pred_score": "[B] float32 in [0, 1]; 0.5 is the calibrated threshold",
-            "pred_label": "[B] bool; True = anomalous (raw_score >= threshold)",
+            "pred_label": "[B] bool; True = anomalous (raw_score > threshold)",
             "anomaly_map": "[B, S, S] float32 in [0, 1] at the model size; 0.5 = the highest value of any "
                            "held-out good image's map (calibration.map_threshold)",
             "raw_score": "[B] float32, the method's image score before normalisation",

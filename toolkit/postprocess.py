@@ -47,7 +47,9 @@ class AnomalyMapSmoother(nn.Module):
 class ScoreNormaliser(nn.Module):
     """raw score -> clip((raw - threshold) / (score_max - score_min) + 0.5, 0, 1).
 
-    0.5 is the calibrated threshold; pred_label is raw >= threshold (taken from the raw score so that it
+    0.5 is the calibrated threshold; pred_label is raw > threshold, strictly: the good-only calibration
+    puts the threshold at the highest held-out good score, which must not count as anomalous (taken from
+    the raw score so that it
     cannot disagree with the threshold through rounding). Anomaly maps use a second instance with their
     own constants (calibration.map_statistics): above 0.5 = beyond any held-out good image's map.
     """
@@ -64,4 +66,4 @@ class ScoreNormaliser(nn.Module):
         return torch.clamp((raw - self.threshold) * self.inv_span + 0.5, 0.0, 1.0)
 
     def label(self, raw_score: torch.Tensor) -> torch.Tensor:
-        return raw_score >= self.threshold
+        return raw_score > self.threshold

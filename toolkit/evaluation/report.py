@@ -85,8 +85,8 @@ def worst_cases(scores: np.ndarray, labels: np.ndarray, threshold: float) -> tup
     good, defective = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
     good = good[np.argsort(-scores[good], kind="stable")][:WORST_SHOWN]
     defective = defective[np.argsort(scores[defective], kind="stable")][:WORST_SHOWN]
-    false_pos = int((scores[good] >= threshold).sum()) if len(good) else 0
-    false_neg = int((scores[defective] < threshold).sum()) if len(defective) else 0
+    false_pos = int((scores[good] > threshold).sum()) if len(good) else 0
+    false_neg = int((scores[defective] <= threshold).sum()) if len(defective) else 0
     return (good.tolist(), defective.tolist(),
             f"highest-scoring good images ({false_pos} of these are false positives at the artefact threshold)",
             f"lowest-scoring defective images ({false_neg} of these are false negatives at the artefact threshold)")
