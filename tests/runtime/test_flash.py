@@ -15,24 +15,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from adtk.runtime.artefact import INTEGRITY_KEY, MANIFEST_KEY, seal
 from adtk.runtime.errors import ArtefactError, TargetError
 from adtk.runtime.flash import SshDestination, _REMOTE_INSTALL, _run_remote, flash, parse_destination, rollback
 from adtk.toolkit.cli.main import cli
-
-
-def reseal_with_note(artefact_bytes: bytes, note: str) -> bytes:
-    """The same network with a manifest note, sealed again: a different valid artefact."""
-    onnx = pytest.importorskip("onnx")
-    model = onnx.load_from_string(artefact_bytes)
-    props = [(p.key, p.value) for p in model.metadata_props if p.key != INTEGRITY_KEY]
-    del model.metadata_props[:]
-    for key, value in props:
-        if key == MANIFEST_KEY:
-            value = json.dumps({**json.loads(value), "note": note})
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    return seal(model.SerializeToString())
+from tests.conftest import reseal_with_note
 
 
 @pytest.fixture(scope="module")

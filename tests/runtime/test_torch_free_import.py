@@ -6,9 +6,10 @@ import subprocess
 import sys
 import textwrap
 
+DEVICE_ABSENT = ("torch", "timm", "faiss", "sklearn", "torchvision", "scipy", "onnx", "PIL", "click")
 BLOCKER = textwrap.dedent("""
     import builtins, sys
-    BLOCKED = {"torch", "timm", "faiss", "sklearn", "torchvision", "scipy", "onnx", "PIL", "click"}
+    BLOCKED = set(sys.argv[1:])
     real_import = builtins.__import__
     def guarded(name, *args, **kwargs):
         if name.split(".")[0] in BLOCKED:
@@ -18,9 +19,10 @@ BLOCKER = textwrap.dedent("""
 """)
 
 
-def run_isolated(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=120)
+def run_isolated(code: str, also_absent: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter where importing any of DEVICE_ABSENT (+ also_absent) fails."""
+    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code), *DEVICE_ABSENT, *also_absent],
+                          capture_output=True, text=True, timeout=120)
 
 
 def test_blocker_really_blocks():

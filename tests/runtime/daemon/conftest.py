@@ -4,30 +4,13 @@ images, an in-memory frame source, and a helper that runs a service on a thread.
 from __future__ import annotations
 
 import itertools
-import json
 import threading
 import time
 
 import numpy as np
 import pytest
 
-
-def reseal_with_note(artefact_bytes: bytes, note: str) -> bytes:
-    """The same network with a manifest note added, sealed again: a different, fully valid artefact."""
-    onnx = pytest.importorskip("onnx")
-    from adtk.runtime.artefact import INTEGRITY_KEY, MANIFEST_KEY, seal
-
-    model = onnx.load_from_string(artefact_bytes)
-    props = [(p.key, p.value) for p in model.metadata_props if p.key != INTEGRITY_KEY]
-    del model.metadata_props[:]
-    for key, value in props:
-        if key == MANIFEST_KEY:
-            manifest = json.loads(value)
-            manifest["note"] = note
-            value = json.dumps(manifest)
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    return seal(model.SerializeToString())
+from tests.conftest import reseal_with_note
 
 
 @pytest.fixture(scope="session")

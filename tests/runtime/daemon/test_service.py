@@ -4,12 +4,10 @@ skipped, the bounded queue dropping (and counting) the oldest, hot swap between 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -191,20 +189,12 @@ def test_sigterm_finishes_the_frame_in_flight_and_flushes_the_sinks(tiny_build, 
 
 
 def test_daemon_and_flash_import_without_torch_opencv_paho_pillow():
-    blocker = textwrap.dedent("""
-        import builtins
-        BLOCKED = {"torch", "timm", "faiss", "sklearn", "scipy", "onnx", "PIL", "cv2", "paho", "click"}
-        real_import = builtins.__import__
-        def guarded(name, *args, **kwargs):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"blocked on the device: {name}")
-            return real_import(name, *args, **kwargs)
-        builtins.__import__ = guarded
+    from tests.runtime.test_torch_free_import import run_isolated
+
+    result = run_isolated("""
         import adtk.runtime.daemon.service, adtk.runtime.daemon.http_api, adtk.runtime.daemon.sinks
         import adtk.runtime.daemon.sources, adtk.runtime.daemon.hot_swap, adtk.runtime.flash
         print("ok")
-    """)
-    result = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=120,
-                            env={**os.environ})
+    """, also_absent=("cv2", "paho"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
