@@ -35,7 +35,7 @@ from adtk.runtime.errors import ConfigError
 
 class ApproximateGreedyCoreset:
     def __init__(self, ratio: float, projection_dim: int = 128, num_starts: int = 10, seed: int = 0,
-                 block_size: int = 256, num_candidates: int = 8192, chunk_rows: int = 65536):
+                 block_size: int = 256, num_candidates: int = 8192, chunk_rows: int = 16384):
         if not 0.0 < ratio <= 1.0:
             raise ConfigError(f"coreset ratio must be in (0, 1], got {ratio}")
         self.ratio = float(ratio)
@@ -50,28 +50,50 @@ class ApproximateGreedyCoreset:
         return max(1, int(num_rows * self.ratio))
 
     def project(self, features: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+        """[N, D] rows, or [B, D, h, w] feature maps (rows = every position of every image, in (b, y, x)
+        order) -> projected rows [N, projection_dim] (or the rows themselves when D <= projection_dim).
+
+        Feature maps are projected a few images at a time, so the [N, D] patch-major copy of the maps is
+        never made whole (for PatchCore at 200 images that copy alone was ~110 MB of the build's peak)."""
+        dims = features.shape[1]
+        if features.ndim == 4:
+            maps = torch.from_numpy(np.asarray(features, dtype=np.float32))
+            if dims <= self.projection_dim:
+                return maps.permute(0, 2, 3, 1).reshape(-1, dims)
+            weight = self._projection(dims, generator)
+            out = torch.empty(maps.shape[0] * maps.shape[2] * maps.shape[3], self.projection_dim)
+            per_image = maps.shape[2] * maps.shape[3]
+            step = max(1, 16384 // per_image)
+            for start in range(0, maps.shape[0], step):
+                chunk = maps[start:start + step].permute(0, 2, 3, 1).reshape(-1, dims)
+                torch.matmul(chunk, weight, out=out[start * per_image:start * per_image + len(chunk)])
+            return out
         rows = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-        if rows.shape[1] <= self.projection_dim:
+        if dims <= self.projection_dim:
             return rows
+        return rows @ self._projection(dims, generator)
+
+    def _projection(self, dims: int, generator: torch.Generator) -> torch.Tensor:
         # torch.nn.Linear's default init (Kaiming-uniform, bound 1/sqrt(D)), seeded, as the official code.
-        bound = 1.0 / np.sqrt(rows.shape[1])
-        weight = (torch.rand(rows.shape[1], self.projection_dim, generator=generator) * 2 - 1) * bound
-        return rows @ weight
+        bound = 1.0 / np.sqrt(dims)
+        return (torch.rand(dims, self.projection_dim, generator=generator) * 2 - 1) * bound
 
     def select(self, features: np.ndarray, progress: Callable[[int, int], None] | None = None,
                num_selected: int | None = None) -> np.ndarray:
-        """features [N, D] -> sorted indices [M] of the selected rows (M = max(1, int(N * ratio))).
+        """features [N, D] (or feature maps [B, D, h, w], see project) -> sorted indices [M] of the selected
+        rows (M = max(1, int(N * ratio))).
 
         num_selected overrides M (e.g. SoftCore sizes its coreset on all patches but samples only the
         kept ones). progress(done, total) is called after every block of picks.
         """
-        num_rows = features.shape[0]
+        num_rows = int(np.prod(features.shape)) // features.shape[1]
         target = self.target_size(num_rows) if num_selected is None else max(1, int(num_selected))
         if target >= num_rows:
             return np.arange(num_rows)
         generator = torch.Generator().manual_seed(self.seed)
         rows = self.project(features, generator)
-        sq_norms = (rows * rows).sum(1)
+        # in row chunks: rows * rows whole would be a second [N, d] array at the build's memory peak
+        sq_norms = torch.cat([(chunk * chunk).sum(1) for chunk in rows.split(self.chunk_rows)])
         starts = torch.randperm(num_rows, generator=generator)[: min(self.num_starts, num_rows)]
         mean_dist = self._sq_dists(rows, sq_norms, starts).sqrt_().mean(1)
         min_sq_dist = mean_dist * mean_dist  # [N], exact once `pending` is applied

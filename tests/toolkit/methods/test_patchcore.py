@@ -99,3 +99,16 @@ def test_registry_names_and_errors():
         create_method("patchcor")
     with pytest.raises(ConfigError):
         create_method("patchcore", no_such_option=1)
+
+
+def test_coreset_reads_feature_maps_as_their_patch_matrix():
+    # PatchCore hands the coreset its [N, D, h, w] maps (no patch-major copy); the picks and the gathered
+    # bank rows must be those of the [N*h*w, D] patch matrix in (image, y, x) order.
+    from adtk.toolkit.methods.patchcore import patch_rows
+
+    maps = np.random.default_rng(3).normal(size=(5, 160, 6, 7)).astype(np.float32)
+    matrix = np.ascontiguousarray(maps.transpose(0, 2, 3, 1).reshape(-1, 160))
+    sampler = ApproximateGreedyCoreset(0.1, projection_dim=128, seed=2, block_size=4, num_candidates=16)
+    from_maps, from_matrix = sampler.select(maps), sampler.select(matrix)
+    np.testing.assert_array_equal(from_maps, from_matrix)
+    np.testing.assert_array_equal(patch_rows(maps, from_maps), matrix[from_maps])
