@@ -6,8 +6,10 @@ Precision (export/passes): fp16 = the head's matrices stored in fp16, distances 
 int8 = onnxruntime static QDQ quantisation of the backbone, calibrated on good training images (symmetric
 for TensorRT targets, U8S8 for onnxruntime ones). Every variant is scored against fp32 on held-out images
 with onnxruntime, and the build is refused if its image AUROC drops by more than `max_auroc_drop`.
-For a TensorRT target the bank-chunking pass runs first, then the static TensorRT check; a violation
-refuses the build. The cost model's prediction for the target is recorded in the manifest.
+For a TensorRT target the bank-chunking pass runs first; then, for any target whose parser reads an older
+ONNX opset than the export's, the exact opset down-conversion (passes/opset.py); then, for TensorRT, the
+static check. A violation, or an op with no exact older form, refuses the build. The cost model's
+prediction for the target is recorded in the manifest.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from adtk.export.cost_model import CostEstimate, estimate_cost
 from adtk.export.passes.chunk_bank import chunk_bank_reductions
 from adtk.export.passes.fp16 import convert_head_matrices_to_fp16
 from adtk.export.passes.int8 import quantize_backbone_int8
+from adtk.export.passes.opset import default_opset, downgrade_opset
 from adtk.export.passes.tensorrt_check import require_tensorrt_compatible
 from adtk.export.targets import PRECISIONS, Target
 from adtk.runtime.artefact import INPUT_NAME
@@ -142,6 +145,12 @@ def compile_model(fp32_model, manifest: dict, options: CompileOptions, data: Che
             if chunks:
                 log(f"split {len(chunks)} bank reduction(s) into chunks for TensorRT's limits: {chunks}")
                 facts["bank_chunks"] = chunks
+        if default_opset(model) > target.onnx_max_opset:  # after every pass that adds nodes
+            model, converted = downgrade_opset(model, target.onnx_max_opset)
+            log(f"opset: {converted.from_opset} -> {converted.to_opset} for {target.name}'s parser, exact rewrites "
+                f"of {sum(converted.rewritten.values())} node(s): {converted.as_dict()['rewritten']}")
+            facts["opset"] = converted.as_dict()
+        if target.uses_tensorrt:
             require_tensorrt_compatible(model, target)
             log(f"TensorRT check: passed for {target.name} (TensorRT {target.tensorrt_version}, "
                 f"opset <= {target.onnx_max_opset})")

@@ -5,6 +5,7 @@
     int8.py            INT8 backbone: onnxruntime static quantisation, QDQ, calibrated on good images
     tensorrt_check.py  static check against TensorRT's ONNX parser and engine limits
     chunk_bank.py      splits a bank MatMul + reduction that breaks a tensor-size limit into chunks
+    opset.py           exact down-conversion to an older ONNX opset (e.g. 18 -> 17 for TensorRT 8.5), or refusal
 
 A pass acts on what the graph contains (op types, shapes, initializers), never on a method name.
 """
