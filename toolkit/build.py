@@ -28,6 +28,7 @@ from adtk.toolkit.backbones import create_backbone
 from adtk.toolkit.calibration import Calibration, calibrate
 from adtk.toolkit.data import DatasetIndex, Sample, index_dataset, iter_images, training_list_sha256
 from adtk.toolkit.labelled_defects import defects_manifest_entry, extract_labelled_features, labelled_defect_samples
+from adtk.toolkit.memory import release_large_blocks_promptly, skip_gpu_kernel_compiler_without_gpu
 from adtk.toolkit.methods.registry import create_method
 from adtk.toolkit.postprocess import AnomalyMapSmoother, ScoreNormaliser
 from adtk.toolkit.preprocess import FramePreprocess
@@ -189,6 +190,8 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
     """Fit and compile. `progress_factory(total, label)` returns a context manager with .update(n)."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    release_large_blocks_promptly()  # the build's peak RSS (toolkit/memory.py)
+    skip_gpu_kernel_compiler_without_gpu()
     method = create_method(config.method, **config.method_params)  # config errors before any data is read
     refine_spec = parse_refine(config.refine) if config.refine else None
     index = index or index_dataset(config.data)
