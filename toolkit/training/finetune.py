@@ -37,6 +37,12 @@ class FinetunePreset:
     weight_decay: float = 3e-5
     eta_min: float = 1e-5
     restart_factor: float = 1.1  # T_0 = int(updates * restart_factor): lr never restarts (spec P8)
+    # Keep the backbone's BatchNorm running statistics (ImageNet's) for the whole run; weights and BN affine
+    # parameters still train. For small batches only: 21-image batches re-estimate the statistics from a
+    # few noisy DefectMaker mixes, while the fine-tuned features must stay comparable between the fit
+    # and the test images (with live statistics the fast preset cost ~5 AUROC points:
+    # bench/results/reb_ablation.md compares both).
+    freeze_batchnorm_stats: bool = False
 
     @property
     def images_per_update(self) -> int:
@@ -52,7 +58,7 @@ PRESETS: dict[str, FinetunePreset] = {
     # batches than the paper, lr 0.03 would move the ImageNet features far in a few noisy steps; 0.01 is a
     # compromise, not tuned.
     "fast": FinetunePreset("fast", updates=24, sources_per_pass=3, accumulation=1, frozen_updates=6,
-                           learning_rate=0.01),
+                           learning_rate=0.01, freeze_batchnorm_stats=True),
 }
 
 
@@ -102,6 +108,10 @@ class ProxyTrainer:
         self.classifier.train()
         if frozen:  # spec P9: BN statistics stay fixed while only the head trains
             self.classifier.backbone.eval()
+        elif self.preset.freeze_batchnorm_stats:
+            for module in self.classifier.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         self.optimiser.zero_grad(set_to_none=True)
         total_loss, correct, count = 0.0, 0, 0
         for images, labels in passes:

@@ -80,6 +80,23 @@ def test_frozen_warm_up_trains_only_the_head(tiny_classifier_parts):
     deep.load_state_dict(before)
 
 
+def test_frozen_batchnorm_statistics_train_weights_but_keep_running_stats(tiny_classifier_parts):
+    deep, images, labels = tiny_classifier_parts
+    before = {k: v.clone() for k, v in deep.state_dict().items()}
+    preset = FinetunePreset("t", updates=2, sources_per_pass=2, accumulation=1, frozen_updates=0,
+                            freeze_batchnorm_stats=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        classifier = ProxyClassifier(deep, 16)
+    trainer = ProxyTrainer(classifier, preset, torch.device("cpu"))
+    trainer.step([(images, labels)])
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(before[k], deep.state_dict()[k]) for k in stats)
+    assert any(not torch.equal(before[k], v) for k, v in deep.state_dict().items() if k.endswith("weight"))
+    assert PRESETS["fast"].freeze_batchnorm_stats and not PRESETS["paper"].freeze_batchnorm_stats
+    deep.load_state_dict(before)
+
+
 def test_a_few_updates_reduce_the_loss_on_a_fixed_batch(tiny_classifier_parts):
     deep, images, labels = tiny_classifier_parts
     preset = FinetunePreset("t", updates=8, sources_per_pass=2, accumulation=2, frozen_updates=0)
