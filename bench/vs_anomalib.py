@@ -280,14 +280,21 @@ def run_pair(name: str, rate: float, train, test, workdir: Path, anomalib_python
                               "--out", str(artefact), "--method", name, "--params", json.dumps(pair["adtk"]),
                               "--report", str(adtk_report), "--seed", str(seed)], workdir / f"adtk_{tag}.log")
     adtk = json.loads(adtk_report.read_text())
-    variants = {"adtk": artefact}
+    variants, refusals = {"adtk": artefact}, {}
     for precision in pair.get("extra_precisions", ()):  # same fit, compiled at another precision (issue 7)
         log(f"[{tag}] adtk build --precision {precision}")
-        variants[f"adtk {precision}"] = workdir / f"adtk_{tag}_{precision}.onnx"
-        run_measured([sys.executable, str(Path(__file__).resolve()), "--adtk-worker", "--data", str(data_dir),
-                      "--out", str(variants[f"adtk {precision}"]), "--method", name, "--params",
-                      json.dumps(pair["adtk"]), "--report", str(workdir / f"adtk_{tag}_{precision}.json"),
-                      "--seed", str(seed), "--precision", precision], workdir / f"adtk_{tag}_{precision}.log")
+        path = workdir / f"adtk_{tag}_{precision}.onnx"
+        try:
+            run_measured([sys.executable, str(Path(__file__).resolve()), "--adtk-worker", "--data", str(data_dir),
+                          "--out", str(path), "--method", name, "--params", json.dumps(pair["adtk"]),
+                          "--report", str(workdir / f"adtk_{tag}_{precision}.json"), "--seed", str(seed),
+                          "--precision", precision], workdir / f"adtk_{tag}_{precision}.log")
+            variants[f"adtk {precision}"] = path
+        except SystemExit:  # the compiler's AUROC gate may refuse a precision: that is a result, record it
+            refusal = [line for line in (workdir / f"adtk_{tag}_{precision}.log").read_text().splitlines()
+                       if "Error:" in line]
+            refusals[f"adtk {precision}"] = refusal[-1] if refusal else "failed (see its log)"
+            log(f"[{tag}] {precision}: {refusals[f'adtk {precision}']}")
 
     log(f"[{tag}] anomalib fit")
     anomalib_out = workdir / f"anomalib_{tag}"
@@ -331,10 +338,37 @@ def run_pair(name: str, rate: float, train, test, workdir: Path, anomalib_python
             metrics = evaluate_artefact(path, data_dir)
             row[variant] = {"artefact_bytes": path.stat().st_size, "files": 1,
                             **{k: metrics[k] for k in keys}, **latency[variant]}
+    for variant, why in refusals.items():
+        row[variant] = {"refused": why}
     if name == "patchcore" and rate == 0:
         row["knn_head"] = knn_head_timing(artefact)
     log(json.dumps(row, indent=2))
     return row
+
+
+def retime(workdir: Path, record: Path) -> None:
+    """Latency (interleaved) and the kNN head again on a finished run's artefacts; rewrites the table."""
+    from adtk.runtime.images import read_image
+
+    saved = json.loads((workdir / "rows.json").read_text())
+    for row in saved["rows"]:
+        tag = f"{row['pair']}_p{int(row['pollution'] * 100)}"
+        variants = {"adtk": workdir / f"adtk_{tag}.onnx"}
+        variants.update({name: workdir / f"adtk_{tag}_{name.split()[1]}.onnx" for name in row
+                         if name.startswith("adtk ") and "refused" not in row[name]})
+        theirs = json.loads((workdir / f"anomalib_{tag}" / "report.json").read_text())
+        frame = read_image(json.loads((workdir / f"test_{tag}.json").read_text())[0])
+        latency = latency_side_by_side(variants, Path(theirs["onnx"]), frame)
+        for name, timing in latency.items():
+            row[name].update(timing)
+        if "knn_head" in row:
+            row["knn_head"] = knn_head_timing(variants["adtk"])
+        print(tag, json.dumps(latency), flush=True)
+    saved["settings"]["retimed"] = f"latency and kNN head re-timed on {date.today().isoformat()} (--retime)"
+    (workdir / "rows.json").write_text(json.dumps(saved, indent=1))
+    text = render(saved["rows"], saved["settings"])
+    record.write_text(text)
+    print(text)
 
 
 def ratio(a, b) -> str:
@@ -343,7 +377,8 @@ def ratio(a, b) -> str:
 
 def render(rows: list[dict], settings: dict) -> str:
     lines = [f"# adtk vs anomalib, side by side (bench/vs_anomalib.py), {settings['date']}", "",
-             f"Machine: {settings['machine']}. Settings: {json.dumps(settings['settings'])}.", "",
+             f"Machine: {settings['machine']}. Settings: {json.dumps(settings['settings'])}."
+             + (f" {settings['retimed']}." if "retimed" in settings else ""), "",
              "| pair | pollution | train imgs | fit s (adtk / anomalib) | ratio | peak RSS MB | ratio | bank rows x dims "
              "| artefact MB (files) | ratio | latency ms median (p99) | ratio | image AUROC | pixel AUROC | AU-PRO |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -371,6 +406,10 @@ def render(rows: list[dict], settings: dict) -> str:
                   "| image AUROC | pixel AUROC | AU-PRO |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r, name in variant_rows:
             a, b = r[name], r["anomalib"]
+            if "refused" in a:
+                lines.append(f"| {r['pair']} | {r['pollution']:.0%} | {name} | refused by the compiler's AUROC gate: "
+                             f"{a['refused'].split('Error: ')[-1]} | | | | | | |")
+                continue
             lines.append(
                 f"| {r['pair']} | {r['pollution']:.0%} | {name} | {a['artefact_bytes'] / 1e6:.2f} "
                 f"| {ratio(a['artefact_bytes'], b['artefact_bytes'])} | {a['median_ms']:.2f} ({a['p99_ms']:.2f}) "
@@ -404,9 +443,15 @@ def main() -> None:
     parser.add_argument("--params", help=argparse.SUPPRESS)
     parser.add_argument("--report", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--retime", action="store_true",
+                        help="re-time the artefacts of an earlier run in --workdir (latency and kNN head only), "
+                             "e.g. once the machine is quiet; fits and metrics are kept")
     args = parser.parse_args()
     if args.adtk_worker:
         adtk_worker(args)
+        return
+    if args.retime:
+        retime(args.workdir, args.record)
         return
 
     def log(message):
@@ -418,16 +463,22 @@ def main() -> None:
     weights = workdir / "tf_efficientnet_lite0.pt"
     weights_sha = export_weights(weights)
     rates = [float(r) for r in args.pollution.split(",")]
-    rows = []
+    # resuming: rows already in the work folder's rows.json are kept, not recomputed
+    saved = workdir / "rows.json"
+    rows = json.loads(saved.read_text())["rows"] if saved.exists() else []
     for name in args.pairs.split(","):
         for rate, (train, test) in training_sets(args.data, PAIRS[name]["train_images"], rates, args.seed).items():
+            if any(r["pair"] == name and r["pollution"] == rate for r in rows):
+                continue
             rows.append(run_pair(name, rate, train, test, workdir, anomalib_python, weights, args.seed, log))
+            saved.write_text(json.dumps({"rows": rows}, indent=1))
     settings = {"date": date.today().isoformat(),
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU used, {platform.platform()}",
                 "settings": {"data": args.data.name, "backbone": BACKBONE, "stages": STAGES, "size": SIZE,
                              "weights_sha256": weights_sha, "seed": args.seed,
                              "pairs": {n: {k: v for k, v in PAIRS[n].items()} for n in args.pairs.split(",")},
                              "pollution_protocol": "sroc (defects move from test to train, size fixed)"}}
+    (workdir / "rows.json").write_text(json.dumps({"rows": rows, "settings": settings}, indent=1))
     text = render(rows, settings)
     args.record.write_text(text)
     print(text)
