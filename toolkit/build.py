@@ -101,37 +101,53 @@ class FeatureExtractorPipeline:
         self.preprocess, self.backbone, self.embedding = preprocess, backbone, embedding
         self.batch_size = batch_size
 
-    @torch.no_grad()
     def features(self, samples, skip_bad: bool, progress=None, on_warning=None):
         """-> (float32 [N, ...] features, the samples that decoded)."""
         samples = list(samples)
-        pending, used = [], []
+        used = []
         # Written into one array sized on the first batch: a list of chunks and a final concatenate would
         # hold the features twice at the end, the build's memory peak.
-        out: list[np.ndarray] = []
+        out: np.ndarray | None = None
         filled = 0
+        for batch, batch_samples in self.feature_batches(samples, skip_bad, progress, on_warning):
+            if out is None:
+                out = np.empty((len(samples),) + batch.shape[1:], dtype=batch.dtype)
+            out[filled:filled + len(batch)] = batch
+            filled += len(batch)
+            used.extend(batch_samples)
+        if out is None:
+            raise DataError("no training image could be read")
+        return out[:filled], used
 
-        def flush():
-            nonlocal filled
-            if pending:
-                batch = self.embedding(self.backbone(torch.cat(pending))).numpy()
-                if not out:
-                    out.append(np.empty((len(samples),) + batch.shape[1:], dtype=batch.dtype))
-                out[0][filled:filled + len(batch)] = batch
-                filled += len(batch)
-                pending.clear()
-
+    @torch.no_grad()
+    def feature_batches(self, samples, skip_bad: bool, progress=None, on_warning=None):
+        """Yield (float32 features [b, ...], the b samples that decoded) per backbone batch, lazily: a consumer
+        that uses each batch before asking for the next (a streaming fit) never holds them all."""
+        pending, used = [], []
         for sample, image in iter_images(samples, skip_bad=skip_bad, on_warning=on_warning):
             pending.append(self.preprocess(torch.from_numpy(image)[None]))
             used.append(sample)
             if len(pending) == self.batch_size:
-                flush()
+                yield self.embedding(self.backbone(torch.cat(pending))).numpy(), used
+                pending, used = [], []
             if progress is not None:
                 progress(1)
-        flush()
-        if not out:
-            raise DataError("no training image could be read")
-        return out[0][:filled], used
+        if pending:
+            yield self.embedding(self.backbone(torch.cat(pending))).numpy(), used
+
+
+def fit_streaming(method, pipeline: FeatureExtractorPipeline, samples, skip_bad: bool, progress=None,
+                  on_warning=None):
+    """method.fit_stream on the features of `samples`, extracted a backbone batch at a time as the fit asks for
+    them -> (state, the samples that decoded). Peak memory: one batch and the method's state, not N images."""
+    samples, used = list(samples), []
+
+    def batches():
+        for features, batch_samples in pipeline.feature_batches(samples, skip_bad, progress, on_warning):
+            used.extend(batch_samples)
+            yield features
+
+    return method.fit_stream(batches(), len(samples)), used
 
 
 @torch.no_grad()
@@ -220,14 +236,27 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
         f"backbone {backbone.name} {list(backbone.stages)} ({backbone.weights_source})")
 
     tic = time.perf_counter()
-    with _progress(progress_factory, len(fit_samples), "features") as bar:
-        features, fit_samples = pipeline.features(fit_samples, config.skip_bad, bar.update, warn)
+    # A method that fits from a stream (patchcore sampler=online) is fed batch by batch, so the fit features are
+    # never all held; --refine and --target fit again on the same features, so with those they are held.
+    streaming = method.fits_streaming() and not method.uses_labelled_defects
+    if streaming and (refine_spec is not None or config.target):
+        log(f"{method.name}: --refine/--target refit on the same features, so they are held in memory "
+            "(no streaming fit)")
+        streaming = False
+    streamed_state = None
+    with _progress(progress_factory, len(fit_samples), "stream fit" if streaming else "features") as bar:
+        if streaming:  # the fit runs here, interleaved with the extraction
+            features = None
+            streamed_state, fit_samples = fit_streaming(method, pipeline, fit_samples, config.skip_bad,
+                                                        bar.update, warn)
+        else:
+            features, fit_samples = pipeline.features(fit_samples, config.skip_bad, bar.update, warn)
     fit_inputs = {}
     if method.uses_labelled_defects:  # seed 003: labelled defects with patch masks (toolkit/labelled_defects.py)
         fit_inputs["defects"] = extract_labelled_features(pipeline, defect_samples, config.skip_bad, warn)
         log(f"{method.name}: {len(defect_samples)} labelled defect images, "
             f"{fit_inputs['defects'].num_defective_patches} defective patches")
-    timings["features"] = time.perf_counter() - tic
+    timings["features_and_fit" if streaming else "features"] = time.perf_counter() - tic
 
     refinement, candidates = None, fit_samples
     if refine_spec is not None:  # toolkit/refinement: fit a detector, score the fit images, drop some
@@ -242,9 +271,12 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
     precision = resolve_precision(config.precision, target)
     for sizing_round in range(MAX_SIZING_ROUNDS):
         tic = time.perf_counter()
-        with StepProgress(progress_factory, "fit") as fit_progress:
-            state = method.fit(features, progress=fit_progress, **fit_inputs)
-        timings["fit"] = time.perf_counter() - tic
+        if streamed_state is not None:  # fitted during the extraction; no sizing round (no --target)
+            state = streamed_state
+        else:
+            with StepProgress(progress_factory, "fit") as fit_progress:
+                state = method.fit(features, progress=fit_progress, **fit_inputs)
+            timings["fit"] = time.perf_counter() - tic
 
         smoother = AnomalyMapSmoother(preprocess.image_size_px, sigma=config.blur_sigma)
         graph = ScoringGraph(preprocess, backbone, embedding, method.head(state), smoother, ScoreNormaliser()).eval()

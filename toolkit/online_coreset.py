@@ -21,6 +21,14 @@ import torch
 from adtk.runtime.errors import ConfigError
 
 JL_EPS = 0.9
+DISTANCE_BLOCK_ELEMENTS = 1 << 24  # float32 batch x stored distances held at once (64 MB)
+
+
+def jl_min_dim(num_rows: int, eps: float) -> int:
+    """scikit-learn's johnson_lindenstrauss_min_dim, 4 ln(n) / (eps^2/2 - eps^3/3), written out so that the
+    common case (features with fewer dims than that, no projection) does not import scikit-learn: the import
+    alone added ~45 MB to a streaming build's peak RSS (bench/online_coreset_memory.py)."""
+    return int(4 * np.log(num_rows) / (eps ** 2 / 2 - eps ** 3 / 3))
 
 
 class OnlineGreedyCoreset:
@@ -36,14 +44,13 @@ class OnlineGreedyCoreset:
 
     def _project(self, patches: np.ndarray) -> torch.Tensor:
         if self.projection is None:
-            from sklearn.random_projection import (
-                SparseRandomProjection,
-                johnson_lindenstrauss_min_dim,
-            )
+            dims = jl_min_dim(len(patches), self.eps)
+            if dims < patches.shape[1]:
+                from sklearn.random_projection import SparseRandomProjection
 
-            dims = int(johnson_lindenstrauss_min_dim(len(patches), eps=self.eps))
-            self.projection = (SparseRandomProjection(dims, random_state=self.seed).fit(patches)
-                               if dims < patches.shape[1] else False)
+                self.projection = SparseRandomProjection(dims, random_state=self.seed).fit(patches)
+            else:
+                self.projection = False
             self.projection_dims = dims if self.projection is not False else patches.shape[1]
         rows = self.projection.transform(patches) if self.projection is not False else patches
         return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
@@ -56,7 +63,7 @@ class OnlineGreedyCoreset:
             virtual = int(self.generator.integers(len(patches)))
             min_dist = torch.linalg.vector_norm(batch - batch[virtual], dim=1)
         else:
-            min_dist = torch.cdist(batch, self.projected).amin(1)
+            min_dist = self._distance_to_stored(batch)
         picks = []
         for _ in range(min(count, len(patches))):
             index = int(torch.argmax(min_dist))
@@ -67,6 +74,15 @@ class OnlineGreedyCoreset:
         new = batch[picks_arr]
         self.projected = new if self.projected is None else torch.cat([self.projected, new])
         return picks_arr
+
+    def _distance_to_stored(self, batch: torch.Tensor) -> torch.Tensor:
+        """[n] distance of each batch row to its nearest stored row, over blocks of stored rows: the whole
+        [n, M] matrix grows with the bank (8 images x 1,024 patches against a 28k-row bank is ~0.9 GB)."""
+        step = max(1, DISTANCE_BLOCK_ELEMENTS // len(batch))
+        nearest = torch.cdist(batch, self.projected[:step]).amin(1)
+        for start in range(step, len(self.projected), step):
+            torch.minimum(nearest, torch.cdist(batch, self.projected[start:start + step]).amin(1), out=nearest)
+        return nearest
 
     def bank(self) -> np.ndarray:
         """[M, D] the stored rows, in the order they were added."""

@@ -8,12 +8,15 @@
 `features` is what `embedding` produced for the training images, stacked as a float32 numpy array:
 [N, D, h, w] for patch methods. The head's forward takes the embedding's output and returns
 HeadOutput(patch_scores [B, h, w], image_score [B]); it holds no faiss/numpy and no branch on training.
+
+A method whose fit can consume the features a few images at a time says so with fits_streaming(); the build
+then extracts and fits batch by batch (fit_stream) and never holds all the features (bounded memory).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -65,6 +68,15 @@ class AnomalyMethod:
 
     def fit(self, features: np.ndarray, progress=None):
         raise NotImplementedError
+
+    def fits_streaming(self) -> bool:
+        """True if fit_stream is implemented for this configuration (e.g. patchcore with sampler=online)."""
+        return False
+
+    def fit_stream(self, batches: Iterator[np.ndarray], num_images: int, progress=None):
+        """Like fit, from feature batches [b, D, h, w] (b = a few images) consumed once, in order; num_images
+        is the expected total (for progress; images that fail to decode may make it smaller)."""
+        raise NotImplementedError(f"{self.name} does not fit from a stream of feature batches")
 
     def head(self, state) -> nn.Module:
         raise NotImplementedError

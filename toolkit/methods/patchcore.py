@@ -2,6 +2,9 @@
 of locally aware patch features.
 
 fit:   all training patches [N*h*w, D] -> approximate greedy coreset (ratio, seeded) -> memory bank.
+       sampler="online": seed 003's online coreset instead (toolkit/online_coreset.py), fed
+       `online_batch_images` images at a time as the build extracts them (fit_stream), so a large training
+       set is fitted without ever holding all of its features.
 score: patch score = L2 distance to the nearest bank row; image score = max patch score, optionally
        re-weighted as in the paper (Eq. 7) and anomalib: s * (1 - softmax(distances to the nearest
        row's `num_neighbors` bank neighbours)[0]). The neighbours of every bank row are found at fit
@@ -11,18 +14,23 @@ map:   patch scores -> bilinear upsample -> Gaussian blur sigma 4 (in the shared
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from adtk.runtime.errors import ConfigError
+from adtk.runtime.errors import ConfigError, DataError
 from adtk.toolkit.coreset import ApproximateGreedyCoreset
 from adtk.toolkit.features import PatchEmbedding
 from adtk.toolkit.methods.base import AnomalyMethod, HeadOutput, SizingKnob
 from adtk.toolkit.methods.registry import register_method
+from adtk.toolkit.online_coreset import OnlineGreedyCoreset
 from adtk.toolkit.search import nearest_neighbours
+
+
+SAMPLERS = ("greedy", "online")
 
 
 @dataclass(frozen=True)
@@ -93,23 +101,70 @@ class PatchCore(AnomalyMethod):
     """Nearest-neighbour distance to a coreset memory bank (spec: PatchCore, seed 000)."""
 
     def __init__(self, coreset_ratio: float = 0.1, num_neighbors: int = 9, embed_dim: int | None = None,
-                 projection_dim: int = 128, seed: int = 0):
+                 projection_dim: int = 128, seed: int = 0, sampler: str = "greedy", online_batch_images: int = 8):
         if num_neighbors < 1:
             raise ConfigError(f"patchcore: num_neighbors must be >= 1, got {num_neighbors}")
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"patchcore: sampler must be 'greedy' (the paper's coreset over all patches) or "
+                              f"'online' (seed 003's bounded-memory coreset), got {sampler!r}")
+        if int(online_batch_images) < 1:
+            raise ConfigError(f"patchcore: online_batch_images must be >= 1, got {online_batch_images}")
+        self.sampler, self.online_batch_images = sampler, int(online_batch_images)
         self.coreset = ApproximateGreedyCoreset(coreset_ratio, projection_dim=projection_dim, seed=seed)
         self.num_neighbors = int(num_neighbors)
         self.embed_dim = embed_dim
         self._params = dict(coreset_ratio=float(coreset_ratio), num_neighbors=self.num_neighbors,
-                            embed_dim=embed_dim, projection_dim=int(projection_dim), seed=int(seed))
+                            embed_dim=embed_dim, projection_dim=int(projection_dim), seed=int(seed),
+                            sampler=sampler, online_batch_images=self.online_batch_images)
 
     def embedding(self, channels: tuple[int, ...]) -> nn.Module:
         return PatchEmbedding(channels, embed_dim=self.embed_dim)
 
     def fit(self, features: np.ndarray, progress=None) -> PatchCoreState:
         """features [N, D, h, w] float32 -> PatchCoreState. progress(done, total) follows the coreset."""
+        if self.sampler == "online":  # the same sampler as the streaming build, on features already held
+            step = self.online_batch_images
+            return self.fit_stream((features[i:i + step] for i in range(0, len(features), step)), len(features),
+                                   progress)
         # The coreset reads the maps as patch rows in (image, y, x) order without a patch-major copy of them.
         selected = self.coreset.select(features, progress=progress)
         memory_bank = patch_rows(features, selected)
+        return PatchCoreState(memory_bank=memory_bank, bank_neighbours=self._bank_neighbours(memory_bank))
+
+    def fits_streaming(self) -> bool:
+        return self.sampler == "online"
+
+    def fit_stream(self, batches: Iterable[np.ndarray], num_images: int, progress=None) -> PatchCoreState:
+        """Feature batches [b, D, h, w] of any sizes -> PatchCoreState, holding one group of images at a time.
+
+        The batches are regrouped into `online_batch_images` images per sampler step (the released code's
+        8, spec B.5), whatever batch size the backbone ran at, so the bank does not depend on it.
+        progress(done_images, num_images) after each step."""
+        sampler = OnlineGreedyCoreset(self.coreset.ratio, seed=self._params["seed"])
+        pending: list[np.ndarray] = []
+        held = done = 0
+
+        def add_group(group: np.ndarray) -> None:
+            nonlocal done
+            # patch rows in (image, y, x) order, as the offline coreset reads them
+            sampler.add(np.ascontiguousarray(group.transpose(0, 2, 3, 1).reshape(-1, group.shape[1])))
+            done += len(group)
+            if progress is not None:
+                progress(done, max(num_images, done))
+
+        for batch in batches:
+            pending.append(batch)
+            held += len(batch)
+            while held >= self.online_batch_images:
+                joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                add_group(joined[:self.online_batch_images])
+                rest = joined[self.online_batch_images:]
+                pending, held = ([rest] if len(rest) else []), len(rest)
+        if held:
+            add_group(np.concatenate(pending))
+        if done == 0:
+            raise DataError("patchcore: no training features to fit (the image stream was empty)")
+        memory_bank = sampler.bank()
         return PatchCoreState(memory_bank=memory_bank, bank_neighbours=self._bank_neighbours(memory_bank))
 
     def _bank_neighbours(self, memory_bank: np.ndarray) -> np.ndarray:
