@@ -106,3 +106,32 @@ def test_a_few_updates_reduce_the_loss_on_a_fixed_batch(tiny_classifier_parts):
     trainer = ProxyTrainer(classifier, preset, torch.device("cpu"))
     losses = [trainer.step([(images[:7], labels[:7]), (images[7:], labels[7:])])[0] for _ in range(8)]
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the fine-tuning runs there when present)")
+def test_updates_on_cuda_match_the_cpu_updates_and_leave_the_backbone_on_the_cpu(tiny_classifier_parts):
+    """The same three updates from the same initial weights on CPU and on CUDA give the same weights (up to
+    float reordering), BatchNorm statistics included; the fine-tuned backbone comes back on the CPU for export."""
+    deep, images, labels = tiny_classifier_parts
+    before = {k: v.clone() for k, v in deep.state_dict().items()}
+    preset = FinetunePreset("t", updates=3, sources_per_pass=2, accumulation=1, frozen_updates=1)
+    trained, tf32 = {}, torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions round to 10 mantissa bits: compare full fp32
+    for device in ("cpu", "cuda"):
+        deep.load_state_dict(before)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            classifier = ProxyClassifier(deep, 16)
+        trainer = ProxyTrainer(classifier, preset, torch.device(device))
+        losses = [trainer.step([(images, labels)])[0] for _ in range(3)]
+        classifier.to("cpu")
+        trained[device] = ({k: v.detach().clone() for k, v in classifier.state_dict().items()}, losses)
+    torch.backends.cudnn.allow_tf32 = tf32
+    (cpu_weights, cpu_losses), (cuda_weights, cuda_losses) = trained["cpu"], trained["cuda"]
+    assert cpu_losses == pytest.approx(cuda_losses, rel=1e-3)
+    for name, cpu_value in cpu_weights.items():
+        assert cuda_weights[name].device.type == "cpu"
+        if cpu_value.is_floating_point():
+            assert torch.allclose(cuda_weights[name], cpu_value, rtol=1e-3, atol=1e-4), name
+    assert any(not torch.equal(before[k], v) for k, v in deep.state_dict().items())  # it did train
+    deep.load_state_dict(before)
