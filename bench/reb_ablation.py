@@ -33,6 +33,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = (REPO / ".." / "shared" / "data" / "magnetic-tile").resolve()
+NOTES_HEADING = "## Notes"
 ROWS = ("patchcore", "knn (ldknn a=0)", "ldknn", "dm + patchcore", "dm + knn (a=0)", "reb")
 
 
@@ -186,10 +187,34 @@ def labels_of(samples) -> np.ndarray:
     return np.array([s.label for s in samples])
 
 
+def sample_sd(values: np.ndarray) -> float:
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def done_seeds(rows_path: Path) -> set[int]:
+    """Seeds whose six rows are all in the rows file: a rerun skips them instead of appending duplicates."""
+    if not rows_path.is_file():
+        return set()
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
+    return {seed for seed in {r["seed"] for r in rows} if {r["row"] for r in rows if r["seed"] == seed} >= set(ROWS)}
+
+
+def write_results(path: Path, text: str) -> None:
+    """Rewrite the table but keep a hand-written '## Notes' section (everything from that heading on)."""
+    notes = ""
+    if path.is_file():
+        old = path.read_text()
+        if NOTES_HEADING in old:
+            notes = "\n" + old[old.index(NOTES_HEADING):].rstrip() + "\n"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("# REB ablation on magnetic-tile (bench/reb_ablation.py, last output)\n\n" + text + "\n" + notes)
+
+
 def table(rows_path: Path) -> str:
     rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
     seeds = sorted({r["seed"] for r in rows})
     lines = [f"seeds: {seeds}", "",
+             "sd = sample standard deviation over seeds (ddof=1; 0 with one seed).", "",
              "| row | image AUROC mean ± sd | pixel AUROC mean ± sd | per seed (image / pixel) |",
              "|---|---|---|---|"]
     for name in ROWS:
@@ -198,7 +223,8 @@ def table(rows_path: Path) -> str:
             continue
         img, pix = np.array([r["image_auroc"] for r in mine]), np.array([r["pixel_auroc"] for r in mine])
         per = "; ".join(f"s{r['seed']}: {r['image_auroc']:.4f} / {r['pixel_auroc']:.4f}" for r in mine)
-        lines.append(f"| {name} | {img.mean():.4f} ± {img.std():.4f} | {pix.mean():.4f} ± {pix.std():.4f} | {per} |")
+        lines.append(f"| {name} | {img.mean():.4f} ± {sample_sd(img):.4f} | {pix.mean():.4f} ± {sample_sd(pix):.4f} "
+                     f"| {per} |")
     for r in rows:
         if r["row"] == "reb":
             lines.append(f"\nreb build seed {r['seed']}: {r['build_s']} s in all; phases {r['timings_s']}; "
@@ -237,13 +263,15 @@ def main() -> None:
                                             lambda s=samples: stage_maps(imagenet, preprocess, s))
                          for split, samples in (("fit", fit_samples), ("test", test_samples))}
         print(f"{len(fit_samples)} fit images, {len(test_samples)} test images", flush=True)
+        skip = done_seeds(args.rows)
         for seed in args.seeds:
+            if seed in skip:
+                print(f"seed {seed}: all rows already in {args.rows}, skipped", flush=True)
+                continue
             run_seed(args, seed, index, fit_samples, test_samples, masks, imagenet_maps, args.rows)
     text = table(args.rows)
     print(text)
-    (REPO / "bench" / "results").mkdir(exist_ok=True)
-    (REPO / "bench" / "results" / "reb_ablation.md").write_text(
-        "# REB ablation on magnetic-tile (bench/reb_ablation.py, last output)\n\n" + text + "\n")
+    write_results(REPO / "bench" / "results" / "reb_ablation.md", text)
 
 
 if __name__ == "__main__":
