@@ -202,6 +202,15 @@ def make_manifest(config: BuildConfig, method, backbone, preprocess, calibration
     }
 
 
+@torch.no_grad()
+def head_grid_hw(preprocess, backbone, embedding, head) -> tuple[int, int]:
+    """The head's patch-score grid (h, w), from one blank frame at the model size: the smoother's matrices are
+    sized by it before export (toolkit/postprocess.py)."""
+    frame = torch.zeros((1, *preprocess.image_size_px, 3), dtype=torch.uint8)
+    patch_scores = head(embedding(backbone(preprocess(frame)))).patch_scores
+    return int(patch_scores.shape[-2]), int(patch_scores.shape[-1])
+
+
 def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetIndex | None = None) -> BuildResult:
     """Fit and compile. `progress_factory(total, label)` returns a context manager with .update(n)."""
     timings: dict[str, float] = {}
@@ -278,8 +287,10 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
                 state = method.fit(features, progress=fit_progress, **fit_inputs)
             timings["fit"] = time.perf_counter() - tic
 
-        smoother = AnomalyMapSmoother(preprocess.image_size_px, sigma=config.blur_sigma)
-        graph = ScoringGraph(preprocess, backbone, embedding, method.head(state), smoother, ScoreNormaliser()).eval()
+        head = method.head(state)
+        smoother = AnomalyMapSmoother(preprocess.image_size_px, sigma=config.blur_sigma,
+                                      grid_hw=head_grid_hw(preprocess, backbone, embedding, head))
+        graph = ScoringGraph(preprocess, backbone, embedding, head, smoother, ScoreNormaliser()).eval()
 
         tic = time.perf_counter()
         good_scores, good_map_max, good_map_min = raw_image_scores(graph, calib_samples, config.skip_bad, warn)

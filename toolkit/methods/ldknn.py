@@ -25,7 +25,7 @@ from adtk.runtime.errors import ConfigError
 from adtk.toolkit.coreset import ApproximateGreedyCoreset
 from adtk.toolkit.features import PatchEmbedding
 from adtk.toolkit.methods.base import AnomalyMethod, HeadOutput
-from adtk.toolkit.methods.patchcore import squared_distances
+from adtk.toolkit.methods.patchcore import nearest_bank_rows
 from adtk.toolkit.methods.registry import register_method
 from adtk.toolkit.search import nearest_neighbours
 
@@ -86,7 +86,8 @@ class LDKNNHead(nn.Module):
     def __init__(self, state: LDKNNState):
         super().__init__()
         bank = torch.from_numpy(np.ascontiguousarray(state.memory_bank, dtype=np.float32))
-        self.register_buffer("memory_bank", bank)
+        # stored for the GEMM + bias search (patchcore.nearest_bank_rows); scaling by -2 is exact
+        self.register_buffer("bank_t_neg2", (-2.0 * bank).t().contiguous())
         self.register_buffer("bank_sq_norms", (bank * bank).sum(1))
         self.register_buffer("densities", torch.from_numpy(np.asarray(state.densities, dtype=np.float32)))
         self.register_buffer("alpha", torch.tensor(float(state.alpha)))
@@ -97,8 +98,8 @@ class LDKNNHead(nn.Module):
     def forward(self, features: torch.Tensor) -> HeadOutput:
         batch, _, height, width = features.shape
         queries = features.flatten(2).transpose(1, 2)  # [B, P, D]
-        sq_dists = squared_distances(queries, self.memory_bank, self.bank_sq_norms)
-        nearest_sq, nearest_index = sq_dists.min(dim=-1)  # spec §8: argmin on the raw distance first
+        # spec §8: the nearest row by raw distance first
+        nearest_sq, nearest_index = nearest_bank_rows(queries, self.bank_t_neg2, self.bank_sq_norms)
         distance = nearest_sq.sqrt() if self.euclidean else nearest_sq
         # then gather the density; index_select exports as a plain ONNX Gather (x[idx] would be GatherND)
         density = torch.index_select(self.densities, 0, nearest_index.flatten()).view_as(nearest_index)

@@ -53,6 +53,24 @@ def squared_distances(queries: torch.Tensor, bank: torch.Tensor, bank_sq_norms: 
     return (query_sq_norms - 2.0 * torch.matmul(queries, bank.t()) + bank_sq_norms).clamp(min=0.0)
 
 
+def nearest_bank_rows(queries: torch.Tensor, bank_t_neg2: torch.Tensor, bank_sq_norms: torch.Tensor):
+    """queries [B, P, D], bank stored as -2 * bank^T [D, M] and |m|^2 [M] -> (squared L2 distance to the
+    nearest row [B, P] (>= 0), that row's index [B, P]).
+
+    One GEMM with a bias (|m|^2 - 2 q.m; onnxruntime fuses it into Gemm), then the min and argmin over the
+    bank: |q|^2 is constant along the bank, so it is added to the [B, P] minima, not to the [B, P, M] matrix,
+    and no elementwise pass runs over that matrix (for the heads whose score needs the nearest row's index:
+    LDKNN's density, SoftCore's soft weight). min(dim) keeps the first index among equal values in torch and
+    in ONNX's ArgMin; torch.topk does not promise it, so a duplicated bank row could pick a different index
+    than the artefact.
+    """
+    batch, patches, dims = queries.shape
+    partial = torch.matmul(queries.reshape(-1, dims), bank_t_neg2) + bank_sq_norms  # [B*P, M]
+    nearest_partial, nearest_index = partial.min(dim=-1)
+    nearest_sq = (nearest_partial + (queries * queries).sum(-1).reshape(-1)).clamp(min=0.0)
+    return nearest_sq.view(batch, patches), nearest_index.view(batch, patches)
+
+
 class PatchCoreHead(nn.Module):
     """patch features [B, D, h, w] -> HeadOutput(patch_scores [B, h, w], image_score [B]).
 

@@ -24,7 +24,7 @@ from adtk.runtime.errors import ConfigError, DataError
 from adtk.toolkit.coreset import ApproximateGreedyCoreset
 from adtk.toolkit.features import PatchEmbedding
 from adtk.toolkit.methods.base import AnomalyMethod, HeadOutput, SizingKnob
-from adtk.toolkit.methods.patchcore import squared_distances
+from adtk.toolkit.methods.patchcore import nearest_bank_rows
 from adtk.toolkit.methods.registry import register_method
 
 DISCRIMINATORS = ("lof", "nn", "gauss")
@@ -77,7 +77,8 @@ class SoftCoreHead(nn.Module):
     def __init__(self, state: SoftCoreState, squared: bool):
         super().__init__()
         bank = torch.from_numpy(np.ascontiguousarray(state.memory_bank, dtype=np.float32))
-        self.register_buffer("memory_bank", bank)
+        # stored for the GEMM + bias search (patchcore.nearest_bank_rows); scaling by -2 is exact
+        self.register_buffer("bank_t_neg2", (-2.0 * bank).t().contiguous())
         self.register_buffer("bank_sq_norms", (bank * bank).sum(1))
         self.register_buffer("soft_weights", torch.from_numpy(state.soft_weights.astype(np.float32)))
         self.squared = bool(squared)
@@ -86,7 +87,7 @@ class SoftCoreHead(nn.Module):
     def forward(self, features: torch.Tensor) -> HeadOutput:
         batch, _, height, width = features.shape
         queries = features.flatten(2).transpose(1, 2)  # [B, P, D]
-        nearest_sq, nearest_index = squared_distances(queries, self.memory_bank, self.bank_sq_norms).min(dim=-1)
+        nearest_sq, nearest_index = nearest_bank_rows(queries, self.bank_t_neg2, self.bank_sq_norms)
         distance = nearest_sq if self.squared else nearest_sq.sqrt()
         patch_scores = self.soft_weights[nearest_index] * distance  # [B, P]
         return HeadOutput(patch_scores.view(batch, height, width), patch_scores.max(dim=1).values)

@@ -112,3 +112,20 @@ def test_coreset_reads_feature_maps_as_their_patch_matrix():
     from_maps, from_matrix = sampler.select(maps), sampler.select(matrix)
     np.testing.assert_array_equal(from_maps, from_matrix)
     np.testing.assert_array_equal(patch_rows(maps, from_maps), matrix[from_maps])
+
+
+def test_nearest_bank_rows_matches_brute_force_and_breaks_ties_by_lowest_index():
+    from adtk.toolkit.methods.patchcore import nearest_bank_rows
+
+    rng = np.random.default_rng(3)
+    bank = rng.normal(size=(50, 6)).astype(np.float32)
+    bank[31] = bank[7]  # an exact duplicate: every query nearest to it must get index 7, as argmin would
+    queries = np.concatenate([rng.normal(size=(2, 9, 6)), np.repeat(bank[None, [7, 12, 31]], 2, axis=0)],
+                             axis=1).astype(np.float32)
+    bank_t = torch.from_numpy(-2.0 * bank.T.copy())
+    sq, index = nearest_bank_rows(torch.from_numpy(queries), bank_t, torch.from_numpy((bank ** 2).sum(1)))
+    brute = ((queries.astype(np.float64)[:, :, None, :] - bank[None, None]) ** 2).sum(-1)  # [B, P, M]
+    np.testing.assert_array_equal(index.numpy()[:, :9], brute.argmin(-1)[:, :9])
+    np.testing.assert_array_equal(index.numpy()[:, 9:], [[7, 12, 7], [7, 12, 7]])  # bank[31] == bank[7]
+    np.testing.assert_allclose(sq.numpy(), brute.min(-1), atol=1e-4)
+    assert (sq.numpy() >= 0).all()
