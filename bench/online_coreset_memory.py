@@ -45,8 +45,25 @@ VARIANTS = (("orig", lambda image: image), ("hflip", lambda image: image[:, ::-1
             ("vflip", lambda image: image[::-1]), ("rot180", lambda image: image[::-1, ::-1]))
 
 
+def reset_own_peak_rss() -> float:
+    """-> this process's RSS in MB after resetting its peak to it (Linux clear_refs 5).
+
+    A child started by subprocess (vfork + exec on Linux) starts its ru_maxrss at the parent's peak RSS: a
+    build spawned after this process scored an artefact reported ~1.5 GB that the build never used (measured:
+    /bin/true spawned after the parent peaked at 300 MB reports 312 MB). With the peak reset, the floor a
+    child inherits is this process's current RSS, returned so the report can show it is below the peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        status = Path("/proc/self/status").read_text()
+    except OSError:  # not Linux: nothing to reset, nothing to report
+        return float("nan")
+    return next(int(line.split()[1]) / 1024.0 for line in status.splitlines() if line.startswith("VmHWM"))
+
+
 def run_measured(cmd: list[str], log_path: Path) -> dict:
-    """Run a command to the end; -> wall seconds and peak RSS (MB) of the process (wait4), as bench/vs_anomalib."""
+    """Run a command to the end; -> wall seconds and peak RSS (MB) of the process (wait4), as bench/vs_anomalib,
+    and the floor that peak inherits from this process (reset_own_peak_rss)."""
+    floor_mb = reset_own_peak_rss()
     tic = time.perf_counter()
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -56,7 +73,8 @@ def run_measured(cmd: list[str], log_path: Path) -> dict:
     if code != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-15:]
         raise SystemExit(f"{cmd[3:5]} failed (exit {code}); log {log_path}:\n" + "\n".join(tail))
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024.0}
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024.0, "inherited_floor_mb": floor_mb,
+            "load_average_at_end": " ".join(f"{x:.1f}" for x in os.getloadavg())}
 
 
 def write_augmented_set(source: Path, root: Path, max_source_images: int | None, log) -> int:
@@ -84,10 +102,8 @@ def write_augmented_set(source: Path, root: Path, max_source_images: int | None,
     return count
 
 
-def build_and_score(data: Path, work: Path, name: str, extra: list[str], args, log) -> dict:
-    from adtk.runtime.artefact import read_artefact
-    from adtk.toolkit.evaluate import evaluate_artefact
-
+def build_measured(data: Path, work: Path, name: str, extra: list[str], args, log) -> dict:
+    """`adtk build` in its own process -> its measurement, artefact path and command."""
     out = work / f"{name}.onnx"
     cmd = [sys.executable, "-m", "adtk.toolkit.cli.main", "build", "--data", str(data), "-o", str(out),
            "--size", str(args.size), "--coreset-ratio", str(args.coreset_ratio), "--seed", str(args.seed), *extra]
@@ -99,11 +115,22 @@ def build_and_score(data: Path, work: Path, name: str, extra: list[str], args, l
         log(f"[{name}] {' '.join(cmd[3:])}")
         measured = run_measured(cmd, work / f"{name}.build.log")
         saved.write_text(json.dumps(measured))
+    log(f"[{name}] built in {measured['wall_s']:.0f} s, peak RSS {measured['peak_rss_mb']:.0f} MB")
+    return {**measured, "artefact": out, "command": "adtk " + " ".join(cmd[3:]).replace(str(work), "$WORK")}
+
+
+def score(data: Path, build: dict, log) -> dict:
+    """The build's facts from its manifest and its image AUROC on the test split (in this process, after all
+    builds: see reset_own_peak_rss)."""
+    from adtk.runtime.artefact import read_artefact
+    from adtk.toolkit.evaluate import evaluate_artefact
+
+    out = build.pop("artefact")
     manifest = read_artefact(out).manifest
-    log(f"[{name}] built in {measured['wall_s']:.0f} s, peak RSS {measured['peak_rss_mb']:.0f} MB; scoring the test split")
+    log(f"scoring {out.name} on the test split")
     tic = time.perf_counter()
     metrics = evaluate_artefact(out, data, backend="cpu")
-    return {**measured, "command": "adtk " + " ".join(cmd[3:]).replace(str(work), "$WORK"),
+    return {**build,
             "fit_images": manifest["training"]["num_fit_images"],
             "calibration_images": manifest["training"]["num_calibration_images"],
             "bank_rows": manifest["method"]["fit"]["memory_bank_rows"],
@@ -117,8 +144,10 @@ def write_results(runs: dict, settings: dict, path: Path) -> None:
     feature_gb = offline["fit_images"] * offline["bank_dims"] * settings["patches_per_image"] * 4 / 1e9
     lines = [
         "# Online coreset: bounded-memory PatchCore builds (bench/online_coreset_memory.py)", "",
-        f"{settings['date']}; machine: {settings['machine']}; load average {settings['load_before']} before, "
-        f"{settings['load_after']} after (other jobs shared the 2 cores: wall times are inflated, peak RSS is not).",
+        f"{settings['date']}; machine: {settings['machine']}; load average {settings['load_before']} at the start "
+        f"and {settings['load_after']} at the end of this invocation. Other jobs shared the 2 cores during the "
+        "builds (load averages per build below): wall times are inflated and compare only under equal load; "
+        "peak RSS is not affected.",
         f"Training set: magnetic-tile train/good x4 ({settings['train_images']} images: originals, left-right "
         f"flips, top-bottom flips, 180-degree rotations, PNG); test split: the real one ({settings['test_images']} "
         f"images). tf_efficientnet_lite0 ImageNet weights, {settings['size']} px, coreset ratio "
@@ -140,6 +169,8 @@ def write_results(runs: dict, settings: dict, path: Path) -> None:
                   "and the bank.", "",
               "Commands ($WORK = the temp folder with the 4x set):", ""]
     lines += [f"- {name}: `{runs[name]['command']}`; build phases (s): {json.dumps(runs[name]['build_timings_s'])}; "
+              f"load average at the build's end {runs[name].get('load_average_at_end', 'not recorded')}; "
+              f"RSS floor inherited from the bench process {runs[name].get('inherited_floor_mb', 'not recorded')} MB; "
               f"eval {runs[name]['eval_s']:.0f} s" for name in ("offline", "online")]
     lines += [f"- note on {name}: {runs[name]['note']}" for name in ("offline", "online") if "note" in runs[name]]
     lines += ["", "```json", json.dumps({"settings": settings, "runs": runs}, indent=1), "```", ""]
@@ -172,8 +203,10 @@ def main() -> None:
         from adtk.toolkit.data import index_dataset
 
         settings["test_images"] = len(index_dataset(data).test)
-        runs = {"offline": build_and_score(data, work, "offline", [], args, log),
-                "online": build_and_score(data, work, "online", ["--param", "sampler=online"], args, log)}
+        # both builds before any scoring: a build inherits this process's RSS as its floor (reset_own_peak_rss)
+        builds = {"offline": build_measured(data, work, "offline", [], args, log),
+                  "online": build_measured(data, work, "online", ["--param", "sampler=online"], args, log)}
+        runs = {name: score(data, build, log) for name, build in builds.items()}
     settings["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     for name, run in runs.items():
         log(f"{name}: {run['fit_images']} fit images, bank {run['bank_rows']} rows, peak RSS "
