@@ -119,9 +119,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-train-images", type=int, default=200)
     parser.add_argument("--coreset-ratio", type=float, default=0.1)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "known_anomalies")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     rows: list[dict] = []
     started = time.perf_counter()
 
