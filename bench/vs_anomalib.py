@@ -38,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import reset_own_peak_rss  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "magnetic-tile"
 ANOMALIB_REQUIREMENTS = ("torch==2.14.1", "torchvision==0.29.1", "anomalib==2.7.0", "onnx", "onnxscript",
@@ -57,7 +60,10 @@ PAIRS = {
 # ------------------------------------------------------------------------------------------- processes
 
 def run_measured(cmd: list[str], log_path: Path, env: dict | None = None) -> dict:
-    """Run a command to the end; -> wall seconds, peak RSS (MB) of the process (wait4), exit code, last lines."""
+    """Run a command to the end; -> wall seconds, peak RSS (MB) of the process (wait4), and the floor that peak
+    inherits from this process (bench/measure.py: without the reset, a build spawned after this process scored
+    an artefact reported this process's ~1.6 GB peak as its own)."""
+    floor_mb = reset_own_peak_rss()
     tic = time.perf_counter()
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
@@ -67,7 +73,7 @@ def run_measured(cmd: list[str], log_path: Path, env: dict | None = None) -> dic
     tail = log_path.read_text(errors="replace").splitlines()[-15:]
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[:3]} failed (exit {proc.returncode}); log {log_path}:\n" + "\n".join(tail))
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024.0}
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024.0, "inherited_floor_mb": floor_mb}
 
 
 def ensure_anomalib_venv(path: Path, log) -> Path:
@@ -323,12 +329,14 @@ def run_pair(name: str, rate: float, train, test, workdir: Path, anomalib_python
         # (anomalib: Engine.fit, which reads the images, extracts features and fits; it does not calibrate)
         "adtk": {"fit_s": adtk["timings_s"]["total_before_export"],
                  "timings_s": adtk["timings_s"], "process_wall_s": adtk_proc["wall_s"],
-                 "peak_rss_mb": adtk_proc["peak_rss_mb"], "fit_report": adtk["fit_report"],
+                 "peak_rss_mb": adtk_proc["peak_rss_mb"], "inherited_floor_mb": adtk_proc["inherited_floor_mb"],
+                 "fit_report": adtk["fit_report"],
                  "num_fit": adtk["num_fit"], "num_calibration": adtk["num_calibration"],
                  "artefact_bytes": artefact.stat().st_size, "files": 1,
                  **{k: ours_metrics[k] for k in keys}, **latency["adtk"]},
         "anomalib": {"fit_s": theirs["timings_s"]["fit_s"], "timings_s": theirs["timings_s"],
                      "process_wall_s": theirs_proc["wall_s"], "peak_rss_mb": theirs_proc["peak_rss_mb"],
+                     "inherited_floor_mb": theirs_proc["inherited_floor_mb"],
                      "peak_rss_mb_after_fit": theirs["peak_rss_mb_after_fit"], "bank_shape": theirs["bank_shape"],
                      "artefact_bytes": sum(theirs["onnx_files"].values()), "files": len(theirs["onnx_files"]),
                      **{k: theirs_metrics[k] for k in keys}, **latency["anomalib"]},
@@ -371,6 +379,20 @@ def retime(workdir: Path, record: Path) -> None:
     print(text)
 
 
+def measured(side: dict) -> bool:
+    """False where the peak RSS is only the floor inherited from the bench process (bench/measure.py), or where
+    that floor was not recorded (runs before the reset existed)."""
+    floor = side.get("inherited_floor_mb")
+    return floor is not None and side["peak_rss_mb"] > floor + 1.0
+
+
+def rss(side: dict) -> str:
+    if measured(side):
+        return f"{side['peak_rss_mb']:.0f}"
+    floor = side.get("inherited_floor_mb")
+    return f"<= {side['peak_rss_mb']:.0f} (floor)" if floor is not None else f"{side['peak_rss_mb']:.0f} (floor?)"
+
+
 def ratio(a, b) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
@@ -391,7 +413,7 @@ def render(rows: list[dict], settings: dict) -> str:
         lines.append(
             f"| {r['pair']} | {r['pollution']:.0%} | {r['train_images']} (adtk fits {a['num_fit']}, holds out "
             f"{a['num_calibration']}) | {a['fit_s']:.1f} / {b['fit_s']:.1f} | {ratio(b['fit_s'], a['fit_s'])} faster "
-            f"| {a['peak_rss_mb']:.0f} / {b['peak_rss_mb']:.0f} | {ratio(a['peak_rss_mb'], b['peak_rss_mb'])} "
+            f"| {rss(a)} / {rss(b)} | {ratio(a['peak_rss_mb'], b['peak_rss_mb']) if measured(a) and measured(b) else '-'} "
             f"| {bank_a} / {bank_b} | {a['artefact_bytes'] / 1e6:.2f} ({a['files']}) / {b['artefact_bytes'] / 1e6:.2f} "
             f"({b['files']}) | {ratio(a['artefact_bytes'], b['artefact_bytes'])} "
             f"| {a['median_ms']:.2f} ({a['p99_ms']:.2f}) / {b['median_ms']:.2f} ({b['p99_ms']:.2f}) "

@@ -104,7 +104,8 @@ def apply_precision(model, precision: str, data: CheckData | None, symmetric_int
             raise ConfigError("int8 needs good training images to calibrate; none were given")
         variant = quantize_backbone_int8(model, data.calibration_frames, symmetric=symmetric_int8,
                                          calibrate_method=int8_calibration)
-        return variant, {"int8": "backbone, QDQ, per-channel weights", "calibration_images": len(data.calibration_frames),
+        scope = "backbone" if symmetric_int8 else "backbone and bank-search MatMuls"
+        return variant, {"int8": f"{scope}, QDQ, per-channel weights", "calibration_images": len(data.calibration_frames),
                          "activations": "int8 symmetric (TensorRT)" if symmetric_int8 else "uint8 asymmetric (U8S8)",
                          "calibration_method": int8_calibration}
     raise ConfigError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
