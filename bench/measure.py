@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def reset_own_peak_rss() -> float:
@@ -18,3 +23,21 @@ def reset_own_peak_rss() -> float:
     except OSError:  # not Linux: nothing to reset, nothing to report
         return float("nan")
     return next(int(line.split()[1]) / 1024.0 for line in status.splitlines() if line.startswith("VmHWM"))
+
+
+def run_measured(cmd: list[str], log_path: Path, env: dict | None = None) -> dict:
+    """Run a command to the end (output to log_path, cwd = the repo); -> wall seconds, peak RSS (MB) of the
+    process (wait4), the floor that peak inherits from this process (reset_own_peak_rss) and the load average
+    at the end. A failing command stops the bench with its log's last lines."""
+    floor_mb = reset_own_peak_rss()
+    tic = time.perf_counter()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - tic
+    if code != 0:
+        tail = log_path.read_text(errors="replace").splitlines()[-15:]
+        raise SystemExit(f"{' '.join(map(str, cmd[:5]))} failed (exit {code}); log {log_path}:\n" + "\n".join(tail))
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024.0, "inherited_floor_mb": floor_mb,
+            "load_average_at_end": " ".join(f"{x:.1f}" for x in os.getloadavg())}

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import reset_own_peak_rss  # noqa: E402
+from measure import run_measured  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "magnetic-tile"
@@ -46,23 +45,6 @@ RESULTS = REPO / "bench" / "results" / "online_coreset_memory.md"
 # (name suffix, uint8 [H, W, 3] -> uint8 [H, W, 3]): the originals and three exact, lossless copies
 VARIANTS = (("orig", lambda image: image), ("hflip", lambda image: image[:, ::-1]),
             ("vflip", lambda image: image[::-1]), ("rot180", lambda image: image[::-1, ::-1]))
-
-
-def run_measured(cmd: list[str], log_path: Path) -> dict:
-    """Run a command to the end; -> wall seconds and peak RSS (MB) of the process (wait4), as bench/vs_anomalib,
-    and the floor that peak inherits from this process (reset_own_peak_rss)."""
-    floor_mb = reset_own_peak_rss()
-    tic = time.perf_counter()
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - tic
-    if code != 0:
-        tail = log_path.read_text(errors="replace").splitlines()[-15:]
-        raise SystemExit(f"{cmd[3:5]} failed (exit {code}); log {log_path}:\n" + "\n".join(tail))
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024.0, "inherited_floor_mb": floor_mb,
-            "load_average_at_end": " ".join(f"{x:.1f}" for x in os.getloadavg())}
 
 
 def write_augmented_set(source: Path, root: Path, max_source_images: int | None, log) -> int:
@@ -191,7 +173,7 @@ def main() -> None:
         from adtk.toolkit.data import index_dataset
 
         settings["test_images"] = len(index_dataset(data).test)
-        # both builds before any scoring: a build inherits this process's RSS as its floor (reset_own_peak_rss)
+        # both builds before any scoring: a build inherits this process's RSS as its floor (bench/measure.py)
         builds = {"offline": build_measured(data, work, "offline", [], args, log),
                   "online": build_measured(data, work, "online", ["--param", "sampler=online"], args, log)}
         runs = {name: score(data, build, log) for name, build in builds.items()}

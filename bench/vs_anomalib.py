@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import reset_own_peak_rss  # noqa: E402
+from measure import run_measured  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "magnetic-tile"
@@ -58,23 +58,6 @@ PAIRS = {
 
 
 # ------------------------------------------------------------------------------------------- processes
-
-def run_measured(cmd: list[str], log_path: Path, env: dict | None = None) -> dict:
-    """Run a command to the end; -> wall seconds, peak RSS (MB) of the process (wait4), and the floor that peak
-    inherits from this process (bench/measure.py: without the reset, a build spawned after this process scored
-    an artefact reported this process's ~1.6 GB peak as its own)."""
-    floor_mb = reset_own_peak_rss()
-    tic = time.perf_counter()
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - tic
-    tail = log_path.read_text(errors="replace").splitlines()[-15:]
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd[:3]} failed (exit {proc.returncode}); log {log_path}:\n" + "\n".join(tail))
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024.0, "inherited_floor_mb": floor_mb}
-
 
 def ensure_anomalib_venv(path: Path, log) -> Path:
     python = path / "bin" / "python"
