@@ -19,11 +19,17 @@ import math
 
 import numpy as np
 
-from adtk.export.passes.graph import constant_value, frame_shape, head_matrices, infer_shapes, read_manifest
+from adtk.export.passes.graph import (
+    BANK_ELEMENTWISE as ELEMENTWISE,
+    BANK_REDUCTIONS as REDUCTIONS,
+    constant_value,
+    frame_shape,
+    head_matrices,
+    infer_shapes,
+    read_manifest,
+)
 from adtk.export.passes.tensorrt_check import MAX_TENSOR_ELEMENTS
 
-ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Clip", "Max", "Min", "Sqrt", "Neg", "Relu", "Abs", "Pow"}
-REDUCTIONS = {"ReduceMin", "ReduceMax", "ArgMin", "ArgMax", "TopK"}
 
 
 def chunk_bank_reductions(model, max_elements: int = MAX_TENSOR_ELEMENTS, batch: int = 1):

@@ -103,6 +103,12 @@ __all__ = ["INPUT_NAME", "load_unsealed", "read_manifest", "set_manifest", "with
            "initializers", "constant_value", "frame_shape"]
 
 
+# A bank search as a head exports it: MatMul by a head matrix -> elementwise ops -> a reduction over the bank
+# (export/passes/chunk_bank.py rewrites it in chunks; export/passes/int8.py quantises its MatMul).
+BANK_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Clip", "Max", "Min", "Sqrt", "Neg", "Relu", "Abs", "Pow"}
+BANK_REDUCTIONS = {"ReduceMin", "ReduceMax", "ArgMin", "ArgMax", "TopK"}
+
+
 def head_matrices(model, min_elements: int = 1024) -> list:
     """The head's matrices: float initializers of rank >= 2 and >= min_elements values that no convolution
     consumes (memory banks, projections). The backbone's weights all feed convolutions."""

@@ -14,9 +14,10 @@ exception in the onnxruntime flavour: the bank search's MatMul (queries x a head
 bank by ReduceMin/ArgMin/TopK, found by that shape: bank_search_matmuls) runs as a U8S8 integer GEMM with
 per-channel weight scales, and its bias (|m|^2) and the reduction stay fp32. On magnetic-tile, with a 1,843 x 152
 bank, that GEMM is ~35% of an fp32 frame's node time (onnxruntime profiler): in one interleaved run of
-three variants of the same fit, fp32 9.54 ms, backbone-only INT8 8.32 ms, backbone + bank search 7.19 ms, image AUROC 0.902 / 0.900 / 0.896 (bench/vs_anomalib.py
-then measured the compiled INT8 artefact at 6.80 ms against 8.89 fp32). The build's AUROC gate still decides whether a
-given fit may ship it. TensorRT's flavour keeps the search in fp32 (its QDQ MatMul path is not checked here).
+three variants of the same fit, fp32 9.54 ms, backbone-only INT8 8.32 ms, backbone + bank search 7.19 ms,
+image AUROC 0.902 / 0.900 / 0.896 (bench/vs_anomalib.py then measured the compiled INT8 artefact at 6.80 ms
+against 8.89 fp32). The build's AUROC gate still decides whether a given fit may ship it. TensorRT's flavour
+keeps the search in fp32 (its QDQ MatMul path is not checked here).
 
 Two flavours, because the two consumers want different things (onnxruntime quantization docs, "Quantize
 ONNX models": U8S8 is the fast path for x86 CPUs; TensorRT's explicit quantisation reads QDQ and requires
@@ -33,13 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from adtk.export.passes.graph import downstream_nodes, head_matrices
+from adtk.export.passes.graph import BANK_ELEMENTWISE, BANK_REDUCTIONS, downstream_nodes, head_matrices
 from adtk.runtime.errors import ConfigError
 
 CONV_OPS = {"Conv", "ConvTranspose"}
-# a bank search: MatMul -> (elementwise ops) -> a reduction over the bank (export/passes/chunk_bank.py's pattern)
-SEARCH_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Clip", "Max", "Min", "Neg", "Relu", "Abs"}
-SEARCH_REDUCTIONS = {"ReduceMin", "ReduceMax", "ArgMin", "ArgMax", "TopK"}
 # Op types worth quantising inside the backbone region (onnxruntime's QDQ registry has them all).
 QUANTISED_OPS = ["Conv", "Clip", "Relu", "Add", "Mul", "AveragePool", "GlobalAveragePool", "Concat", "Pad",
                  "MaxPool", "Resize", "Sigmoid"]
@@ -86,11 +84,11 @@ def bank_search_matmuls(model) -> list[str]:
         while frontier:
             tensor = frontier.pop()
             for consumer in consumers.get(tensor, []):
-                if consumer.op_type in SEARCH_REDUCTIONS and consumer.input[0] == tensor:
+                if consumer.op_type in BANK_REDUCTIONS and consumer.input[0] == tensor:
                     found.append(node.name)
                     frontier = []
                     break
-                if consumer.op_type in SEARCH_ELEMENTWISE and consumer.name not in seen:
+                if consumer.op_type in BANK_ELEMENTWISE and consumer.name not in seen:
                     seen.add(consumer.name)
                     frontier.extend(consumer.output)
     return found

@@ -25,7 +25,7 @@ from adtk.runtime.errors import ConfigError
 from adtk.toolkit.coreset import ApproximateGreedyCoreset
 from adtk.toolkit.features import PatchEmbedding
 from adtk.toolkit.methods.base import AnomalyMethod, HeadOutput
-from adtk.toolkit.methods.patchcore import nearest_bank_rows
+from adtk.toolkit.methods.patchcore import nearest_bank_rows, register_search_bank
 from adtk.toolkit.methods.registry import register_method
 from adtk.toolkit.search import nearest_neighbours
 
@@ -85,15 +85,12 @@ class LDKNNHead(nn.Module):
 
     def __init__(self, state: LDKNNState):
         super().__init__()
-        bank = torch.from_numpy(np.ascontiguousarray(state.memory_bank, dtype=np.float32))
-        # stored for the GEMM + bias search (patchcore.nearest_bank_rows); scaling by -2 is exact
-        self.register_buffer("bank_t_neg2", (-2.0 * bank).t().contiguous())
-        self.register_buffer("bank_sq_norms", (bank * bank).sum(1))
+        register_search_bank(self, state.memory_bank)  # for patchcore.nearest_bank_rows
         self.register_buffer("densities", torch.from_numpy(np.asarray(state.densities, dtype=np.float32)))
         self.register_buffer("alpha", torch.tensor(float(state.alpha)))
         self.euclidean = state.distance == "euclidean"
         self.image_score = state.image_score
-        self.bank_rows = int(bank.shape[0])  # declared as data for graph passes (e.g. bank chunking)
+        self.bank_rows = int(state.memory_bank.shape[0])  # declared as data for graph passes (e.g. bank chunking)
 
     def forward(self, features: torch.Tensor) -> HeadOutput:
         batch, _, height, width = features.shape

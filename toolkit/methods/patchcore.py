@@ -53,20 +53,34 @@ def squared_distances(queries: torch.Tensor, bank: torch.Tensor, bank_sq_norms: 
     return (query_sq_norms - 2.0 * torch.matmul(queries, bank.t()) + bank_sq_norms).clamp(min=0.0)
 
 
+def register_search_bank(head: nn.Module, memory_bank: np.ndarray) -> None:
+    """Store a bank on `head` as the searches below read it: buffers bank_t_neg2 = -2 * bank^T [D, M] (scaling by
+    -2 is exact in fp32 and fp16, so rows are recovered exactly as -0.5 * bank_t_neg2.T) and bank_sq_norms [M]."""
+    bank = torch.from_numpy(np.ascontiguousarray(memory_bank, dtype=np.float32))
+    head.register_buffer("bank_t_neg2", (-2.0 * bank).t().contiguous())
+    head.register_buffer("bank_sq_norms", (bank * bank).sum(1))
+
+
+def partial_sq_distances(queries_2d: torch.Tensor, bank_t_neg2: torch.Tensor, bank_sq_norms: torch.Tensor):
+    """queries [N, D] -> |m|^2 - 2 q.m [N, M]: one GEMM with a bias (onnxruntime fuses it into Gemm); add |q|^2
+    to a minimum over the bank to get the squared distance."""
+    return torch.matmul(queries_2d, bank_t_neg2) + bank_sq_norms
+
+
 def nearest_bank_rows(queries: torch.Tensor, bank_t_neg2: torch.Tensor, bank_sq_norms: torch.Tensor):
     """queries [B, P, D], bank stored as -2 * bank^T [D, M] and |m|^2 [M] -> (squared L2 distance to the
     nearest row [B, P] (>= 0), that row's index [B, P]).
 
-    One GEMM with a bias (|m|^2 - 2 q.m; onnxruntime fuses it into Gemm), then the min and argmin over the
-    bank: |q|^2 is constant along the bank, so it is added to the [B, P] minima, not to the [B, P, M] matrix,
-    and no elementwise pass runs over that matrix (for the heads whose score needs the nearest row's index:
+    One GEMM with a bias (partial_sq_distances), then the min and argmin over the bank: |q|^2 is constant
+    along the bank, so it is added to the [B, P] minima, not to the [B, P, M] matrix, and no elementwise pass
+    runs over that matrix (for the heads whose score needs the nearest row's index:
     LDKNN's density, SoftCore's soft weight). min(dim) keeps the first index among equal values in torch and
     in ONNX's ArgMin; torch.topk does not promise it, so a duplicated bank row could pick a different index
     than the artefact.
     """
     batch, patches, dims = queries.shape
-    partial = torch.matmul(queries.reshape(-1, dims), bank_t_neg2) + bank_sq_norms  # [B*P, M]
-    nearest_partial, nearest_index = partial.min(dim=-1)
+    nearest_partial, nearest_index = partial_sq_distances(queries.reshape(-1, dims), bank_t_neg2,
+                                                          bank_sq_norms).min(dim=-1)
     nearest_sq = (nearest_partial + (queries * queries).sum(-1).reshape(-1)).clamp(min=0.0)
     return nearest_sq.view(batch, patches), nearest_index.view(batch, patches)
 
@@ -85,26 +99,23 @@ class PatchCoreHead(nn.Module):
 
     def __init__(self, state: PatchCoreState):
         super().__init__()
-        bank = torch.from_numpy(np.ascontiguousarray(state.memory_bank, dtype=np.float32))
-        # Scaling by -2 is exact in fp32 and fp16, so the bank rows are recovered exactly where needed.
-        self.register_buffer("bank_t_neg2", (-2.0 * bank).t().contiguous())
-        self.register_buffer("bank_sq_norms", (bank * bank).sum(1))
+        register_search_bank(self, state.memory_bank)
         self.register_buffer("bank_neighbours", torch.from_numpy(state.bank_neighbours.astype(np.int64)))
         self.reweight = state.bank_neighbours.shape[1] > 1
-        self.bank_rows = int(bank.shape[0])  # declared as data for graph passes (e.g. TensorRT chunking)
+        self.bank_rows = int(state.memory_bank.shape[0])  # declared as data for graph passes (e.g. TensorRT chunking)
 
     def forward(self, features: torch.Tensor) -> HeadOutput:
         batch, dims, height, width = features.shape
         queries = features.flatten(2).transpose(1, 2)  # [B, P, D]
         query_sq_norms = (queries * queries).sum(-1)  # [B, P]
         # |m|^2 - 2 q.m for every (patch, row), as one 2-D GEMM + bias, then the min over the bank rows.
-        partial = torch.matmul(queries.reshape(-1, dims), self.bank_t_neg2) + self.bank_sq_norms
+        partial = partial_sq_distances(queries.reshape(-1, dims), self.bank_t_neg2, self.bank_sq_norms)
         nearest_partial = partial.min(dim=-1).values.view(batch, -1)
         patch_scores = (nearest_partial + query_sq_norms).clamp(min=0.0).sqrt()
         max_score, max_patch = patch_scores.max(dim=1)  # [B]
         if self.reweight:
             max_patch_feature = torch.gather(queries, 1, max_patch.view(-1, 1, 1).expand(-1, 1, dims)).squeeze(1)
-            nearest_row = (torch.matmul(max_patch_feature, self.bank_t_neg2) + self.bank_sq_norms).argmin(dim=-1)
+            nearest_row = partial_sq_distances(max_patch_feature, self.bank_t_neg2, self.bank_sq_norms).argmin(dim=-1)
             support = self.bank_t_neg2[:, self.bank_neighbours[nearest_row]].permute(1, 2, 0) * -0.5  # [B, k, D]
             support_dists = torch.linalg.vector_norm(max_patch_feature.unsqueeze(1) - support, dim=-1)  # [B, k]
             weight = 1.0 - torch.softmax(support_dists, dim=1)[:, 0]

@@ -24,7 +24,7 @@ from adtk.runtime.errors import ConfigError, DataError
 from adtk.toolkit.coreset import ApproximateGreedyCoreset
 from adtk.toolkit.features import PatchEmbedding
 from adtk.toolkit.methods.base import AnomalyMethod, HeadOutput, SizingKnob
-from adtk.toolkit.methods.patchcore import nearest_bank_rows
+from adtk.toolkit.methods.patchcore import nearest_bank_rows, register_search_bank
 from adtk.toolkit.methods.registry import register_method
 
 DISCRIMINATORS = ("lof", "nn", "gauss")
@@ -76,13 +76,10 @@ class SoftCoreHead(nn.Module):
 
     def __init__(self, state: SoftCoreState, squared: bool):
         super().__init__()
-        bank = torch.from_numpy(np.ascontiguousarray(state.memory_bank, dtype=np.float32))
-        # stored for the GEMM + bias search (patchcore.nearest_bank_rows); scaling by -2 is exact
-        self.register_buffer("bank_t_neg2", (-2.0 * bank).t().contiguous())
-        self.register_buffer("bank_sq_norms", (bank * bank).sum(1))
+        register_search_bank(self, state.memory_bank)  # for patchcore.nearest_bank_rows
         self.register_buffer("soft_weights", torch.from_numpy(state.soft_weights.astype(np.float32)))
         self.squared = bool(squared)
-        self.bank_rows = int(bank.shape[0])
+        self.bank_rows = int(state.memory_bank.shape[0])
 
     def forward(self, features: torch.Tensor) -> HeadOutput:
         batch, _, height, width = features.shape
