@@ -14,7 +14,6 @@ prediction for the target is recorded in the manifest.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -28,6 +27,7 @@ from adtk.export.passes.tensorrt_check import require_tensorrt_compatible
 from adtk.export.targets import PRECISIONS, Target
 from adtk.runtime.artefact import INPUT_NAME
 from adtk.runtime.errors import ConfigError, TargetError
+from adtk.runtime.manifest import with_target
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,6 @@ def compile_model(fp32_model, manifest: dict, options: CompileOptions, data: Che
     model, facts = apply_precision(fp32_model, precision, data,
                                    symmetric_int8=bool(target and target.uses_tensorrt),
                                    int8_calibration=options.int8_calibration)
-    manifest = copy.deepcopy(manifest)
     check = None
     if precision != "fp32" and data is not None and data.check_frames:
         if fp32_scores is None:
@@ -159,7 +158,7 @@ def compile_model(fp32_model, manifest: dict, options: CompileOptions, data: Che
         log(f"cost model: {estimate.summary()}")
         if not estimate.fits:
             raise TargetError(f"the {precision} artefact does not fit {target.name}: {'; '.join(estimate.reasons)}")
-    manifest["target"] = {
+    manifest = with_target(manifest, {
         "name": target.name if target else "generic",
         "precision": precision,
         "runtime": target.runtime if target else "onnxruntime",
@@ -167,5 +166,5 @@ def compile_model(fp32_model, manifest: dict, options: CompileOptions, data: Che
         "precision_details": facts,
         "precision_check": asdict(check) if check else None,
         "cost": estimate.as_dict() if estimate else None,
-    }
+    })
     return model, manifest, estimate

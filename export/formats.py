@@ -1,29 +1,21 @@
-"""Artefact formats: one table, one build function each (after ultralytics' exporter).
+"""The ONNX artefact: trace the scoring graph (export_model), then seal and write it (write_artefact).
 
-Only "onnx" exists so far; a TensorRT engine builder joins this table when the compiler grows one.
+ONNX is the one artefact format; a TensorRT engine is built from a sealed artefact on the device
+(export/tensorrt.py). A format table returns when a second format is written here (STYLE.md's pattern).
 """
 
 from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from adtk.runtime.artefact import INPUT_NAME, MANIFEST_KEY, MAX_ARTEFACT_BYTES, OUTPUT_NAMES, seal, verify_bytes
-from adtk.runtime.errors import ArtefactError, ConfigError
+from adtk.runtime.errors import ArtefactError
 
 DEFAULT_OPSET = 18
-
-
-@dataclass(frozen=True)
-class Format:
-    suffix: str
-    build: Callable[..., Path]
-    options: frozenset[str]
 
 
 def example_frames(image_size_px: tuple[int, int]) -> torch.Tensor:
@@ -86,22 +78,3 @@ def write_artefact(model, manifest: dict, out_path: str | Path) -> Path:
     temporary.write_bytes(data)
     temporary.replace(out_path)  # atomic: a reader never sees a half-written artefact
     return out_path
-
-
-def build_onnx(graph: torch.nn.Module, manifest: dict, out_path: str | Path, image_size_px: tuple[int, int],
-               opset: int = DEFAULT_OPSET) -> Path:
-    """Export, embed the manifest, seal with the integrity record, verify, and write one .onnx file."""
-    return write_artefact(export_model(graph, manifest, image_size_px, opset), manifest, out_path)
-
-
-FORMATS = {"onnx": Format(".onnx", build_onnx, frozenset({"opset"}))}
-
-
-def build_artefact(format_name: str, graph, manifest, out_path, image_size_px, **options) -> Path:
-    if format_name not in FORMATS:
-        raise ConfigError(f"unknown artefact format {format_name!r} (known: {', '.join(FORMATS)})")
-    fmt = FORMATS[format_name]
-    unknown = set(options) - fmt.options
-    if unknown:
-        raise ConfigError(f"format {format_name!r} does not accept {sorted(unknown)} (accepts: {sorted(fmt.options)})")
-    return fmt.build(graph, manifest, out_path, image_size_px, **options)

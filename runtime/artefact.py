@@ -1,6 +1,6 @@
 """The adtk artefact format: one ONNX file that carries its manifest and an integrity record.
 
-    metadata_props["adtk.manifest"]  one JSON document (schema below); never Python repr
+    metadata_props["adtk.manifest"]  one JSON document (schema: runtime/manifest.py); never Python repr
     metadata_props["adtk.sha256"]    sha256 of every byte of the file except this one entry
 
 The integrity entry is appended as the last top-level field of the serialised ModelProto (a repeated
@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adtk.runtime.errors import ArtefactError
+from adtk.runtime.manifest import INPUT_NAME, OUTPUT_NAMES, SCHEMA_VERSION, validate_manifest
+
+__all__ = ["MANIFEST_KEY", "INTEGRITY_KEY", "INPUT_NAME", "OUTPUT_NAMES", "SCHEMA_VERSION", "VerifiedArtefact",
+           "encode_metadata_entry", "seal", "verify_bytes", "read_artefact"]
 
 MANIFEST_KEY = "adtk.manifest"
 INTEGRITY_KEY = "adtk.sha256"
-SCHEMA_VERSION = 1
-INPUT_NAME = "frames"
-OUTPUT_NAMES = ("pred_score", "pred_label", "anomaly_map", "raw_score", "raw_anomaly_map")
 MAX_ARTEFACT_BYTES = 2 * 1024**3  # protobuf's 2 GB limit: one file, no external data
 
 _METADATA_PROPS_FIELD = 14  # ModelProto.metadata_props (repeated StringStringEntryProto)
@@ -156,23 +157,8 @@ def verify_bytes(data: bytes, source: str = "artefact") -> VerifiedArtefact:
         manifest = json.loads(manifest_json)
     except json.JSONDecodeError as exc:
         raise ArtefactError(f"{source}: manifest is not valid JSON ({exc})") from None
-    check_manifest(manifest, source)
+    validate_manifest(manifest, source)  # runtime/manifest.py: the one schema, checked before any use
     return VerifiedArtefact(data, manifest, recorded, hashlib.sha256(data).hexdigest())
-
-
-def check_manifest(manifest: dict, source: str = "artefact") -> None:
-    """The parts of the manifest the runtime relies on."""
-    if not isinstance(manifest, dict) or manifest.get("format") != "adtk-artefact":
-        raise ArtefactError(f"{source}: manifest does not describe an adtk artefact")
-    schema = manifest.get("schema")
-    if schema != SCHEMA_VERSION:
-        raise ArtefactError(
-            f"{source}: manifest schema {schema!r} is not supported by this runtime (supports {SCHEMA_VERSION}); "
-            "upgrade adtk on the device or rebuild the artefact")
-    outputs = manifest.get("outputs", {})
-    missing = [name for name in OUTPUT_NAMES[:3] if name not in outputs]
-    if manifest.get("input", {}).get("name") != INPUT_NAME or missing:
-        raise ArtefactError(f"{source}: manifest breaks the input/output contract (missing: {missing or 'input'})")
 
 
 def read_artefact(path: str | Path) -> VerifiedArtefact:

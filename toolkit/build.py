@@ -8,10 +8,8 @@
 from __future__ import annotations
 
 import functools
-import platform
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from adtk.export.compose import ScoringGraph
 from adtk.export.compiler import CompileOptions, compile_model
 from adtk.export.formats import export_model, write_artefact
 from adtk.export.targets import load_target
-from adtk.runtime.artefact import INPUT_NAME, OUTPUT_NAMES, SCHEMA_VERSION
+from adtk.runtime.manifest import build_manifest
 from adtk.runtime.errors import ConfigError, DataError, TargetError
 from adtk.toolkit.backbones import create_backbone
 from adtk.toolkit.calibration import Calibration, calibrate
@@ -163,43 +161,21 @@ def raw_image_scores(graph: ScoringGraph, samples, skip_bad: bool, on_warning=No
 
 
 def make_manifest(config: BuildConfig, method, backbone, preprocess, calibration: Calibration, fit_samples,
-                  calibration_samples, fit_report: dict, timings_s: dict) -> dict:
-    return {
-        "format": "adtk-artefact",
-        "schema": SCHEMA_VERSION,
-        "adtk_version": package_version("adtk"),
-        "method": {"name": method.name, "params": method.params(), "fit": fit_report},
-        "backbone": {
-            "name": backbone.name, "stages": list(backbone.stages), "channels": list(backbone.channels),
-            "strides": list(backbone.strides), "weights_source": backbone.weights_source,
-            "weights_sha256": backbone.weights_sha256,
-        },
-        "input": {"name": INPUT_NAME, **preprocess.contract()},
-        "outputs": {
-            "pred_score": "[B] float32 in [0, 1]; 0.5 is the calibrated threshold",
-            "pred_label": "[B] bool; True = anomalous (raw_score > threshold)",
-            "anomaly_map": "[B, S, S] float32 in [0, 1] at the model size; 0.5 = the highest value of any "
-                           "held-out good image's map (calibration.map_threshold)",
-            "raw_score": "[B] float32, the method's image score before normalisation",
-            "raw_anomaly_map": "[B, S, S] float32, before normalisation",
-            "order": list(OUTPUT_NAMES),
-        },
-        "postprocess": {"map_upsample": "bilinear", "blur_sigma": config.blur_sigma,
-                        "normalisation": "clip((raw - threshold) / (score_max - score_min) + 0.5, 0, 1); maps likewise "
-                                         "with map_threshold, map_min, map_max"},
-        "calibration": calibration.as_dict(),
-        "training": {
-            "num_fit_images": len(fit_samples),
-            "num_calibration_images": len(calibration_samples),
-            "list_sha256": training_list_sha256(fit_samples),
-            "calibration_list_sha256": training_list_sha256(calibration_samples),
-            "seed": config.seed,
-            "max_train_images": config.max_train_images,
-        },
-        "target": {"name": "generic", "precision": "fp32"},
-        "build": {"torch": torch.__version__, "python": platform.python_version(),
-                  "timings_s": {k: round(v, 3) for k, v in timings_s.items()}},
-    }
+                  calibration_samples, fit_report: dict, timings_s: dict, training_records: dict | None = None) -> dict:
+    """The artefact's manifest (its schema and builder: runtime/manifest.py). training_records: how the training
+    list was chosen (refinement, labelled defects), recorded under "training"."""
+    return build_manifest(
+        method={"name": method.name, "params": method.params(), "fit": fit_report},
+        backbone={"name": backbone.name, "stages": list(backbone.stages), "channels": list(backbone.channels),
+                  "strides": list(backbone.strides), "weights_source": backbone.weights_source,
+                  "weights_sha256": backbone.weights_sha256},
+        input_contract=preprocess.contract(),
+        calibration=calibration.as_dict(),
+        training={"num_fit_images": len(fit_samples), "num_calibration_images": len(calibration_samples),
+                  "list_sha256": training_list_sha256(fit_samples),
+                  "calibration_list_sha256": training_list_sha256(calibration_samples),
+                  "seed": config.seed, "max_train_images": config.max_train_images, **(training_records or {})},
+        blur_sigma=config.blur_sigma, toolchain={"torch": torch.__version__}, timings_s=timings_s)
 
 
 @torch.no_grad()
@@ -302,12 +278,13 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
         log(f"threshold {calibration.threshold:.4f} ({calibration.method})")
 
         timings["total_before_export"] = time.perf_counter() - started
-        manifest = make_manifest(config, method, backbone, preprocess, calibration, fit_samples, calib_samples,
-                                 method.fit_report(state), timings)
+        training_records = {}
         if refinement is not None:
-            manifest["training"]["refinement"] = manifest_entry(refinement, candidates, config.out)
+            training_records["refinement"] = manifest_entry(refinement, candidates, config.out)
         if "defects" in fit_inputs:
-            manifest["training"]["labelled_defects"] = defects_manifest_entry(defect_samples, fit_inputs["defects"])
+            training_records["labelled_defects"] = defects_manifest_entry(defect_samples, fit_inputs["defects"])
+        manifest = make_manifest(config, method, backbone, preprocess, calibration, fit_samples, calib_samples,
+                                 method.fit_report(state), timings, training_records)
         if target is None:
             features = fit_inputs = None  # no sizing round will refit: free them before the export's peak
         tic = time.perf_counter()
