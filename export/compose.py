@@ -6,7 +6,7 @@
       -> embedding (the method's feature aggregation)           same module as the fit used
       -> head (the method's scoring, its state as buffers)      -> patch scores [B,h,w], image score [B]
       -> smoother (upsample + Gaussian blur)                    -> raw anomaly map [B, S, S]
-      -> normalisers (0.5 = threshold; maps calibrated apart)   -> pred_score, pred_label, anomaly_map
+      -> normalisers (0.5 = threshold; maps calibrated apart)   -> pred_score, pred_label, anomaly_map, pred_mask
 
 This module is the torch reference pipeline *and* what the compiler exports, so the artefact and the
 reference agree by construction; the parity tests measure how closely onnxruntime reproduces it.
@@ -25,6 +25,7 @@ class ScoringOutputs(NamedTuple):
     pred_score: torch.Tensor  # [B] float32 in [0, 1]; 0.5 is the calibrated threshold
     pred_label: torch.Tensor  # [B] bool; raw_score > threshold
     anomaly_map: torch.Tensor  # [B, S, S] float32 in [0, 1]; 0.5 = the highest held-out good map value
+    pred_mask: torch.Tensor  # [B, S, S] bool; raw map > map threshold (anomaly_map > 0.5), anomalib's 4th output
     raw_score: torch.Tensor  # [B] float32, the method's unnormalised image score
     raw_anomaly_map: torch.Tensor  # [B, S, S] float32, unnormalised
 
@@ -55,6 +56,9 @@ class ScoringGraph(nn.Module):
             pred_score=self.normaliser(raw_score),
             pred_label=self.normaliser.label(raw_score),
             anomaly_map=self.map_normaliser(raw_map),
+            # from the raw map, as pred_label from the raw score: clipping and rounding in the normalised map
+            # cannot make the mask disagree with the threshold
+            pred_mask=self.map_normaliser.label(raw_map),
             raw_score=raw_score,
             raw_anomaly_map=raw_map,
         )

@@ -5,6 +5,7 @@
     prediction.pred_score   # [B] float32 in [0, 1]; 0.5 is the calibrated threshold
     prediction.pred_label   # [B] bool, True = anomalous
     prediction.anomaly_map  # [B, S, S] float32 in [0, 1] at the model size S (see manifest["input"])
+    prediction.pred_mask    # [B, S, S] bool, True where anomaly_map > 0.5 (the map threshold)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Prediction:
     pred_score: np.ndarray  # [B] float32, 0..1, 0.5 = threshold
     pred_label: np.ndarray  # [B] bool
     anomaly_map: np.ndarray  # [B, S, S] float32, 0..1
+    pred_mask: np.ndarray  # [B, S, S] bool, True where anomaly_map > 0.5 (raw map above the map threshold)
     raw_score: np.ndarray  # [B] float32, the method's own score scale
     raw_anomaly_map: np.ndarray  # [B, S, S] float32
 
@@ -105,9 +107,11 @@ class Detector:
         batches = self._as_batches(frames)
         parts = [self.backend.run({INPUT_NAME: batch}) for batch in batches]
         merged = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        # artefacts built before pred_mask was an output: the same rule on the normalised map
+        pred_mask = merged["pred_mask"] if "pred_mask" in merged else merged["anomaly_map"] > 0.5
         return Prediction(
             pred_score=merged["pred_score"], pred_label=merged["pred_label"].astype(bool),
-            anomaly_map=merged["anomaly_map"], raw_score=merged["raw_score"],
+            anomaly_map=merged["anomaly_map"], pred_mask=pred_mask.astype(bool), raw_score=merged["raw_score"],
             raw_anomaly_map=merged["raw_anomaly_map"],
         )
 

@@ -27,7 +27,11 @@ from adtk.runtime.errors import ArtefactError
 FORMAT_NAME = "adtk-artefact"
 SCHEMA_VERSION = 1
 INPUT_NAME = "frames"
-OUTPUT_NAMES = ("pred_score", "pred_label", "anomaly_map", "raw_score", "raw_anomaly_map")
+# anomalib's four names first (InferenceBatch: pred_score, pred_label, anomaly_map, pred_mask), then adtk's raw ones
+OUTPUT_NAMES = ("pred_score", "pred_label", "anomaly_map", "pred_mask", "raw_score", "raw_anomaly_map")
+# Artefacts built before pred_mask existed carry the same schema version and stay loadable (the Detector derives
+# their mask from anomaly_map > 0.5, the same rule): the schema accepts either output list.
+LEGACY_OUTPUT_NAMES = tuple(name for name in OUTPUT_NAMES if name != "pred_mask")
 
 # What each output means, as every artefact states it (the contract in README's "artefact contract").
 OUTPUTS_DESCRIPTION = {
@@ -35,6 +39,7 @@ OUTPUTS_DESCRIPTION = {
     "pred_label": "[B] bool; True = anomalous (raw_score > threshold)",
     "anomaly_map": "[B, S, S] float32 in [0, 1] at the model size; 0.5 = the highest value of any "
                    "held-out good image's map (calibration.map_threshold)",
+    "pred_mask": "[B, S, S] bool; True where the raw map is above calibration.map_threshold (anomaly_map > 0.5)",
     "raw_score": "[B] float32, the method's image score before normalisation",
     "raw_anomaly_map": "[B, S, S] float32, before normalisation",
     "order": list(OUTPUT_NAMES),
@@ -94,8 +99,8 @@ SCHEMA: dict[str, Any] = {
               "dtype": TEXT, "layout": TEXT, "channels": TEXT,
               "model_size_px": Field(list, check=_positive_size, expected="[height, width], two integers > 0"),
               "resize": Field(dict), "normalise": Field(dict)},
-    "outputs": {**{name: TEXT for name in OUTPUT_NAMES},
-                "order": Field(list, check=lambda v: list(v) == list(OUTPUT_NAMES),
+    "outputs": {**{name: TEXT for name in LEGACY_OUTPUT_NAMES},
+                "order": Field(list, check=lambda v: list(v) in (list(OUTPUT_NAMES), list(LEGACY_OUTPUT_NAMES)),
                                expected=f"the list {list(OUTPUT_NAMES)}")},
     "postprocess": {"map_upsample": TEXT, "blur_sigma": NUMBER, "normalisation": TEXT},
     "calibration": {"threshold": NUMBER, "score_min": NUMBER, "score_max": NUMBER, "method": TEXT,

@@ -54,6 +54,18 @@ def assert_parity(result, samples, check_map: bool = True) -> None:
         assert abs(float(reference.pred_score[0]) - float(prediction.pred_score[0])) <= 1e-4
         if check_map:
             np.testing.assert_allclose(prediction.anomaly_map[0], reference.anomaly_map[0].numpy(), atol=1e-3)
+            assert_mask_parity(prediction.pred_mask[0], reference.pred_mask[0].numpy(),
+                               reference.anomaly_map[0].numpy())
+
+
+def assert_mask_parity(mask, reference_mask, reference_map, band: float = 1e-3) -> None:
+    """pred_mask equals the torch reference's except at pixels whose map is within `band` of the 0.5
+    threshold (where the map's own float tolerance may legitimately flip the comparison)."""
+    import numpy as np
+
+    assert mask.dtype == np.bool_ and mask.shape == reference_mask.shape
+    differ = mask != reference_mask
+    assert not (differ & (np.abs(reference_map - 0.5) > band)).any(), int(differ.sum())
 
 
 def require_offline_lite0_weights() -> None:
