@@ -190,3 +190,19 @@ def read_mask(
             f"{expected_width}x{expected_height} px; a mask must be the same size as its image"
         )
     return rgb.max(axis=2) > MASK_THRESHOLD
+
+
+def expand_image_paths(paths) -> list[tuple[Path, Path]]:
+    """Files and folders (searched recursively, hidden entries skipped, sorted) -> [(image path, name)],
+    where name is the path relative to the folder given (or the file name), for naming outputs."""
+    found: list[tuple[Path, Path]] = []
+    for given in map(Path, paths):
+        if given.is_dir():
+            images = sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                            and not any(part.startswith(".") for part in p.relative_to(given).parts))
+            if not images:
+                raise DataError(f"{given}: no images in this folder ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            found += [(p, p.relative_to(given)) for p in images]
+        else:
+            found.append((given, Path(given.name)))
+    return found

@@ -141,7 +141,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/model":
             self._send(*self.api.model())
         elif path == "/metrics":
-            self._send(200, self.api.service.metrics.render_prometheus().encode(),
+            from adtk.runtime.daemon.metrics import INSTALL_HINT
+
+            text = self.api.service.metrics.render_prometheus()
+            self._send(200 if text is not None else 503, (text or INSTALL_HINT + "\n").encode(),
                        "text/plain; version=0.0.4; charset=utf-8")
         else:
             self._send(404, {"error": f"no endpoint {path}; try /health, /model, /metrics or POST /predict"})

@@ -166,6 +166,7 @@ class ScoringService:
                 self.metrics.inc("sink_errors")
                 self.log("sink error", f"{getattr(sink, 'name', sink)}: {type(exc).__name__}: {exc}")
         self.metrics.inc("frames_scored")
+        self.metrics.observe_score(result.pred_score, result.pred_label, result.model_sha256)
         self.metrics.observe_latency(result.latency_ms / 1000)
         self.last_frame_at_s = time.time()
 

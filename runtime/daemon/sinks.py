@@ -9,7 +9,6 @@ quick and must not block on the network: MqttSink hands messages to paho's own n
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -78,31 +77,26 @@ class JsonLinesSink:
 
 
 class OverlaySink:
-    """A PNG per anomalous frame (pred_label True): the frame with its anomaly map blended in red,
-    named <frame_id>.png. Written to a hidden temporary name and renamed, so readers never see half a PNG."""
+    """A PNG per anomalous frame (pred_label True), named <frame_id>.png: the frame with its map coloured above
+    the map threshold, the defect region outlined, label and score in a banner (runtime/overlay.py, the same
+    renderer as `adtk predict --overlays`). Written to a hidden temporary name and renamed, so readers never
+    see half a PNG."""
 
     needs_pixels = True
 
-    def __init__(self, folder: str | Path, alpha: float = 0.5):
+    def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.name = f"overlay:{self.folder}"
-        self.alpha = alpha
 
     def write(self, result: FrameResult) -> None:
         if not result.pred_label or result.image is None or result.anomaly_map is None:
             return
-        from PIL import Image  # Pillow: a core dependency, imported only by this sink
+        from adtk.runtime.overlay import render_overlay, save_png  # Pillow: imported only by this sink
 
-        height, width = result.image.shape[:2]
-        heat = Image.fromarray(np.clip(result.anomaly_map * 255, 0, 255).astype(np.uint8))
-        heat = np.asarray(heat.resize((width, height), Image.BILINEAR), dtype=np.float32)[:, :, None] / 255
-        red = np.array([255, 0, 0], dtype=np.float32)
-        blended = result.image * (1 - self.alpha * heat) + red * (self.alpha * heat)
-        target = self.folder / f"{result.frame_id:010d}.png"
-        temporary = self.folder / f".{target.name}.part"
-        Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8)).save(temporary, format="PNG")
-        os.replace(temporary, target)
+        picture = render_overlay(result.image, result.anomaly_map, result.pred_score, result.pred_label,
+                                 caption=f"frame {result.frame_id}  {result.source}")
+        save_png(picture, self.folder / f"{result.frame_id:010d}.png")
 
     def flush(self) -> None:
         pass

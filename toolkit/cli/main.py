@@ -32,9 +32,9 @@ def cli(debug: bool) -> None:
 
 
 def _register() -> None:
-    from adtk.toolkit.cli import build, compile, demo, evaluate, flash, inspect, predict, serve, sign, targets
+    from adtk.toolkit.cli import build, compile, demo, evaluate, export, flash, inspect, predict, serve, sign, targets
 
-    for module in (build, predict, evaluate, inspect, demo, serve, flash, targets, compile, sign):
+    for module in (build, predict, evaluate, inspect, export, demo, serve, flash, targets, compile, sign):
         cli.add_command(module.command)
     from adtk.toolkit.cli import defects
 

@@ -11,25 +11,38 @@ import click
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--backend", default="auto", show_default=True, help="auto, tensorrt (engine), onnxruntime, cpu, cuda or ort-tensorrt.")
 @click.option("--skip-bad", is_flag=True, help="Report undecodable images as errors and go on.")
-def command(model, images, backend, skip_bad):
-    """Score IMAGES with MODEL; one JSON line per image: path, score (0..1, 0.5 = threshold), label.
+@click.option("--overlays", "overlay_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Write one PNG per image into DIR: the map coloured above its threshold, the defect region "
+                   "outlined, label and score on the frame (named after the image, folders kept).")
+def command(model, images, backend, skip_bad, overlay_dir):
+    """Score IMAGES (files or folders, searched recursively) with MODEL; one JSON line per image: path,
+    score (0..1, 0.5 = threshold), label.
 
     \b
     JSON line: {"path": str, "score": float, "label": bool, "raw_score": float}
+    With --overlays DIR, also "overlay": the PNG written.
     With --skip-bad, an undecodable image gives {"path": str, "error": str}.
     """
     from adtk.runtime.detector import Detector
     from adtk.runtime.errors import DataError
+    from adtk.runtime.images import expand_image_paths, read_image
 
     detector = Detector.load(model, backend=backend)
-    for path in images:
+    for path, name in expand_image_paths(images):
         try:
-            prediction = detector.predict([str(path)])
+            image = read_image(path)
         except DataError as exc:
             if not skip_bad:
                 raise
             click.echo(json.dumps({"path": str(path), "error": str(exc)}))
             continue
-        click.echo(json.dumps({"path": str(path), "score": round(float(prediction.pred_score[0]), 6),
-                               "label": bool(prediction.pred_label[0]),
-                               "raw_score": round(float(prediction.raw_score[0]), 6)}))
+        prediction = detector.predict(image[None])
+        record = {"path": str(path), "score": round(float(prediction.pred_score[0]), 6),
+                  "label": bool(prediction.pred_label[0]), "raw_score": round(float(prediction.raw_score[0]), 6)}
+        if overlay_dir is not None:
+            from adtk.runtime.overlay import render_overlay, save_png
+
+            picture = render_overlay(image, prediction.anomaly_map[0], record["score"], record["label"],
+                                     caption=str(name))
+            record["overlay"] = str(save_png(picture, overlay_dir / name.with_suffix(".png")))
+        click.echo(json.dumps(record))

@@ -86,6 +86,14 @@ def test_metrics_endpoint_serves_prometheus_text(api, service):
     assert info.labels["sha256"] == service.detector.artefact.sha256
 
 
+def test_metrics_endpoint_without_prometheus_client_answers_one_line_and_the_api_keeps_serving(
+        api, service, monkeypatch, test_images):
+    monkeypatch.setattr(service.metrics, "render_prometheus", lambda: None)  # as when the import fails
+    status, body = request(f"{api}/metrics")
+    assert status == 503 and body.decode().count("\n") == 1 and "pip install 'adtk[serve]'" in body.decode()
+    assert request(f"{api}/predict", data=png_bytes(test_images[0]))[0] == 200
+
+
 def test_loopback_detection():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and is_loopback("127.3.2.1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20") and not is_loopback("camera.local")

@@ -167,6 +167,44 @@ def test_metrics_render_as_prometheus_text():
     assert sums["adtk_frame_latency_seconds_sum"] == pytest.approx(7.0065)
 
 
+def test_metrics_count_anomalous_frames_and_histogram_scores_per_model():
+    parser = pytest.importorskip("prometheus_client.parser", reason="prometheus-client parses the exposition")
+    metrics = DaemonMetrics()
+    old, new = "aa" * 32, "bb" * 32
+    for score, sha in ((0.2, old), (0.5, old), (0.51, old), (0.97, new), (0.3, new)):
+        metrics.observe_score(score, score > 0.5, sha)
+    families = {f.name: f for f in parser.text_string_to_metric_families(metrics.render_prometheus())}
+    anomalous = {s.labels["model_sha256"]: s.value for s in families["adtk_frames_anomalous"].samples
+                 if s.name.endswith("_total")}
+    assert anomalous == {old: 1, new: 1}
+    assert metrics.snapshot()["frames_anomalous"] == 2
+    buckets = {(s.labels["model_sha256"], s.labels["le"]): s.value for s in families["adtk_score"].samples
+               if s.name.endswith("_bucket")}
+    assert buckets[(old, "0.5")] == 2 and buckets[(old, "0.55")] == 3 and buckets[(old, "+Inf")] == 3
+    assert buckets[(new, "0.3")] == 1 and buckets[(new, "1.0")] == 2
+
+
+def test_without_prometheus_client_metrics_render_nothing_and_the_api_says_what_to_install(monkeypatch):
+    import builtins
+
+    from adtk.runtime.daemon.metrics import INSTALL_HINT
+
+    real_import = builtins.__import__
+
+    def no_prometheus(name, *args, **kwargs):
+        if name.startswith("prometheus_client"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_prometheus)
+    metrics = DaemonMetrics()
+    metrics.inc("frames_scored")
+    metrics.observe_score(0.9, True, "ab" * 32)  # counting goes on
+    assert metrics.render_prometheus() is None
+    assert metrics.snapshot()["frames_scored"] == 1 and metrics.snapshot()["frames_anomalous"] == 1
+    assert "pip install 'adtk[serve]'" in INSTALL_HINT and "\n" not in INSTALL_HINT
+
+
 def test_sigterm_finishes_the_frame_in_flight_and_flushes_the_sinks(tiny_build, test_images, tmp_path, wait):
     incoming = tmp_path / "incoming"
     incoming.mkdir()

@@ -31,7 +31,9 @@ def test_json_lines_sink_writes_one_complete_record_per_frame(tmp_path):
     assert records[1]["frame_id"] == 8 and records[1]["label"] is False
 
 
-def test_overlay_sink_writes_a_png_only_for_anomalous_frames_with_the_map_in_red(tmp_path):
+def test_overlay_sink_writes_the_shared_renderers_png_only_for_anomalous_frames(tmp_path):
+    from adtk.runtime.overlay import render_overlay
+
     frame = np.full((60, 90, 3), 100, dtype=np.uint8)
     anomaly_map = np.zeros((16, 16), dtype=np.float32)
     anomaly_map[4:12, 4:12] = 1.0  # a hot square in the middle of the (upsampled) frame
@@ -41,10 +43,8 @@ def test_overlay_sink_writes_a_png_only_for_anomalous_frames_with_the_map_in_red
     files = sorted(p.name for p in (tmp_path / "overlays").iterdir())
     assert files == ["0000000002.png"]  # no overlay for the normal frame, no temporary file left
     overlay = np.asarray(Image.open(tmp_path / "overlays" / files[0]))
-    assert overlay.shape == frame.shape
-    centre, corner = overlay[30, 45].astype(int), overlay[2, 2].astype(int)
-    assert corner.tolist() == [100, 100, 100]  # cold: the frame unchanged
-    assert centre[0] > 150 and centre[1] < 80 and centre[2] < 80  # hot: blended towards red
+    expected = render_overlay(frame, anomaly_map, 0.75, True, caption="frame 2  camera:0")
+    assert np.array_equal(overlay, expected)  # the same picture as `adtk predict --overlays` draws
 
 
 def test_sink_values_are_parsed_or_refused_with_the_accepted_forms(tmp_path):

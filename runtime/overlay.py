@@ -1,0 +1,145 @@
+"""One overlay renderer for people: the frame, the anomaly map coloured only where it is above a visible
+threshold, the defect region outlined, and a banner with the label and the score. numpy + Pillow only
+(no torch, no matplotlib, no OpenCV): `adtk predict --overlays`, the daemon's overlay sink and its device
+page all draw with this.
+
+    picture = render_overlay(image, anomaly_map, pred_score=0.83, pred_label=True)   # uint8 [H', W', 3]
+    save_png(picture, "out/frame.png")                                               # atomic
+
+Why not a full-frame colour map (jet over everything, as most tools do): a good frame then looks as alarming
+as a bad one, and a reader has to compare colours with a colour bar. Here a good frame stays the frame, and
+only what lies beyond every held-out good image (anomaly_map > 0.5, the map threshold) is coloured, from
+yellow at the threshold to red at the top of the scale, with the defect region (the same 0.5 cut, i.e.
+pred_mask at the frame's resolution) outlined in cyan, a colour neither the heat ramp nor most parts use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+MAP_THRESHOLD = 0.5  # anomaly_map's calibrated threshold (the artefact contract: 0.5 = beyond any good image)
+MIN_SIDE_PX = 320  # smaller frames are enlarged so that the outline and the banner stay legible
+OUTLINE_RGB = (0, 255, 255)
+ANOMALOUS_RGB, GOOD_RGB = (200, 30, 30), (30, 130, 60)
+
+
+def _heat_colours(strength: np.ndarray) -> np.ndarray:
+    """strength in 0..1 (0 = at the threshold, 1 = the top of the map's scale) -> RGB float [.., 3]:
+    yellow -> orange -> red, a ramp that reads as 'warmer = worse' without a colour bar."""
+    red = np.full_like(strength, 255.0)
+    green = 230.0 * (1.0 - strength)
+    blue = np.full_like(strength, 0.0)
+    return np.stack([red, green, blue], axis=-1)
+
+
+def _resize_map(anomaly_map: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    resized = Image.fromarray(np.asarray(anomaly_map, dtype=np.float32), mode="F")
+    return np.asarray(resized.resize((size_hw[1], size_hw[0]), Image.BILINEAR), dtype=np.float32)
+
+
+def _shifted(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """mask moved by (dy, dx), with False shifted in at the edges."""
+    out = np.zeros_like(mask)
+    height, width = mask.shape
+    out[max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
+        mask[max(-dy, 0):height + min(-dy, 0), max(-dx, 0):width + min(-dx, 0)]
+    return out
+
+
+def outline(mask: np.ndarray, width_px: int = 2) -> np.ndarray:
+    """The boundary of a bool mask [H, W], `width_px` thick, inside and outside the region (bool [H, W]).
+
+    A few shifted copies rather than scipy.ndimage: the runtime keeps to numpy + Pillow."""
+    if not mask.any():
+        return np.zeros_like(mask)
+    eroded = mask.copy()
+    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        eroded &= _shifted(mask, dy, dx)
+    edge = mask & ~eroded
+    thick = edge.copy()
+    for dy in range(-width_px + 1, width_px):
+        for dx in range(-width_px + 1, width_px):
+            if dy or dx:
+                thick |= _shifted(edge, dy, dx)
+    return thick
+
+
+def _font(size_px: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size_px)  # Pillow >= 10.1 with FreeType: a scalable font
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()  # without FreeType: the small bitmap font, still legible
+
+
+def _draw_centred(draw, text: str, font, x: float, banner_px: int, align_right: bool) -> float:
+    """White text centred vertically in the banner, starting (or ending, align_right) at x; -> its right edge.
+    Placed from its bounding box rather than with anchors: the bitmap fallback font has no anchors."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    start = x - (right - left) if align_right else x
+    draw.text((start - left, (banner_px - (bottom - top)) / 2 - top), text, fill=(255, 255, 255), font=font)
+    return start + (right - left)
+
+
+def render_overlay(image: np.ndarray, anomaly_map: np.ndarray, pred_score: float, pred_label: bool,
+                   visible_threshold: float = MAP_THRESHOLD, caption: str | None = None,
+                   min_side_px: int = MIN_SIDE_PX) -> np.ndarray:
+    """-> uint8 [H' + banner, W', 3]: the frame (enlarged to min_side_px if smaller) with the map coloured
+    above `visible_threshold`, the region above MAP_THRESHOLD outlined, and a banner on top:
+    "ANOMALOUS  score 0.83" (red) or "good  score 0.21" (green), scores on the 0..1 scale (0.5 = threshold).
+
+    image: uint8 [H, W, 3] RGB; anomaly_map: float [S, S] in 0..1 (the artefact's normalised map, any size).
+    caption: optional second text in the banner (a file name, a frame id).
+    """
+    from PIL import Image, ImageDraw
+
+    image = np.asarray(image, dtype=np.uint8)
+    height, width = image.shape[:2]
+    scale = max(1.0, min_side_px / max(1, min(height, width)))
+    size_hw = (int(round(height * scale)), int(round(width * scale)))
+    frame = image if scale == 1.0 else np.asarray(
+        Image.fromarray(image).resize((size_hw[1], size_hw[0]), Image.BILINEAR))
+    heat = _resize_map(anomaly_map, size_hw)
+
+    picture = frame.astype(np.float32)
+    above = heat > visible_threshold
+    if above.any():
+        strength = np.clip((heat - visible_threshold) / max(1e-6, 1.0 - visible_threshold), 0.0, 1.0)
+        alpha = (0.35 + 0.3 * strength)[..., None] * above[..., None]  # stronger where the map is higher
+        picture = picture * (1 - alpha) + _heat_colours(strength) * alpha
+    edge = outline(heat > MAP_THRESHOLD, width_px=max(2, round(min(size_hw) / 160)))
+    picture[edge] = OUTLINE_RGB
+
+    banner_px = max(22, round(min(size_hw) / 11))
+    canvas = Image.new("RGB", (size_hw[1], size_hw[0] + banner_px), ANOMALOUS_RGB if pred_label else GOOD_RGB)
+    canvas.paste(Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8)), (0, banner_px))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(round(banner_px * 0.62))
+    text = f"{'ANOMALOUS' if pred_label else 'good'}  score {pred_score:.2f}"
+    margin = round(banner_px * 0.25)
+    text_right = _draw_centred(draw, text, font, margin, banner_px, align_right=False)
+    if caption:
+        small = _font(round(banner_px * 0.42))
+        while caption and size_hw[1] - margin - draw.textlength(caption, font=small) < text_right + 2 * margin:
+            caption = caption[1:]  # too long for the banner: keep the end (a file name's end says most)
+        if caption:
+            _draw_centred(draw, caption, small, size_hw[1] - margin, banner_px, align_right=True)
+    return np.asarray(canvas)
+
+
+def save_png(picture: np.ndarray, path: str | Path) -> Path:
+    """Write uint8 [H, W, 3] as PNG through a hidden temporary name and a rename: no reader sees half a file."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.part")
+    Image.fromarray(picture).save(temporary, format="PNG")
+    os.replace(temporary, path)
+    return path
