@@ -110,3 +110,16 @@ def test_any_json_value_in_any_field_gives_artefact_error_or_conforms(path_index
         validate_manifest(manifest)
     except ArtefactError:
         pass
+
+
+def test_a_manifest_from_before_pred_mask_still_validates_and_a_new_one_lists_it():
+    manifest = example_manifest()
+    assert manifest["outputs"]["order"][:4] == ["pred_score", "pred_label", "anomaly_map", "pred_mask"]
+    legacy = copy.deepcopy(manifest)
+    del legacy["outputs"]["pred_mask"]
+    legacy["outputs"]["order"].remove("pred_mask")
+    assert validate_manifest(legacy) == legacy
+    shuffled = copy.deepcopy(manifest)
+    shuffled["outputs"]["order"] = shuffled["outputs"]["order"][::-1]
+    with pytest.raises(ArtefactError, match="outputs.order"):
+        validate_manifest(shuffled)
