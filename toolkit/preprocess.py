@@ -21,9 +21,46 @@ RESIZE_ALIGN_CORNERS = False
 RESIZE_ANTIALIAS = False
 
 
+def bilinear_taps(in_len, out_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source taps of a bilinear, half-pixel, no-antialias resize along one axis of length in_len (an int or a
+    traced size) to out_len -> (first index [S], second index [S], weight of the second [S]), as torch's
+    upsample_bilinear2d computes them: src = max(0, (dst + 0.5) * in / out - 0.5), taps floor(src) and the next
+    one (clamped to the edge), weight src - floor(src)."""
+    dst = torch.arange(out_len, dtype=torch.float32)
+    src = ((dst + 0.5) * (in_len / out_len) - 0.5).clamp(min=0.0)
+    first = src.floor()
+    weight = src - first
+    first = first.to(torch.int64)
+    second = torch.clamp(first + 1, max=in_len - 1)
+    return first, second, weight
+
+
+def resize_bilinear_nhwc(frames: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """uint8 [B, H, W, C] -> float32 [B, C, S_h, S_w]: the same values as F.interpolate(bilinear,
+    align_corners=False, antialias=False) on the whole float frame, computed on less of it.
+
+    Why: exported as one ONNX Resize, the whole frame is first transposed to NCHW and cast to float; at camera
+    sizes (2448 x 2048) that alone cost several times the rest of the graph in onnxruntime. Without antialias
+    every output row reads only two source rows, so those 2 x S_h rows are gathered first, still as uint8
+    (whole contiguous rows: a cheap Gather), and only they are transposed and cast. The width is then resized
+    by the same bilinear Resize (a height scale of 1 is the identity) and the two row taps are blended with
+    torch's weights (bilinear_taps). Gathering the columns too would be per-pixel 3-byte copies, which
+    onnxruntime's Gather does slowly. Measured in bench/frame_latency.py.
+    """
+    rows_a, rows_b, row_weight = bilinear_taps(frames.shape[1], size_hw[0])
+    height, width = size_hw
+    rows = frames.index_select(1, torch.cat([rows_a, rows_b]))  # uint8 [B, 2 S_h, W, C]
+    rows = rows.permute(0, 3, 1, 2).to(torch.float32)  # [B, C, 2 S_h, W]
+    rows = F.interpolate(rows, size=(2 * height, width), mode=RESIZE_MODE, align_corners=RESIZE_ALIGN_CORNERS,
+                         antialias=RESIZE_ANTIALIAS)
+    top, bottom = rows[:, :, :height], rows[:, :, height:]
+    return top + (bottom - top) * row_weight.view(1, 1, -1, 1)
+
+
 class FramePreprocess(nn.Module):
     """uint8 RGB frames [B, H, W, 3] (any H, W) -> normalised float32 [B, 3, S_h, S_w] at the model size.
 
+    Resize: resize_bilinear_nhwc (bilinear, half-pixel, no antialias, on the uint8 frame's gathered taps).
     Normalisation is (x / 255 - mean) / std, folded into one multiply-add per channel.
     """
 
@@ -40,11 +77,7 @@ class FramePreprocess(nn.Module):
         self.std = tuple(float(s) for s in std)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        x = frames.permute(0, 3, 1, 2).to(torch.float32)
-        x = F.interpolate(
-            x, size=self.image_size_px, mode=RESIZE_MODE, align_corners=RESIZE_ALIGN_CORNERS,
-            antialias=RESIZE_ANTIALIAS,
-        )
+        x = resize_bilinear_nhwc(frames, self.image_size_px)
         return x * self.scale + self.offset
 
     def contract(self) -> dict:
