@@ -31,7 +31,8 @@ from adtk.toolkit.methods.registry import create_method
 from adtk.toolkit.postprocess import AnomalyMapSmoother, ScoreNormaliser
 from adtk.toolkit.preprocess import FramePreprocess
 from adtk.toolkit.refinement import manifest_entry, parse_refine, refine_training_set, write_training_list
-from adtk.toolkit.sizing import MAX_SIZING_ROUNDS, compile_check_data, plan_for_target, resolve_precision
+from adtk.toolkit.sizing import (MAX_SIZING_ROUNDS, compile_check_data, plan_for_target, probe_model,
+                                 refuse_unfit_architecture, resolve_precision)
 
 
 @dataclass
@@ -206,6 +207,13 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
     backbone = create_backbone(config.backbone, stages=config.stages, weights=config.weights,
                                random_weights=config.random_weights, seed=config.seed)
     preprocess = FramePreprocess(config.image_size_px, backbone.mean, backbone.std)
+    target = load_target(config.target) if config.target else None
+    precision = resolve_precision(config.precision, target)
+    if target is not None:  # refuse an architecture that cannot fit before any image is read or fitted
+        probe_method = create_method(config.method, **config.method_params)
+        probe = probe_model(preprocess, backbone, probe_method.embedding(tuple(backbone.channels)).eval(),
+                            probe_method, config.blur_sigma)
+        refuse_unfit_architecture(probe, target, precision, config.precision == "auto")
     tic = time.perf_counter()
     with StepProgress(progress_factory, "finetune") as prepare_progress:
         # methods that change the backbone (REB's fine-tuning) do it here, before any feature is extracted
@@ -252,8 +260,6 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
                 candidates, config.skip_bad)[0], log)
         timings["refine"] = time.perf_counter() - tic
 
-    target = load_target(config.target) if config.target else None
-    precision = resolve_precision(config.precision, target)
     for sizing_round in range(MAX_SIZING_ROUNDS):
         tic = time.perf_counter()
         if streamed_state is not None:  # fitted during the extraction; no sizing round (no --target)
