@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,15 +62,16 @@ def _encode_varint(value: int) -> bytes:
 
 
 def _top_level_fields(data: bytes):
-    """Yield (field_number, wire_type, start, end, payload) for each top-level field of a message."""
+    """Yield (field_number, wire_type, start, end, payload) for each top-level field of a message; payload is
+    the value for a varint, the bytes (a slice of `data`: pass a memoryview to avoid copies) for a
+    length-delimited field, b"" for fixed-width ones."""
     pos = 0
     while pos < len(data):
         start = pos
         key, pos = _read_varint(data, pos)
         field, wire = key >> 3, key & 7
         if wire == _WIRE_VARINT:
-            _, pos = _read_varint(data, pos)
-            payload = b""
+            payload, pos = _read_varint(data, pos)  # the value itself (an int)
         elif wire == _WIRE_64BIT:
             pos += 8
             payload = b""
@@ -119,25 +121,97 @@ class VerifiedArtefact:
     file_sha256: str  # sha256 of the whole file, for fleet inventories
 
 
-def verify_bytes(data: bytes, source: str = "artefact") -> VerifiedArtefact:
-    """Check integrity and contract of an artefact's bytes; raise ArtefactError naming the problem."""
-    if len(data) == 0:
+MAX_METADATA_ENTRY_BYTES = 64 * 1024**2  # a manifest is kilobytes; a bigger metadata entry is refused unread
+_CHUNK_BYTES = 1 << 20
+
+
+class _Reader:
+    """Sequential reads from bytes (no copies: memoryview slices) or from a binary file (1 MB at a time)."""
+
+    def __init__(self, data=None, stream=None):
+        self.view = memoryview(data) if data is not None else None
+        self.stream, self.pos = stream, 0
+
+    def take(self, count: int):
+        if self.view is not None:
+            chunk = self.view[self.pos:self.pos + count]
+        else:
+            chunk = self.stream.read(count)
+        self.pos += len(chunk)
+        if len(chunk) != count:
+            raise ArtefactError("the file ends inside a protobuf field")
+        return chunk
+
+    def varint(self, header: bytearray) -> int:
+        value, shift = 0, 0
+        while True:
+            byte = self.take(1)[0]
+            header.append(byte)
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+            if shift > 63:
+                raise ArtefactError("malformed protobuf varint")
+
+
+def _scan(reader: _Reader, size: int) -> tuple[str | None, str | None, str, str]:
+    """One pass over the top-level fields -> (recorded digest, manifest JSON, sha256 of everything but the
+    integrity entry, sha256 of the whole file). Memory: one 1 MB chunk and the metadata entries, whatever
+    the file's size (a 1 GB artefact is hashed, never held, when read from a file)."""
+    covered, whole = hashlib.sha256(), hashlib.sha256()
+    recorded, manifest_json = None, None
+    while reader.pos < size:
+        header = bytearray()
+        key = reader.varint(header)
+        field, wire = key >> 3, key & 7
+        if field == 0:
+            raise ArtefactError("field number 0")
+        length = 0
+        if wire == _WIRE_VARINT:
+            reader.varint(header)
+        elif wire in (_WIRE_64BIT, _WIRE_32BIT):
+            length = 8 if wire == _WIRE_64BIT else 4
+        elif wire == _WIRE_LEN:
+            length = reader.varint(header)
+        else:
+            raise ArtefactError(f"unsupported protobuf wire type {wire}")
+        if reader.pos + length > size:
+            raise ArtefactError("the file ends inside a protobuf field")
+        whole.update(header)
+        if field == _METADATA_PROPS_FIELD and wire == _WIRE_LEN:
+            if length > MAX_METADATA_ENTRY_BYTES:
+                raise ArtefactError(f"a metadata entry of {length} bytes (over {MAX_METADATA_ENTRY_BYTES})")
+            payload = bytes(reader.take(length))
+            whole.update(payload)
+            entry_key, value = _string_entry(payload)
+            if entry_key == INTEGRITY_KEY:
+                if recorded is not None:
+                    raise ArtefactError("two integrity records")
+                recorded = value
+                continue
+            if entry_key == MANIFEST_KEY:
+                manifest_json = value
+            covered.update(header)
+            covered.update(payload)
+            continue
+        covered.update(header)
+        while length:
+            chunk = reader.take(min(length, _CHUNK_BYTES))
+            covered.update(chunk)
+            whole.update(chunk)
+            length -= len(chunk)
+    return recorded, manifest_json, covered.hexdigest(), whole.hexdigest()
+
+
+def _verified_manifest(reader: _Reader, size: int, source: str) -> tuple[dict, str, str]:
+    """Integrity and manifest of one artefact -> (manifest, recorded sha256, whole-file sha256)."""
+    if size == 0:
         raise ArtefactError(f"{source}: empty file")
-    if len(data) > MAX_ARTEFACT_BYTES:
-        raise ArtefactError(f"{source}: {len(data)} bytes is over the 2 GB single-file limit")
-    recorded, manifest_json, covered = None, None, []
+    if size > MAX_ARTEFACT_BYTES:
+        raise ArtefactError(f"{source}: {size} bytes is over the 2 GB single-file limit")
     try:
-        for field, wire, start, end, payload in _top_level_fields(data):
-            if field == _METADATA_PROPS_FIELD and wire == _WIRE_LEN:
-                key, value = _string_entry(payload)
-                if key == INTEGRITY_KEY:
-                    if recorded is not None:
-                        raise ArtefactError("two integrity records")
-                    recorded = value
-                    continue
-                if key == MANIFEST_KEY:
-                    manifest_json = value
-            covered.append(data[start:end])
+        recorded, manifest_json, actual, file_sha256 = _scan(reader, size)
     except (ArtefactError, UnicodeDecodeError) as exc:
         raise ArtefactError(
             f"{source}: not a readable ONNX artefact ({exc}); the file is truncated, corrupt or not ONNX. "
@@ -146,7 +220,6 @@ def verify_bytes(data: bytes, source: str = "artefact") -> VerifiedArtefact:
         raise ArtefactError(
             f"{source}: no integrity record ({INTEGRITY_KEY}); it is not an adtk artefact or it was "
             "truncated. Rebuild it with `adtk build` or copy it again.")
-    actual = hashlib.sha256(b"".join(covered)).hexdigest()
     if actual != recorded:
         raise ArtefactError(
             f"{source}: integrity check failed (recorded sha256 {recorded[:12]}..., actual {actual[:12]}...): "
@@ -155,10 +228,47 @@ def verify_bytes(data: bytes, source: str = "artefact") -> VerifiedArtefact:
         raise ArtefactError(f"{source}: no manifest ({MANIFEST_KEY}) in the artefact")
     try:
         manifest = json.loads(manifest_json)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise ArtefactError(f"{source}: manifest is not valid JSON ({exc})") from None
     validate_manifest(manifest, source)  # runtime/manifest.py: the one schema, checked before any use
-    return VerifiedArtefact(data, manifest, recorded, hashlib.sha256(data).hexdigest())
+    return manifest, recorded, file_sha256
+
+
+def verify_bytes(data: bytes, source: str = "artefact") -> VerifiedArtefact:
+    """Check integrity, manifest schema, and the manifest against the graph's own values (threshold,
+    normalisation, model size: adtk.runtime.graph_values) of an artefact's bytes; ArtefactError names
+    the problem."""
+    from adtk.runtime.graph_values import check_manifest_against_graph
+
+    manifest, recorded, file_sha256 = _verified_manifest(_Reader(data=data), len(data), source)
+    try:
+        check_manifest_against_graph(data, manifest, source)
+    except (IndexError, ValueError, UnicodeDecodeError) as exc:  # a graph field the walk cannot read
+        raise ArtefactError(f"{source}: the graph cannot be read ({exc})") from None
+    return VerifiedArtefact(data, manifest, recorded, file_sha256)
+
+
+@dataclass(frozen=True)
+class VerifiedFile:
+    """An artefact file whose integrity and manifest were checked while streaming it (never held whole)."""
+    path: Path
+    manifest: dict
+    sha256: str
+    file_sha256: str
+    size: int
+
+
+def verify_file(path: str | Path) -> VerifiedFile:
+    """Stream-verify an artefact file (integrity record, manifest) in 1 MB chunks: for copying artefacts
+    around (adtk flash) without holding them in memory. A runtime that scores uses `read_artefact`, which
+    also checks the manifest against the graph on the bytes it then hands to the backend."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtefactError(f"{path}: no such artefact file")
+    with open(path, "rb") as stream:
+        size = os.fstat(stream.fileno()).st_size
+        manifest, recorded, file_sha256 = _verified_manifest(_Reader(stream=stream), size, str(path))
+    return VerifiedFile(path, manifest, recorded, file_sha256, size)
 
 
 def read_artefact(path: str | Path) -> VerifiedArtefact:

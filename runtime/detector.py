@@ -19,6 +19,7 @@ import numpy as np
 
 from adtk.runtime.artefact import INPUT_NAME, VerifiedArtefact, read_artefact
 from adtk.runtime.errors import BackendError, DataError
+from adtk.runtime.pixels import check_frame_pixels, to_rgb_frame
 
 
 @dataclass(frozen=True)
@@ -47,38 +48,33 @@ def create_backend(artefact: VerifiedArtefact, backend: str, engine_path=None, *
     raise BackendError(f"unknown backend {backend!r} (known: auto, tensorrt, onnxruntime, cpu, cuda, ort-tensorrt)")
 
 
-def as_frame(image, source: str = "frame") -> np.ndarray:
-    """One image (array or path) -> uint8 [H, W, 3] RGB."""
+def as_frame(image, source: str = "frame", max_pixels: int | None = None) -> np.ndarray:
+    """One image (array or path) -> uint8 [H, W, 3] RGB, within the pixel budget.
+
+    Paths go through the one decoder (adtk.runtime.images.decode_image); arrays through the same final
+    conversion (adtk.runtime.pixels.to_rgb_frame: grey repeated, alpha composited over black)."""
     if isinstance(image, (str, PathLike)):
         from adtk.runtime.images import read_image  # Pillow is imported only when paths are given
 
-        return read_image(image)
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise DataError(f"{source}: expected an image [H, W, 3] (RGB), got shape {list(array.shape)}")
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    elif array.shape[2] == 4:
-        array = array[:, :, :3]
-    if array.dtype != np.uint8:
-        raise DataError(f"{source}: expected uint8 pixels (0..255), got {array.dtype}; convert with "
-                        "np.clip(x, 0, 255).astype(np.uint8) if the values are in that range")
-    if min(array.shape[:2]) < 16:
-        raise DataError(f"{source}: image of {array.shape[1]}x{array.shape[0]} px is too small (16 px minimum)")
-    return np.ascontiguousarray(array)
+        frame = read_image(image, max_pixels=max_pixels)
+    else:
+        frame = to_rgb_frame(np.asarray(image), source)
+        check_frame_pixels(frame.shape[1], frame.shape[0], source, max_pixels)
+    if min(frame.shape[:2]) < 16:
+        raise DataError(f"{source}: image of {frame.shape[1]}x{frame.shape[0]} px is too small (16 px minimum)")
+    return frame
 
 
 class Detector:
-    def __init__(self, artefact: VerifiedArtefact, backend):
+    def __init__(self, artefact: VerifiedArtefact, backend, max_pixels: int | None = None):
         self.artefact = artefact
         self.manifest = artefact.manifest
         self.backend = backend
+        self.max_pixels = max_pixels  # per frame; None = adtk.runtime.pixels.default_max_pixels()
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", public_key: str | Path | None = None,
-             **backend_options) -> "Detector":
+             max_pixels: int | None = None, **backend_options) -> "Detector":
         """Verify the file (integrity record, manifest, contract; its ed25519 signature `<file>.sig` when a
         public key is given or $ADTK_PUBLIC_KEY names one), then open it with a backend.
 
@@ -91,7 +87,7 @@ class Detector:
         key = configured_public_key(public_key)
         if key is not None:
             verify_signature(artefact.model_bytes, path, key)
-        return cls(artefact, create_backend(artefact, backend, **backend_options))
+        return cls(artefact, create_backend(artefact, backend, **backend_options), max_pixels=max_pixels)
 
     @property
     def threshold(self) -> float:
@@ -115,20 +111,22 @@ class Detector:
             raw_anomaly_map=merged["raw_anomaly_map"],
         )
 
-    @staticmethod
-    def _as_batches(frames) -> list[np.ndarray]:
+    def _as_batches(self, frames) -> list[np.ndarray]:
         """Group frames into uint8 [B, H, W, 3] batches of equal size, keeping the input order."""
         if isinstance(frames, np.ndarray) and frames.ndim == 4:
             if frames.dtype != np.uint8 or frames.shape[3] != 3:
                 raise DataError(f"frames: expected uint8 [B, H, W, 3] RGB, got {frames.dtype} {list(frames.shape)}")
+            if frames.shape[0] == 0:
+                raise DataError("frames: an empty batch [0, H, W, 3]; give at least one frame")
             if min(frames.shape[1:3]) < 16:
                 raise DataError(f"frames: {frames.shape[2]}x{frames.shape[1]} px is too small (16 px minimum)")
+            check_frame_pixels(frames.shape[2], frames.shape[1], "frames", self.max_pixels)
             return [np.ascontiguousarray(frames)]
         if isinstance(frames, (np.ndarray, str, PathLike)):
             frames = [frames]
         if not isinstance(frames, Sequence) or len(frames) == 0:
             raise DataError("no frames given")
-        decoded = [as_frame(f, str(f) if isinstance(f, (str, PathLike)) else f"frame {i}")
+        decoded = [as_frame(f, str(f) if isinstance(f, (str, PathLike)) else f"frame {i}", self.max_pixels)
                    for i, f in enumerate(frames)]
         batches, current = [], [decoded[0]]
         for frame in decoded[1:]:

@@ -1,14 +1,30 @@
-"""Decoding image and mask files to uint8 RGB / bool arrays (numpy + Pillow only).
+"""Decoding image and mask files to uint8 RGB / bool arrays (numpy + Pillow only): THE decoder.
 
-Part of the runtime so that the device can score image paths without the offline toolkit; the toolkit's
-data loading (adtk.toolkit.data) uses the same functions, so training and deployment decode alike.
-Pillow is needed only here: the runtime imports this module only when it is given paths.
+Every encoded image adtk scores goes through `decode_image`: a file given to `Detector.predict`, a file
+in a watched folder, the body of `POST /predict`, and the toolkit's training data (adtk.toolkit.data uses
+the same functions, so training and deployment decode alike). Raw frames (arrays: cameras, streams,
+library callers) go through `adtk.runtime.pixels.to_rgb_frame`, the same conversion this decoder ends in.
+Pillow is needed only here: the runtime imports this module only when it is given encoded images.
+
+Hostile input is expected (a daemon decodes what the network sends):
+
+* Only the formats a camera or a vision pipeline writes are opened (PNG, JPEG/MPO, BMP, TIFF, WebP, GIF,
+  PPM); Pillow's other ~35 parsers (EPS runs Ghostscript, PSD, ICO, FITS, ...) are never tried.
+* A pixel budget: the header's declared width x height is checked against `max_pixels` BEFORE a single
+  pixel is decoded, so a 150 KB PNG that declares 13,000 x 13,000 px is refused without allocating
+  its 500 MB+. The default is sized from the memory of the machine it runs on (`default_max_pixels`).
+  Pillow's own Image.MAX_IMAGE_PIXELS is a process-wide global that only warns below 2x its value and
+  is sized for desktop machines; it stays as a second line, never the budget.
+* Truncated files always fail (never half-grey frames), whatever Pillow's global switch says.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import struct
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,11 +32,15 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from adtk.runtime.errors import DataError
+from adtk.runtime.pixels import MAX_PIXELS_ENV, default_max_pixels, scale_to_uint8, to_rgb_frame
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 )
 """File extensions (lower case) that count as images; matched case-insensitively."""
+
+DECODABLE_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF", "PPM")
+"""Pillow format plugins the decoder may use (MPO: the multi-picture JPEG many cameras write)."""
 
 MASK_THRESHOLD = 127
 """Mask pixels > this value are defective: real masks have soft (anti-aliased) edges."""
@@ -33,57 +53,93 @@ _truncation_switch_lock = threading.Lock()
 
 
 # --------------------------------------------------------------------------------------------
-# Decoding single files
+# Decoding single images
 # --------------------------------------------------------------------------------------------
 
 
-def _open_fully_decoded(path: Path, what: str, hint: str) -> Image.Image:
-    """Open ``path`` and decode every pixel now, so that corrupt/truncated files fail here.
+def _open_fully_decoded(source: Path | bytes, name: str, what: str, hint: str,
+                        max_pixels: int | None) -> Image.Image:
+    """Open ``source`` (a path or the encoded bytes), check its declared size against the pixel budget,
+    then decode every pixel now, so that corrupt/truncated files fail here.
 
     Returns the Pillow image with EXIF orientation applied. Raises DataError
-    ``"<path>: cannot decode <what> (<reason>); <hint>"``.
+    ``"<name>: cannot decode <what> (<reason>); <hint>"``.
     """
 
     def fail(reason: str) -> DataError:
-        return DataError(f"{path}: cannot decode {what} ({reason}); {hint}")
+        return DataError(f"{name}: cannot decode {what} ({reason}); {hint}")
 
-    try:
-        size_bytes = path.stat().st_size
-    except FileNotFoundError:
-        raise fail("file not found") from None
-    except OSError as error:
-        raise fail(f"cannot read file: {error.strerror or error}") from None
-    if not path.is_file():
-        raise fail("not a file")
+    if isinstance(source, Path):
+        try:
+            size_bytes = source.stat().st_size
+        except FileNotFoundError:
+            raise fail("file not found") from None
+        except OSError as error:
+            raise fail(f"cannot read file: {error.strerror or error}") from None
+        if not source.is_file():
+            raise fail("not a file")
+    else:
+        size_bytes = len(source)
+        source = io.BytesIO(source)
     if size_bytes == 0:
         raise fail("empty file, 0 bytes")
+    budget = default_max_pixels() if max_pixels is None else int(max_pixels)
 
     if not ImageFile.LOAD_TRUNCATED_IMAGES:
         # The usual case: no lock, so threads can decode in parallel (Pillow releases the GIL).
-        return _decode_strictly(path, fail)
+        return _decode_strictly(source, fail, budget)
     with _truncation_switch_lock:
         # Someone switched on Pillow's global "accept truncated files"; switch it off while we
         # decode (serialised: rare) so that a truncated file still fails, then put it back.
         previous_switch = ImageFile.LOAD_TRUNCATED_IMAGES
         ImageFile.LOAD_TRUNCATED_IMAGES = False
         try:
-            return _decode_strictly(path, fail)
+            return _decode_strictly(source, fail, budget)
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = previous_switch
 
 
-def _decode_strictly(path: Path, fail: Callable[[str], DataError]) -> Image.Image:
-    """Decode all pixels of ``path`` now and apply EXIF orientation; map decoder errors to ``fail``."""
+def _registered_formats() -> tuple[str, ...]:
+    """DECODABLE_FORMATS that this Pillow has (Image.open raises KeyError for a name not registered yet)."""
+    Image.init()  # registers every plugin once; later calls return at once
+    return tuple(name for name in DECODABLE_FORMATS if name in Image.OPEN)
+
+
+def check_pixel_budget(width: int, height: int, max_pixels: int, fail: Callable[[str], DataError]) -> None:
+    """Refuse a declared size over the budget (or a degenerate one) before anything is allocated for it."""
+    if width <= 0 or height <= 0:
+        raise fail(f"declared size {width}x{height} px is empty")
+    if width * height > max_pixels:
+        raise fail(f"declared size {width}x{height} px = {width * height / 1e6:.1f} MP is over the pixel budget "
+                   f"of {max_pixels / 1e6:.1f} MP (--max-pixels / ${MAX_PIXELS_ENV}); downscale it before sending")
+
+
+def _decode_strictly(source, fail: Callable[[str], DataError], max_pixels: int) -> Image.Image:
+    """Header -> budget check -> decode all pixels -> EXIF orientation; map decoder errors to ``fail``."""
     try:
-        with Image.open(path) as opened:
-            # load() inside the try: Image.open only reads the header, pixels decode lazily.
-            opened.load()
-            return _apply_exif_orientation(opened)
+        with warnings.catch_warnings():
+            # Pillow warns (DecompressionBombWarning) above its own global limit; our budget decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source, formats=_registered_formats()) as opened:
+                # Image.open read only the header: nothing of the declared size exists yet.
+                check_pixel_budget(opened.width, opened.height, max_pixels, fail)
+                opened.load()  # inside the try: pixels decode lazily, and a truncated stream fails here
+                if opened.width * opened.height > max_pixels:  # a plugin that resized on load (JPEG draft)
+                    check_pixel_budget(opened.width, opened.height, max_pixels, fail)
+                return _apply_exif_orientation(opened)
+    except DataError:
+        raise
     except UnidentifiedImageError:
-        raise fail("unrecognised format: not an image, or its header is corrupt or cut off") from None
-    except Image.DecompressionBombError as error:
-        raise fail(f"too large: {error}") from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
+        raise fail("unrecognised format: not a PNG, JPEG, BMP, TIFF, WebP, GIF or PPM image, or its header "
+                   "is corrupt or cut off") from None
+    except Image.DecompressionBombError:  # Pillow's own limit tripped inside Image.open: far over any budget
+        raise fail(f"declared size is over the pixel budget of {max_pixels / 1e6:.1f} MP (and over Pillow's "
+                   f"decompression-bomb limit); downscale it before sending") from None
+    except MemoryError:
+        raise fail("not enough memory to decode it") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, TypeError, IndexError, KeyError,
+            ZeroDivisionError, OverflowError, AttributeError) as error:
+        # Pillow's parsers raise all of these on malformed headers (fuzzed files found each one).
         message = str(error)
         reason = "truncated file" if "truncat" in message.lower() else message or type(error).__name__
         raise fail(reason) from None
@@ -101,61 +157,62 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
         return image.copy()
 
 
-def _to_rgb_uint8(image: Image.Image, path: Path) -> np.ndarray:
+def _to_rgb_uint8(image: Image.Image, name: str) -> np.ndarray:
     """Convert a decoded Pillow image of any mode to uint8 RGB [H, W, 3].
 
-    * 16-bit ("I;16*", and "I", whose values are taken to be 0..65535 and clipped to it):
-      value / 257 rounded, so 65535 -> 255 and 257*k -> k (a rescale, not a clip).
-    * float ("F"): taken as 0..1 when every finite value is <= 1, else as 0..255; NaN -> 0.
-    * alpha (LA, RGBA, PA, P with transparency): composited over black, because the colour
-      stored under transparent pixels is undefined (often editor garbage) and black is stable.
-    * everything else (1, L, P, CMYK, YCbCr, ...): Pillow's convert("RGB").
+    Pillow turns the rarer modes (1, P, PA, CMYK, YCbCr, LAB, HSV, I;16 variants) into one of
+    L / LA / RGB / RGBA / I (32-bit integers) / F (float); `scale_to_uint8` then applies the documented
+    scalings (16-bit and float: see adtk.runtime.pixels) and `to_rgb_frame` the alpha compositing
+    (over black) that raw frames get too.
     """
     mode = image.mode
-    if mode.startswith("I;16") or mode == "I":
-        values = np.asarray(image).astype(np.float64)
-        gray = np.rint(np.clip(values, 0, 65535) / 257.0).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if mode == "F":
-        values = np.asarray(image).astype(np.float64)
-        values = np.where(np.isfinite(values), values, 0.0)
-        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
-        gray = np.rint(np.clip(values * scale, 0, 255)).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    has_alpha = mode in ("LA", "La", "RGBA", "RGBa", "PA") or (
-        mode == "P" and "transparency" in image.info
-    )
     try:
-        if has_alpha:
-            rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
-            alpha = rgba[:, :, 3:4]
-            rgb = (rgba[:, :, :3] * alpha + 127) // 255
-            return np.ascontiguousarray(rgb.astype(np.uint8))
-        return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+        if mode.startswith("I;16") or mode == "I":
+            array = np.asarray(image.convert("I") if mode not in ("I;16", "I") else image)
+            if array.dtype == np.int32:  # "I": 16-bit data stored as int32; the documented range is 0..65535
+                array = np.clip(array, 0, 65535).astype(np.uint16)
+        elif mode == "F":
+            array = np.asarray(image)
+        elif mode in ("L", "LA", "RGB", "RGBA"):
+            array = np.asarray(image)
+        elif mode in ("La", "RGBa", "PA") or (mode == "P" and "transparency" in image.info):
+            array = np.asarray(image.convert("RGBA"))
+        else:
+            array = np.asarray(image.convert("RGB"))
     except (ValueError, OSError) as error:
         raise DataError(
-            f"{path}: cannot decode (unsupported image mode {mode!r}: {error}); {SKIP_BAD_HINT}"
+            f"{name}: cannot decode (unsupported image mode {mode!r}: {error}); {SKIP_BAD_HINT}"
         ) from None
+    return to_rgb_frame(scale_to_uint8(array, name), name)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read one image file as uint8 RGB.
+def decode_image(source: str | os.PathLike | bytes, name: str | None = None, max_pixels: int | None = None,
+                 hint: str = SKIP_BAD_HINT) -> np.ndarray:
+    """Decode one encoded image (a file path, or the file's bytes) to uint8 RGB [H, W, 3].
 
-    Any size, any mode (see :func:`_to_rgb_uint8` for the conversions); the EXIF orientation is
-    applied; multi-frame files (GIF, multi-page TIFF) give their first frame.
-
-    Returns:
-        np.ndarray uint8 [H, W, 3], C-contiguous.
+    The one decoding path (file, folder, HTTP body, training data). Any of DECODABLE_FORMATS, any mode
+    (see :func:`_to_rgb_uint8`); the EXIF orientation is applied; multi-frame files (GIF, multi-page
+    TIFF) give their first frame; the declared size must fit ``max_pixels`` (default:
+    :func:`default_max_pixels`), checked before decoding.
 
     Raises:
-        DataError: missing, empty, corrupt, truncated or non-image file, e.g.
-            ``train/good/0042.png: cannot decode (truncated file); remove it or pass --skip-bad``.
+        DataError: missing, empty, corrupt, truncated, over-budget or non-image input, e.g.
+            ``train/good/0042.png: cannot decode image (truncated file); remove it or pass --skip-bad``.
     """
-    path = Path(path)
-    image = _open_fully_decoded(path, "image", SKIP_BAD_HINT)
-    rgb = _to_rgb_uint8(image, path)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, name = bytes(source), name or "image bytes"
+    else:
+        data = Path(source)
+        name = name or str(data)
+    image = _open_fully_decoded(data, name, "image", hint, max_pixels)
+    rgb = _to_rgb_uint8(image, name)
     # Pillow hands out read-only buffers; callers (torch.from_numpy among them) expect a writable array.
     return rgb if rgb.flags.writeable else rgb.copy()
+
+
+def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Read one image file as uint8 RGB [H, W, 3] (C-contiguous): `decode_image` of a path."""
+    return decode_image(Path(path), max_pixels=max_pixels)
 
 
 def read_mask(
@@ -179,8 +236,8 @@ def read_mask(
     """
     path = Path(path)
     hint = "replace or remove the mask"
-    image = _open_fully_decoded(path, "mask", hint)
-    rgb = _to_rgb_uint8(image, path)
+    image = _open_fully_decoded(path, str(path), "mask", hint, None)
+    rgb = _to_rgb_uint8(image, str(path))
     mask_hw = rgb.shape[:2]
     expected_height, expected_width = int(expected_hw[0]), int(expected_hw[1])
     if mask_hw != (expected_height, expected_width):

@@ -94,3 +94,24 @@ def tiny_build(tiny_dataset, tmp_path_factory):
                          method_params={"coreset_ratio": 0.25}, backbone="tf_efficientnet_lite0",
                          random_weights=True, image_size_px=64, calib_fraction=0.25)
     return build(config, log=lambda message: None, index=tiny_dataset)
+
+
+def reseal_with_manifest_edit(artefact_bytes: bytes, edit) -> bytes:
+    """An attacker with write access: the manifest changed by `edit(manifest)` (in place), the file sealed
+    again so its integrity record matches. The graph is untouched."""
+    import json
+
+    onnx = pytest.importorskip("onnx")
+    from adtk.runtime.artefact import INTEGRITY_KEY, MANIFEST_KEY, seal
+
+    model = onnx.load_from_string(artefact_bytes)
+    props = [(p.key, p.value) for p in model.metadata_props if p.key != INTEGRITY_KEY]
+    del model.metadata_props[:]
+    for key, value in props:
+        if key == MANIFEST_KEY:
+            manifest = json.loads(value)
+            edit(manifest)
+            value = json.dumps(manifest)
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return seal(model.SerializeToString())

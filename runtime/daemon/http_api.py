@@ -8,17 +8,33 @@
 The standard library rather than a web framework: four small endpoints, no new dependency on the device,
 and a threaded server is enough (scoring is serialised per request by onnxruntime anyway). It binds to
 127.0.0.1 unless told otherwise; bound to any other address it refuses to start without a token, and
-then every request must carry `Authorization: Bearer <token>` (compared in constant time).
+then every request must carry `Authorization: Bearer <token>` (compared in constant time; a token of
+fewer than 16 characters, or one character repeated, is refused at start).
+
+Limits, as nginx sets them (HttpLimits; `adtk serve --http-*` options):
+  * connections: at most `max_connections` at once; one more is answered 503 and closed on the
+    listener's thread, so a flood costs no thread and no buffer.
+  * time: `header_timeout_s` to send the request line and headers, `body_timeout_s` for the whole body,
+    `idle_timeout_s` between keep-alive requests. These are deadlines for the whole phase, not per read,
+    so a client dripping one byte a second is cut off too; a reaper thread shuts such sockets down.
+  * bodies: at most `max_body_bytes` (413 before a byte of it is read); read in 64 KB chunks, so memory
+    follows what actually arrived, never the Content-Length a client claims; no chunked uploads (411).
+  * memory: `max_concurrent_predictions` frames are decoded and scored at once (each bounded by the pixel
+    budget, adtk.runtime.pixels); a request that waits longer than `busy_wait_s` for a slot gets 503.
+  * logs: every failure is counted in /metrics and logged as ONE line, rate-limited per kind (no
+    tracebacks: an aborted upload is a line, a thousand of them are a line and a count).
 """
 
 from __future__ import annotations
 
+import errno
 import hmac
-import io
 import ipaddress
 import json
+import socket
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -26,6 +42,38 @@ import numpy as np
 from adtk.runtime.errors import ConfigError, DataError
 
 MAX_IMAGE_BYTES = 32 * 1024 * 1024  # one frame; larger bodies are refused before they are read
+MIN_TOKEN_CHARS = 16
+_BODY_CHUNK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_connections: int = 32
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    idle_timeout_s: float = 15.0
+    max_body_bytes: int = MAX_IMAGE_BYTES
+    max_concurrent_predictions: int = 2
+    busy_wait_s: float = 10.0
+
+    def __post_init__(self):
+        for name in ("max_connections", "max_body_bytes", "max_concurrent_predictions"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"HTTP limit {name} must be at least 1, got {getattr(self, name)}")
+        for name in ("header_timeout_s", "body_timeout_s", "idle_timeout_s", "busy_wait_s"):
+            if not float(getattr(self, name)) > 0:
+                raise ConfigError(f"HTTP limit {name} must be > 0 seconds, got {getattr(self, name)}")
+
+
+def check_token_strength(token: str | None, where: str) -> None:
+    """A token guarding a non-loopback bind must be guessable by nobody: blank or short ones are refused."""
+    if not token or not token.strip():
+        raise ConfigError(f"{where}: binding to a non-loopback address needs a token "
+                          "(--token-file FILE or the ADTK_SERVE_TOKEN environment variable)")
+    if len(token) < MIN_TOKEN_CHARS or len(set(token)) < 4:
+        raise ConfigError(f"{where}: the token is too weak for a non-loopback bind ({len(token)} characters, "
+                          f"{len(set(token))} distinct); use at least {MIN_TOKEN_CHARS} random characters, e.g. "
+                          "`python -c 'import secrets; print(secrets.token_urlsafe(32))' > token`")
 
 
 def is_loopback(host: str) -> bool:
@@ -37,30 +85,108 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything, so treat it as exposed
 
 
-def decode_image_bytes(data: bytes) -> np.ndarray:
-    """An encoded image -> uint8 [H, W, 3] RGB (Pillow, fully decoded now so a truncated body fails here)."""
-    from PIL import Image, UnidentifiedImageError
+def decode_image_bytes(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """An encoded image -> uint8 [H, W, 3] RGB through THE decoder (adtk.runtime.images.decode_image), the
+    same as a file: EXIF orientation, 16-bit scaling, alpha compositing, the pixel budget before decoding."""
+    from adtk.runtime.images import decode_image
 
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
-            opened.load()
-            return np.asarray(opened.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError,
-            EOFError) as exc:
-        raise DataError(f"request body: cannot decode the image ({exc or type(exc).__name__}); "
-                        "POST the bytes of one PNG or JPEG file") from None
+    return decode_image(data, "request body", max_pixels=max_pixels,
+                        hint="POST the bytes of one PNG, JPEG, BMP, TIFF, WebP, GIF or PPM image")
+
+
+class _LimitedHTTPServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a connection cap, phase deadlines (a reaper thread) and one-line errors."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address, handler, api: "ApiServer"):
+        self.api = api
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._deadlines: dict[socket.socket, float | None] = {}
+        self._deadlines_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        limits = self.api.limits
+        with self._deadlines_lock:
+            full = len(self._deadlines) >= limits.max_connections
+            if not full:
+                self._deadlines[request] = time.monotonic() + limits.header_timeout_s
+        if full:  # answered here, on the listener's thread: no handler thread, no buffer
+            self.api.refused("http_connections_refused", "connection cap",
+                             f"{client_address[0]}: {limits.max_connections} connections open; answered 503")
+            try:
+                request.settimeout(0.5)
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
+                                b"Connection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def set_deadline(self, request, seconds: float | None) -> None:
+        with self._deadlines_lock:
+            if request in self._deadlines:
+                self._deadlines[request] = None if seconds is None else time.monotonic() + seconds
+
+    def shutdown_request(self, request):
+        with self._deadlines_lock:
+            self._deadlines.pop(request, None)
+        super().shutdown_request(request)
+
+    def reap_expired(self) -> None:
+        """Shut down sockets whose phase deadline passed: the handler's blocked read then returns."""
+        now = time.monotonic()
+        with self._deadlines_lock:
+            expired = [r for r, deadline in self._deadlines.items() if deadline is not None and deadline < now]
+            for request in expired:
+                self._deadlines[request] = None  # once
+        for request in expired:
+            self.api.refused("http_timeouts", "timeout", "a client was too slow (header, body or idle deadline); "
+                             "connection closed")
+            try:
+                request.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def handle_error(self, request, client_address):
+        """One rate-limited line instead of socketserver's traceback on stderr."""
+        import sys
+
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError, socket.timeout)) or \
+                getattr(error, "errno", None) in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
+            self.api.service.log("http client gone", f"{client_address[0]}: {type(error).__name__}: {error}")
+        else:
+            self.api.service.metrics.inc("scoring_errors")
+            self.api.service.log("http error", f"{client_address[0]}: {type(error).__name__}: {error}")
 
 
 class ApiServer:
-    def __init__(self, service, host: str = "127.0.0.1", port: int = 8080, token: str | None = None):
-        if not is_loopback(host) and not token:
-            raise ConfigError(f"--http {host}:{port}: binding to a non-loopback address needs a token "
-                              "(--token-file FILE or the ADTK_SERVE_TOKEN environment variable)")
+    def __init__(self, service, host: str = "127.0.0.1", port: int = 8080, token: str | None = None,
+                 limits: HttpLimits | None = None):
+        if not is_loopback(host):
+            check_token_strength(token, f"--http {host}:{port}")
+        if not 0 <= int(port) <= 65535:
+            raise ConfigError(f"--http {host}:{port}: the port must be 0..65535")
         self.service, self.token = service, token
+        self.limits = limits or HttpLimits()
+        self.prediction_slots = threading.BoundedSemaphore(self.limits.max_concurrent_predictions)
         handler = type("Handler", (_Handler,), {"api": self})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+        try:
+            self.httpd = _LimitedHTTPServer((host, int(port)), handler, self)
+        except socket.gaierror as exc:
+            raise ConfigError(f"--http {host}:{port}: cannot resolve the address ({exc.strerror})") from None
+        except OSError as exc:
+            reason = "the port is in use" if exc.errno == errno.EADDRINUSE else \
+                "not an address of this machine" if exc.errno == errno.EADDRNOTAVAIL else \
+                "binding needs more privileges (ports under 1024 need root)" if exc.errno == errno.EACCES else \
+                exc.strerror or str(exc)
+            raise ConfigError(f"--http {host}:{port}: cannot listen there ({reason})") from None
         self._thread: threading.Thread | None = None
+        self._reaper_stop = threading.Event()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -69,11 +195,21 @@ class ApiServer:
     def start(self) -> "ApiServer":
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="adtk-http", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._reap, name="adtk-http-reaper", daemon=True).start()
         return self
 
+    def _reap(self) -> None:
+        while not self._reaper_stop.wait(0.25):
+            self.httpd.reap_expired()
+
     def shutdown(self) -> None:
+        self._reaper_stop.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def refused(self, counter: str, kind: str, message: str) -> None:
+        self.service.metrics.inc(counter)
+        self.service.log(f"http {kind}", message)
 
     def authorised(self, header: str | None) -> bool:
         if not self.token:
@@ -102,8 +238,17 @@ class ApiServer:
                      "manifest": detector.manifest}
 
     def predict(self, body: bytes):
-        image = decode_image_bytes(body)
-        result = self.service.score(image, source="http")
+        """Decode and score under a prediction slot: at most max_concurrent_predictions frames in memory."""
+        if not self.prediction_slots.acquire(timeout=self.limits.busy_wait_s):
+            self.refused("http_requests_refused", "busy", f"no prediction slot within {self.limits.busy_wait_s} s")
+            return 503, {"error": f"busy: {self.limits.max_concurrent_predictions} frames are being scored; "
+                                  "retry later"}
+        try:
+            image = decode_image_bytes(body, self.service.config.max_pixels)
+            result = self.service.score(image, source="http")
+        finally:
+            self.prediction_slots.release()
+        self.service.metrics.inc("http_predictions")
         return 200, result.as_record()
 
 
@@ -112,8 +257,49 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "adtk-serve"
     protocol_version = "HTTP/1.1"
 
+    def setup(self):
+        self.timeout = self.api.limits.idle_timeout_s  # per read, a backstop to the reaper's phase deadlines
+        super().setup()
+
+    def handle_one_request(self):
+        self.server.set_deadline(self.request, self.api.limits.header_timeout_s)  # request line + headers
+        super().handle_one_request()
+        self.server.set_deadline(self.request, self.api.limits.idle_timeout_s)  # until the next request
+
     def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
         pass  # request logs would dominate the daemon's output; /metrics counts what matters
+
+    def log_error(self, format, *args):  # noqa: A002 - malformed request lines, headers too long, ...
+        timed_out = format.startswith("Request timed out")  # the stdlib's words for a read timeout
+        self.api.refused("http_timeouts" if timed_out else "http_requests_refused",
+                         "timeout" if timed_out else "bad request", f"{self.client_address[0]}: {format % args}")
+
+    def _read_body(self, length: int) -> bytes | None:
+        """Read exactly `length` bytes in chunks before the body deadline; None if the client gave up."""
+        self.server.set_deadline(self.request, self.api.limits.body_timeout_s)
+        chunks, received = [], 0
+        try:
+            while received < length:
+                chunk = self.rfile.read1(min(_BODY_CHUNK_BYTES, length - received))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                received += len(chunk)
+        except TimeoutError:
+            self.close_connection = True
+            self.server.set_deadline(self.request, None)
+            self.api.refused("http_timeouts", "timeout", f"{self.client_address[0]}: body stalled after "
+                             f"{received} of {length} bytes")
+            return None
+        except (OSError, ValueError):
+            pass
+        self.server.set_deadline(self.request, None)  # scoring takes the time it takes
+        if received < length:
+            self.close_connection = True
+            self.api.refused("http_requests_refused", "incomplete body",
+                             f"{self.client_address[0]}: {received} of {length} bytes arrived")
+            return None
+        return b"".join(chunks)
 
     def _send(self, status: int, body, content_type: str = "application/json") -> None:
         data = body if isinstance(body, bytes) else (json.dumps(body) + "\n").encode()
@@ -155,21 +341,30 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] != "/predict":
             self._send(404, {"error": f"no endpoint POST {self.path}; POST an image to /predict"})
             return
+        limit = self.api.limits.max_body_bytes
         try:
+            if self.headers.get("Transfer-Encoding") is not None:
+                raise ValueError("chunked")
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
-            self._send(411, {"error": "Content-Length required"})
+            self.close_connection = True
+            self.api.refused("http_requests_refused", "bad request", f"{self.client_address[0]}: no Content-Length")
+            self._send(411, {"error": "Content-Length required (chunked uploads are not accepted)"})
             return
-        if length <= 0 or length > MAX_IMAGE_BYTES:
+        if length <= 0 or length > limit:
             self.close_connection = True  # the body is not read: the connection cannot be reused
-            self._send(413 if length > 0 else 400,
-                       {"error": f"body of {length} bytes; POST one image of 1..{MAX_IMAGE_BYTES} bytes"})
+            self.api.refused("http_requests_refused", "body size", f"{self.client_address[0]}: {length} bytes")
+            self._send(413 if length > 0 else 400, {"error": f"body of {length} bytes; POST one image of 1..{limit} bytes"})
             return
-        body = self.rfile.read(length)
+        body = self._read_body(length)
+        if body is None:
+            return
         try:
             self._send(*self.api.predict(body))
         except DataError as exc:
+            self.api.refused("http_requests_refused", "undecodable image", str(exc))
             self._send(400, {"error": str(exc)})
         except Exception as exc:  # noqa: BLE001 - a bad request must not take the server thread down
             self.api.service.metrics.inc("scoring_errors")
+            self.api.service.log("http scoring error", f"{type(exc).__name__}: {exc}")
             self._send(500, {"error": f"{type(exc).__name__}: {exc}"})

@@ -37,6 +37,11 @@ COUNTERS = {
     "model_swaps": "New artefacts verified and swapped in.",
     "model_swaps_refused": "Artefacts in the model folder refused (integrity, contract or warm-up failed).",
     "http_requests_unauthorised": "HTTP requests refused for a missing or wrong token.",
+    "http_predictions": "Frames scored through POST /predict.",
+    "http_requests_refused": "HTTP requests refused: malformed, body too large or incomplete, image undecodable "
+                             "or over the pixel budget, or no prediction slot free (busy).",
+    "http_connections_refused": "HTTP connections answered 503 and closed at once: the connection cap was reached.",
+    "http_timeouts": "HTTP connections closed because the client missed a header, body or idle deadline.",
 }
 
 

@@ -33,6 +33,7 @@ class ServiceConfig:
     queue_capacity: int = 8
     backend: str = "auto"
     log_every_s: float = 10.0
+    max_pixels: int | None = None  # per frame, checked before decoding; None = sized from this machine's memory
 
 
 class RateLimitedLog:

@@ -3,7 +3,8 @@
 A source yields `Frame`s from its own capture thread. A frame that cannot be decoded is still yielded,
 with `image=None` and `error` set, so that the scoring loop counts it instead of it vanishing.
 
-    FolderSource(folder)        new image files appearing in a folder (decoded with Pillow)
+    FolderSource(folder)        new image files appearing in a folder (adtk.runtime.images.decode_image);
+                                never dropped: when scoring falls behind, files wait on disk (backpressure)
     VideoSource(uri)            a video file, a camera index (V4L2) or an RTSP/HTTP stream, through OpenCV
     open_source("0" | "rtsp://..." | "clip.mp4" | "folder/")   picks one from a command-line value
 """
@@ -103,17 +104,22 @@ class FolderSource:
     """New image files in a folder, oldest first (the folder is listed every poll_s; a file is scored
     again if it is rewritten). A file is taken once its size and mtime have not changed between two polls, so a file still being written is not read half-way (and if it is, the
     strict decoder refuses it and the frame is counted as undecodable). Hidden files and *.part/*.tmp
-    are ignored. Files are never modified or deleted."""
+    are ignored. Files are never modified or deleted.
 
-    live = True  # frames arrive in real time: when scoring falls behind, the oldest are dropped
+    A folder is not a camera: files waiting on disk are never dropped. The capture thread blocks on a
+    full queue (live = False), so at most `queue capacity` decoded frames are held and the rest wait as
+    files; each is decoded by the one decoder, within the pixel budget."""
 
-    def __init__(self, folder: str | Path, poll_s: float = 0.2):
+    live = False  # files wait on disk: backpressure, never drop-oldest
+
+    def __init__(self, folder: str | Path, poll_s: float = 0.2, max_pixels: int | None = None):
         from adtk.runtime.images import IMAGE_EXTENSIONS
 
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise ConfigError(f"--source {folder}: no such folder")
         self.poll_s = poll_s
+        self.max_pixels = max_pixels
         self.name = str(self.folder)
         self._extensions = IMAGE_EXTENSIONS
         self._pending: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) seen on the last poll
@@ -158,7 +164,7 @@ class FolderSource:
                 self._pending.pop(name, None)
                 path = self.folder / name
                 try:
-                    yield counter.make(str(path), read_image(path))
+                    yield counter.make(str(path), read_image(path, max_pixels=self.max_pixels))
                 except DataError as exc:
                     yield counter.make(str(path), None, str(exc))
                 if stop.is_set():
@@ -186,13 +192,14 @@ class VideoSource:
     """
 
     def __init__(self, uri: str | int, live: bool, pace_fps: float = 0.0, loop: bool = False,
-                 backoff_s: tuple[float, float] = (0.5, 30.0)):
+                 backoff_s: tuple[float, float] = (0.5, 30.0), max_pixels: int | None = None):
         self.cv2 = import_cv2()
         self.uri, self.loop = uri, loop
         self.reconnect = live  # a camera or stream that stops delivering is reopened, a file just ends
         self.live = live or pace_fps > 0  # real-time frames: drop the oldest when scoring falls behind
         self.pace_fps = pace_fps
         self.backoff_s = backoff_s
+        self.max_pixels = max_pixels
         self.name = f"camera:{uri}" if isinstance(uri, int) else str(uri)
         if not self.reconnect and not Path(str(uri)).is_file():
             raise ConfigError(f"--source {uri}: no such video file")
@@ -203,6 +210,16 @@ class VideoSource:
             capture.release()
             return None
         return capture
+
+    def _frame(self, counter: FrameCounter, bgr: np.ndarray) -> Frame:
+        """An OpenCV frame (BGR) -> the same RGB frame conversion and pixel budget as decoded images."""
+        from adtk.runtime.pixels import check_frame_pixels, to_rgb_frame
+
+        try:
+            check_frame_pixels(bgr.shape[1], bgr.shape[0], self.name, self.max_pixels)
+            return counter.make(self.name, to_rgb_frame(np.ascontiguousarray(bgr[:, :, ::-1]), self.name))
+        except DataError as exc:
+            return counter.make(self.name, None, str(exc))
 
     def frames(self, counter: FrameCounter, stop: threading.Event, on_reopen=None) -> Iterator[Frame]:
         backoff_s = self.backoff_s[0]
@@ -240,25 +257,26 @@ class VideoSource:
                         stop.wait(delay)
                     else:
                         next_due = time.monotonic()
-                yield counter.make(self.name, self.cv2.cvtColor(bgr, self.cv2.COLOR_BGR2RGB))
+                yield self._frame(counter, bgr)
         finally:
             if capture is not None:
                 capture.release()
 
 
 def open_source(value: str, pace_fps: float = 0.0, loop: bool = False, poll_s: float = 0.2,
-                backoff_s: tuple[float, float] = (0.5, 30.0)):
+                backoff_s: tuple[float, float] = (0.5, 30.0), max_pixels: int | None = None):
     """A command-line --source value -> a source: a folder, a camera index, a stream URL or a video file."""
     if value.isdigit():
-        return VideoSource(int(value), live=True, backoff_s=backoff_s)
+        return VideoSource(int(value), live=True, backoff_s=backoff_s, max_pixels=max_pixels)
     if value.startswith(STREAM_SCHEMES):
-        return VideoSource(value, live=True, backoff_s=backoff_s)
+        return VideoSource(value, live=True, backoff_s=backoff_s, max_pixels=max_pixels)
     if value.startswith("/dev/video"):
-        return VideoSource(value, live=True, backoff_s=backoff_s)
+        return VideoSource(value, live=True, backoff_s=backoff_s, max_pixels=max_pixels)
     path = Path(value)
     if path.is_dir():
-        return FolderSource(path, poll_s=poll_s)
+        return FolderSource(path, poll_s=poll_s, max_pixels=max_pixels)
     if path.is_file():
-        return VideoSource(str(path), live=False, pace_fps=pace_fps, loop=loop, backoff_s=backoff_s)
+        return VideoSource(str(path), live=False, pace_fps=pace_fps, loop=loop, backoff_s=backoff_s,
+                           max_pixels=max_pixels)
     raise ConfigError(f"--source {value}: not a folder, a video file, a camera index (0, 1, ...) or a stream "
                       f"URL ({', '.join(s.rstrip(':/') for s in STREAM_SCHEMES)})")

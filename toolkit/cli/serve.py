@@ -6,12 +6,16 @@ import click
 
 
 def parse_http(value: str) -> tuple[str, int]:
+    """HOST:PORT, [IPV6]:PORT or :PORT -> (host, port), checked (the bind itself is checked by ApiServer)."""
     from adtk.runtime.errors import ConfigError
 
     host, _, port = value.rpartition(":")
-    if not port.isdigit():
-        raise ConfigError(f"--http {value}: expected HOST:PORT, e.g. 127.0.0.1:8080 (or :8080 for 127.0.0.1)")
-    return (host.strip("[]") or "127.0.0.1"), int(port)
+    if not port.isdigit() or (":" in host and not (host.startswith("[") and host.endswith("]"))):
+        raise ConfigError(f"--http {value}: expected HOST:PORT, e.g. 127.0.0.1:8080, [::1]:8080 (or :8080 for "
+                          "127.0.0.1)")
+    if not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--http {value}: port {int(port)} is out of range (0..65535)")
+    return (host[1:-1] if host.startswith("[") else host) or "127.0.0.1", int(port)
 
 
 def read_token(token_file: Path | None) -> str | None:
@@ -20,7 +24,12 @@ def read_token(token_file: Path | None) -> str | None:
     from adtk.runtime.errors import ConfigError
 
     if token_file is not None:
-        token = token_file.read_text().strip()
+        try:
+            token = token_file.read_bytes().decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError(f"--token-file {token_file}: not UTF-8 text; write the token as plain text") from None
+        except OSError as exc:
+            raise ConfigError(f"--token-file {token_file}: cannot read it ({exc.strerror or exc})") from None
         if not token:
             raise ConfigError(f"--token-file {token_file}: the file is empty")
         return token
@@ -46,8 +55,19 @@ def read_token(token_file: Path | None) -> str | None:
               help="Folder watched for new artefacts (default: the model's folder).")
 @click.option("--no-watch", is_flag=True, help="Do not hot-swap new artefacts.")
 @click.option("--backend", default="auto", show_default=True, help="auto, tensorrt (engine), onnxruntime, cpu, cuda or ort-tensorrt.")
+@click.option("--max-pixels", type=click.IntRange(min=256), default=None,
+              help="Pixel budget of one frame, checked before decoding (default: sized from this machine's memory, "
+                   "or $ADTK_MAX_PIXELS).")
+@click.option("--http-max-connections", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Open HTTP connections at most; more are answered 503.")
+@click.option("--http-max-body-mb", type=click.FloatRange(min=0.001), default=32.0, show_default=True,
+              help="Largest POST /predict body.")
+@click.option("--http-timeout", "http_timeout_s", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds a client has to send its headers (3x for a body, 1.5x idle between requests).")
+@click.option("--http-predictions", "http_predictions", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Frames POST /predict decodes and scores at once (memory: each is within --max-pixels).")
 def command(model, source, sinks, http_bind, token_file, queue_capacity, pace_fps, loop, model_dir, no_watch,
-            backend):
+            backend, max_pixels, http_max_connections, http_max_body_mb, http_timeout_s, http_predictions):
     """Score frames from --source with MODEL until SIGTERM; hot-swap new artefacts placed in its folder.
 
     \b
@@ -61,24 +81,30 @@ def command(model, source, sinks, http_bind, token_file, queue_capacity, pace_fp
     import json
     import signal
 
-    from adtk.runtime.daemon.http_api import ApiServer
+    from adtk.runtime.daemon.http_api import ApiServer, HttpLimits, check_token_strength, is_loopback
     from adtk.runtime.daemon.metrics import DaemonMetrics
     from adtk.runtime.daemon.service import ScoringService, ServiceConfig
     from adtk.runtime.daemon.sinks import open_sink
     from adtk.runtime.daemon.sources import open_source
 
     config = ServiceConfig(model=model, model_dir=model_dir, watch=not no_watch, queue_capacity=queue_capacity,
-                           backend=backend)
+                           backend=backend, max_pixels=max_pixels)
+    limits = HttpLimits(max_connections=http_max_connections, max_body_bytes=int(http_max_body_mb * 1024**2),
+                        header_timeout_s=http_timeout_s, body_timeout_s=3 * http_timeout_s,
+                        idle_timeout_s=1.5 * http_timeout_s, max_concurrent_predictions=http_predictions)
     host_port = parse_http(http_bind) if http_bind else None
     token = read_token(token_file)
+    if host_port is not None and not is_loopback(host_port[0]):
+        check_token_strength(token, f"--http {http_bind}")  # before any sink or model is opened
     if source is None and host_port is None:
         raise click.UsageError("give --source, --http, or both")
-    frame_source = open_source(source, pace_fps=pace_fps, loop=loop) if source is not None else None
+    frame_source = open_source(source, pace_fps=pace_fps, loop=loop, max_pixels=max_pixels) \
+        if source is not None else None
     metrics = DaemonMetrics()
     sink_values = (sinks or ("-",)) if frame_source is not None else ()
     opened_sinks = [open_sink(value, on_discard=lambda: metrics.inc("sink_errors")) for value in sink_values]
     service = ScoringService(config, frame_source, opened_sinks, metrics=metrics)
-    api = ApiServer(service, *host_port, token=token) if host_port else None  # refuses before anything starts
+    api = ApiServer(service, *host_port, token=token, limits=limits) if host_port else None  # refuses before anything starts
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: service.stop())
     service.start()

@@ -102,13 +102,13 @@ def test_loopback_detection():
 def test_non_loopback_bind_requires_a_token_and_refuses_requests_without_it(service):
     with pytest.raises(ConfigError, match="needs a token"):
         ApiServer(service, "0.0.0.0", 0)
-    server = ApiServer(service, "0.0.0.0", 0, token="s3cret-token").start()
+    server = ApiServer(service, "0.0.0.0", 0, token="s3cret-token-0123456789").start()
     try:
         url = f"http://127.0.0.1:{server.address[1]}"
         assert request(f"{url}/health")[0] == 401
         assert request(f"{url}/model", token="wrong")[0] == 401
         assert request(f"{url}/predict", data=b"x" * 10)[0] == 401
-        assert request(f"{url}/health", token="s3cret-token")[0] == 200
+        assert request(f"{url}/health", token="s3cret-token-0123456789")[0] == 200
         assert service.metrics.snapshot()["http_requests_unauthorised"] == 3
     finally:
         server.shutdown()

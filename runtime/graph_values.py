@@ -1,0 +1,123 @@
+"""Values the scoring graph holds, read from the artefact's bytes, and checked against its manifest on load.
+
+The manifest repeats a few values that the graph itself computes with: the calibration (threshold and
+span of the score and of the map normaliser), the input normalisation (mean/std) and the model size (the
+anomaly-map upsampling matrices). Someone with write access to the model folder can edit the manifest
+and re-seal the file (the integrity record is a checksum, not a signature); then `Detector.threshold`
+would report a value the graph does not use. So on load the runtime reads those initializers straight
+from the ONNX bytes (by the names the scoring graph gives them, see export/compose.py and
+toolkit/postprocess.py) and refuses an artefact whose manifest disagrees with its own graph.
+
+Read with the same hand-written protobuf walk as the integrity check (adtk.runtime.artefact): the runtime
+has neither the `onnx` package nor any other way to see initializer values (onnxruntime hides them).
+A graph that does not name one of these values (a future pass renamed it) is not checked for that value;
+`warm_up` (daemon/hot_swap.py) still checks the outputs' shapes and labels against the manifest by scoring.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from adtk.runtime.artefact import _WIRE_LEN, _WIRE_VARINT, _read_varint, _top_level_fields
+from adtk.runtime.errors import ArtefactError
+
+_MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5  # ModelProto.graph, GraphProto.initializer
+_TENSOR_DIMS, _TENSOR_TYPE, _TENSOR_FLOATS, _TENSOR_NAME, _TENSOR_RAW = 1, 2, 4, 8, 9
+_NUMPY_TYPES = {1: np.float32, 10: np.float16}  # TensorProto.DataType FLOAT, FLOAT16
+RELATIVE_TOLERANCE = 2e-3  # fp16 storage of a value rounds it by up to 5e-4 relative
+
+
+def _inverse_span(high: float, low: float) -> float:
+    span = high - low
+    return 1.0 / (span if math.isfinite(span) and span > 0 else 1.0)  # as ScoreNormaliser does
+
+
+# initializer name in the scoring graph -> the value the manifest implies for it
+EXPECTED_FROM_MANIFEST = {
+    "normaliser.threshold": lambda m: m["calibration"]["threshold"],
+    "normaliser.inv_span": lambda m: _inverse_span(m["calibration"]["score_max"], m["calibration"]["score_min"]),
+    "map_normaliser.threshold": lambda m: m["calibration"]["map_threshold"],
+    "map_normaliser.inv_span": lambda m: _inverse_span(m["calibration"]["map_max"], m["calibration"]["map_min"]),
+    "preprocess.scale": lambda m: [1.0 / (255.0 * s) for s in m["input"]["normalise"]["std"]],
+    "preprocess.offset": lambda m: [-a / s for a, s in zip(m["input"]["normalise"]["mean"],
+                                                          m["input"]["normalise"]["std"])],
+}
+# the map upsampling matrices: rows_operator [S_h, h] and cols_operator_t [w, S_w] give the model size
+SIZE_OPERATORS = ("smoother.rows_operator", "smoother.cols_operator_t")
+MAX_VALUES = 64  # only small tensors are decoded; big ones (weights) are just skipped
+
+
+def _tensor(payload) -> tuple[str, list[int], np.ndarray | None]:
+    """A TensorProto -> (name, dims, values or None when large or of another type)."""
+    name, dims, data_type, raw, floats = "", [], 0, None, []
+    for field, wire, _, _, value in _top_level_fields(payload):
+        if field == _TENSOR_NAME and wire == _WIRE_LEN:
+            name = bytes(value).decode("utf-8", errors="replace")
+        elif field == _TENSOR_DIMS and wire == _WIRE_VARINT:
+            dims.append(value)
+        elif field == _TENSOR_DIMS and wire == _WIRE_LEN:  # packed
+            pos = 0
+            while pos < len(value):
+                dim, pos = _read_varint(value, pos)
+                dims.append(dim)
+        elif field == _TENSOR_TYPE and wire == _WIRE_VARINT:
+            data_type = value
+        elif field == _TENSOR_RAW and wire == _WIRE_LEN:
+            raw = value
+        elif field == _TENSOR_FLOATS and wire == _WIRE_LEN:
+            floats.append(bytes(value))
+    dtype = _NUMPY_TYPES.get(data_type)
+    count = math.prod(dims) if dims else 1
+    if dtype is None or count > MAX_VALUES:
+        return name, dims, None
+    data = bytes(raw) if raw is not None else b"".join(floats)
+    if data_type == 10 and raw is None:
+        return name, dims, None  # fp16 in int32_data: not written by the exporter; not checked
+    values = np.frombuffer(data, dtype=np.float32 if raw is None else dtype)
+    return name, dims, (values.astype(np.float64) if values.size == count else None)
+
+
+def graph_values(model_bytes) -> dict[str, tuple[list[int], np.ndarray | None]]:
+    """The graph's initializers that matter to the manifest: name -> (dims, values or None)."""
+    wanted = set(EXPECTED_FROM_MANIFEST) | set(SIZE_OPERATORS)
+    found = {}
+    model = memoryview(model_bytes)
+    for field, wire, _, _, graph in _top_level_fields(model):
+        if field != _MODEL_GRAPH or wire != _WIRE_LEN:
+            continue
+        for graph_field, graph_wire, _, _, payload in _top_level_fields(graph):
+            if graph_field == _GRAPH_INITIALIZER and graph_wire == _WIRE_LEN:
+                name, dims, values = _tensor(payload)
+                if name in wanted:
+                    found[name] = (dims, values)
+    return found
+
+
+def check_manifest_against_graph(model_bytes, manifest: dict, source: str = "artefact") -> None:
+    """Raise ArtefactError when a value the manifest states differs from the one its graph computes with."""
+    found = graph_values(model_bytes)
+    disagreements = []
+    for name, expected_of in EXPECTED_FROM_MANIFEST.items():
+        if name not in found or found[name][1] is None:
+            continue
+        try:
+            expected = np.asarray(expected_of(manifest), dtype=np.float64).ravel()
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            disagreements.append(f"{name}: the manifest does not state it in a usable form")
+            continue
+        actual = found[name][1].ravel()
+        if expected.shape != actual.shape or not np.allclose(actual, expected, rtol=RELATIVE_TOLERANCE, atol=1e-12):
+            disagreements.append(f"{name}: graph {np.round(actual, 6).tolist()}, manifest implies "
+                                 f"{np.round(expected, 6).tolist()}")
+    if all(name in found for name in SIZE_OPERATORS):
+        (rows_dims, _), (cols_dims, _) = found[SIZE_OPERATORS[0]], found[SIZE_OPERATORS[1]]
+        graph_size = [rows_dims[0] if rows_dims else None, cols_dims[-1] if cols_dims else None]
+        stated = manifest.get("input", {}).get("model_size_px")
+        if list(stated or []) != graph_size:
+            disagreements.append(f"model size: graph {graph_size}, manifest {stated}")
+    if disagreements:
+        raise ArtefactError(f"{source}: the manifest disagrees with the graph it describes ("
+                            + "; ".join(disagreements[:4]) + "): it was edited after the build. Do not use it; "
+                            "copy the artefact again from the build machine (and sign artefacts: adtk sign)")

@@ -1,0 +1,195 @@
+"""Class 2 of issue 14 (HTTP limits) and class 1 over HTTP, against the real server on a loopback socket:
+stalled and dripping clients are cut off at their deadline, a connection flood is answered 503 without a
+thread each, bodies are bounded, concurrent scoring is bounded, every failure is one counted log line."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from adtk.runtime.daemon.http_api import ApiServer, HttpLimits
+from adtk.runtime.daemon.service import ScoringService, ServiceConfig
+from adtk.runtime.errors import ConfigError
+from tests.runtime.hostile_inputs import BUDGET, bombs, png_bytes  # noqa: F401 - bombs is a fixture
+
+LIMITS = HttpLimits(max_connections=6, header_timeout_s=1.0, body_timeout_s=1.5, idle_timeout_s=1.0,
+                    max_body_bytes=2_000_000, max_concurrent_predictions=1, busy_wait_s=0.2)
+
+
+class LogLines:
+    def __init__(self):
+        self.lines, self.lock = [], threading.Lock()
+
+    def __call__(self, kind, message):
+        with self.lock:
+            self.lines.append((kind, message))
+
+
+@pytest.fixture
+def daemon(tiny_build):
+    log = LogLines()
+    service = ScoringService(ServiceConfig(model=tiny_build.artefact, watch=False, max_pixels=BUDGET), None, [],
+                             log=log).start()
+    server = ApiServer(service, "127.0.0.1", 0, limits=LIMITS).start()
+    yield service, server.address[1], log
+    server.shutdown()
+    service.shutdown()
+
+
+def http(port: int, path: str, data: bytes | None = None, timeout: float = 30) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
+                                     method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read()
+            return response.status, (json.loads(body) if path != "/metrics" else {"text": body.decode()})
+    except urllib.error.HTTPError as error:
+        body = error.read()
+        return error.code, (json.loads(body) if body else {})
+
+
+def counts(service) -> dict:
+    return service.metrics.snapshot()
+
+
+def test_stalled_uploads_are_cut_off_at_the_body_deadline(daemon):
+    service, port, log = daemon
+    stalled = []
+    for _ in range(5):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"\x89PNG" * 10)
+        stalled.append(sock)
+    tic = time.monotonic()
+    for sock in stalled:
+        sock.settimeout(10)
+        assert sock.recv(100) == b""  # closed by the server, no answer needed
+    assert time.monotonic() - tic < 5
+    assert counts(service)["http_timeouts"] >= 5
+    assert http(port, "/health")[0] == 200
+    assert all("Traceback" not in message for _, message in log.lines)
+
+
+def test_a_client_dripping_header_bytes_is_cut_off_at_the_header_deadline(daemon):
+    service, port, _ = daemon
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(10)
+    tic, closed = time.monotonic(), False
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 200
+    for byte in request:  # one byte every 50 ms: each read is quick, the whole header is not
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            closed = True
+            break
+        time.sleep(0.05)
+        if time.monotonic() - tic > 4:
+            break
+    if not closed:
+        closed = sock.recv(100) == b""
+    assert closed and time.monotonic() - tic < 4
+    assert counts(service)["http_timeouts"] >= 1
+
+
+def test_connection_flood_is_answered_503_and_the_server_recovers(daemon):
+    service, port, _ = daemon
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(LIMITS.max_connections)]
+    time.sleep(0.2)
+    extra = socket.create_connection(("127.0.0.1", port))
+    extra.settimeout(5)
+    assert extra.recv(100).startswith(b"HTTP/1.1 503")
+    assert counts(service)["http_connections_refused"] >= 1
+    for sock in idle:
+        sock.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            if http(port, "/health", timeout=2)[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        pytest.fail("the server did not recover after the flood")
+
+
+def test_bodies_are_bounded_and_chunked_uploads_refused(daemon):
+    service, port, _ = daemon
+    sock = socket.create_connection(("127.0.0.1", port))  # answered from the headers, before the body
+    sock.settimeout(5)
+    sock.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {LIMITS.max_body_bytes + 1}\r\n\r\n".encode())
+    assert sock.recv(100).startswith(b"HTTP/1.1 413")
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(5)
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert sock.recv(100).startswith(b"HTTP/1.1 411")
+    # a client that claims 2 MB and sends 10 bytes then leaves costs 10 bytes, not 2 MB, and one log line
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n0123456789")
+    sock.close()
+    time.sleep(0.5)
+    assert counts(service)["http_requests_refused"] >= 3
+
+
+def test_bombs_over_http_are_refused_and_predictions_are_counted(daemon, bombs, test_images):
+    service, port, log = daemon
+    for name, data in bombs.items():
+        status, body = http(port, "/predict", data)
+        assert status == 400 and "pixel budget" in body["error"], name
+    assert http(port, "/predict", png_bytes(test_images[0]))[0] == 200
+    snapshot = counts(service)
+    assert snapshot["http_predictions"] == 1 and snapshot["http_requests_refused"] >= len(bombs)
+    status, metrics = http(port, "/metrics")
+    assert "adtk_http_predictions_total 1" in metrics["text"]
+
+
+def test_concurrent_predictions_beyond_the_slots_get_503_not_memory(daemon, test_images):
+    service, port, _ = daemon
+    small = np.random.default_rng(1).integers(0, 256, (90, 100, 3), dtype=np.uint8)
+    big = png_bytes(np.repeat(np.repeat(small, 10, axis=0), 10, axis=1))  # 0.9 MP each, under 2 MB as PNG
+    statuses = []
+
+    def post():
+        statuses.append(http(port, "/predict", big)[0])
+
+    threads = [threading.Thread(target=post) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert set(statuses) <= {200, 503} and 200 in statuses, statuses
+    assert counts(service)["http_predictions"] == statuses.count(200)
+
+
+def test_weak_tokens_bad_ports_and_ipv6_binds(tiny_build):
+    service = ScoringService(ServiceConfig(model=tiny_build.artefact, watch=False), None, [],
+                             log=lambda kind, message: None).start()
+    try:
+        for token in (None, "", " ", "x", "aaaaaaaaaaaaaaaaaaaa", "short-token"):
+            with pytest.raises(ConfigError, match="token"):
+                ApiServer(service, "0.0.0.0", 0, token=token)
+        with pytest.raises(ConfigError, match="0..65535"):
+            ApiServer(service, "127.0.0.1", 70000)
+        taken = ApiServer(service, "127.0.0.1", 0).start()
+        try:
+            with pytest.raises(ConfigError, match="in use"):
+                ApiServer(service, "127.0.0.1", taken.address[1])
+        finally:
+            taken.shutdown()
+        if socket.has_ipv6:
+            try:
+                server = ApiServer(service, "::1", 0).start()
+            except ConfigError as exc:
+                pytest.skip(f"no IPv6 loopback here: {exc}")
+            try:
+                with urllib.request.urlopen(f"http://[::1]:{server.address[1]}/health", timeout=10) as response:
+                    assert response.status == 200
+            finally:
+                server.shutdown()
+    finally:
+        service.shutdown()
