@@ -30,7 +30,7 @@ def _heat_colours(strength: np.ndarray) -> np.ndarray:
     """strength in 0..1 (0 = at the threshold, 1 = the top of the map's scale) -> RGB float [.., 3]:
     yellow -> orange -> red, a ramp that reads as 'warmer = worse' without a colour bar."""
     red = np.full_like(strength, 255.0)
-    green = 230.0 * (1.0 - strength)
+    green = 210.0 * (1.0 - strength)
     blue = np.full_like(strength, 0.0)
     return np.stack([red, green, blue], axis=-1)
 
@@ -87,6 +87,13 @@ def _draw_centred(draw, text: str, font, x: float, banner_px: int, align_right: 
     return start + (right - left)
 
 
+def display_size_hw(size_hw: tuple[int, int], min_side_px: int = MIN_SIDE_PX) -> tuple[int, int]:
+    """The frame's size in the overlay (below the banner): enlarged so the shorter side is min_side_px."""
+    height, width = int(size_hw[0]), int(size_hw[1])
+    scale = max(1.0, min_side_px / max(1, min(height, width)))
+    return (int(round(height * scale)), int(round(width * scale))) if scale > 1.0 else (height, width)
+
+
 def render_overlay(image: np.ndarray, anomaly_map: np.ndarray, pred_score: float, pred_label: bool,
                    visible_threshold: float = MAP_THRESHOLD, caption: str | None = None,
                    min_side_px: int = MIN_SIDE_PX) -> np.ndarray:
@@ -97,13 +104,11 @@ def render_overlay(image: np.ndarray, anomaly_map: np.ndarray, pred_score: float
     image: uint8 [H, W, 3] RGB; anomaly_map: float [S, S] in 0..1 (the artefact's normalised map, any size).
     caption: optional second text in the banner (a file name, a frame id).
     """
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     image = np.asarray(image, dtype=np.uint8)
-    height, width = image.shape[:2]
-    scale = max(1.0, min_side_px / max(1, min(height, width)))
-    size_hw = (int(round(height * scale)), int(round(width * scale)))
-    frame = image if scale == 1.0 else np.asarray(
+    size_hw = display_size_hw(image.shape[:2], min_side_px)
+    frame = image if size_hw == image.shape[:2] else np.asarray(
         Image.fromarray(image).resize((size_hw[1], size_hw[0]), Image.BILINEAR))
     heat = _resize_map(anomaly_map, size_hw)
 
@@ -111,25 +116,35 @@ def render_overlay(image: np.ndarray, anomaly_map: np.ndarray, pred_score: float
     above = heat > visible_threshold
     if above.any():
         strength = np.clip((heat - visible_threshold) / max(1e-6, 1.0 - visible_threshold), 0.0, 1.0)
-        alpha = (0.35 + 0.3 * strength)[..., None] * above[..., None]  # stronger where the map is higher
+        alpha = (0.5 + 0.3 * strength)[..., None] * above[..., None]  # stronger where the map is higher
         picture = picture * (1 - alpha) + _heat_colours(strength) * alpha
     edge = outline(heat > MAP_THRESHOLD, width_px=max(2, round(min(size_hw) / 160)))
     picture[edge] = OUTLINE_RGB
 
-    banner_px = max(22, round(min(size_hw) / 11))
-    canvas = Image.new("RGB", (size_hw[1], size_hw[0] + banner_px), ANOMALOUS_RGB if pred_label else GOOD_RGB)
-    canvas.paste(Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8)), (0, banner_px))
-    draw = ImageDraw.Draw(canvas)
-    font = _font(round(banner_px * 0.62))
     text = f"{'ANOMALOUS' if pred_label else 'good'}  score {pred_score:.2f}"
-    margin = round(banner_px * 0.25)
-    text_right = _draw_centred(draw, text, font, margin, banner_px, align_right=False)
+    top = banner(size_hw[1], banner_height_px(size_hw), text, ANOMALOUS_RGB if pred_label else GOOD_RGB, caption)
+    return np.concatenate([top, np.clip(picture, 0, 255).astype(np.uint8)])
+
+
+def banner_height_px(size_hw: tuple[int, int]) -> int:
+    return max(22, round(min(size_hw) / 11))
+
+
+def banner(width_px: int, height_px: int, text: str, rgb: tuple[int, int, int], caption: str | None = None):
+    """uint8 [height_px, width_px, 3]: `text` in white on `rgb`, and `caption` smaller at the right."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("RGB", (width_px, height_px), rgb)
+    draw = ImageDraw.Draw(canvas)
+    font = _font(round(height_px * 0.62))
+    margin = round(height_px * 0.25)
+    text_right = _draw_centred(draw, text, font, margin, height_px, align_right=False)
     if caption:
-        small = _font(round(banner_px * 0.42))
-        while caption and size_hw[1] - margin - draw.textlength(caption, font=small) < text_right + 2 * margin:
+        small = _font(round(height_px * 0.42))
+        while caption and width_px - margin - draw.textlength(caption, font=small) < text_right + 2 * margin:
             caption = caption[1:]  # too long for the banner: keep the end (a file name's end says most)
         if caption:
-            _draw_centred(draw, caption, small, size_hw[1] - margin, banner_px, align_right=True)
+            _draw_centred(draw, caption, small, width_px - margin, height_px, align_right=True)
     return np.asarray(canvas)
 
 

@@ -38,6 +38,7 @@ def evaluate_artefact(model_path: str | Path, data: str | Path, backend: str = "
             raise DataError(f"{data}: no test images (expected test/good and test/<defect type> folders)")
     size_hw = detector.model_size_px
     scores, labels, pred_labels, maps, masks, types, used = [], [], [], [], [], [], []
+    pred_scores: list[float] = []
     batch: list[np.ndarray] = []
     batch_samples = []
 
@@ -46,6 +47,7 @@ def evaluate_artefact(model_path: str | Path, data: str | Path, backend: str = "
             return
         prediction = detector.predict(batch)
         scores.extend(prediction.raw_score.tolist())
+        pred_scores.extend(prediction.pred_score.tolist())
         pred_labels.extend(prediction.pred_label.tolist())
         maps.extend(prediction.raw_anomaly_map)
         batch.clear()
@@ -71,7 +73,8 @@ def evaluate_artefact(model_path: str | Path, data: str | Path, backend: str = "
                                    pred_labels=np.asarray(pred_labels))
     if details is not None:
         details.update(samples=used, scores=scores_a, labels=labels_a, maps=np.stack(maps), masks=np.stack(masks),
-                       threshold=detector.threshold)
+                       threshold=detector.threshold, pred_scores=np.asarray(pred_scores),
+                       pred_labels=np.asarray(pred_labels, dtype=bool), types=list(types), detector=detector)
     per_type = {}
     for defect_type in sorted(set(types) - {"good"}):
         keep = np.array([t in ("good", defect_type) for t in types])

@@ -323,6 +323,28 @@ def _au_pro_core(top: np.ndarray, n_neg: int, pos_sorted: np.ndarray, w_sorted: 
     return float(area / fpr_limit)
 
 
+def pro_curve(maps, masks, fpr_limit: float = 0.3, num_points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Points (fpr [K], pro [K]) of the PRO curve up to ``fpr_limit``, for plotting: about num_points
+    thresholds taken from the highest normal scores, each point exact for its threshold (same definitions as
+    au_pro, which gives the exact area). Starts at (0, 0)."""
+    lim = _check_fpr_limit(fpr_limit)
+    m, g = _check_maps_masks(maps, masks)
+    pos, w = _component_pixels(m, g)
+    neg = m[~g]
+    if len(neg) == 0:
+        raise DataError("a PRO curve needs normal pixels to measure false positives, but every pixel is defective")
+    order = np.argsort(pos, kind="stable")
+    pos_sorted = pos[order]
+    suffix = np.r_[np.cumsum(w[order][::-1])[::-1], 0.0]  # suffix[j] = PRO for a cut at sorted index j
+    n_neg = len(neg)
+    top = _top_negatives(neg, lim, presorted=False)  # ascending; every normal score that can matter
+    thresholds = top[np.unique(np.linspace(0, len(top) - 1, num_points).astype(int))][::-1]
+    fpr = (len(top) - np.searchsorted(top, thresholds, side="left")) / n_neg
+    pro = suffix[np.searchsorted(pos_sorted, thresholds, side="left")]
+    keep = fpr <= lim
+    return np.r_[0.0, fpr[keep]], np.r_[0.0, pro[keep]]
+
+
 def au_pro(maps, masks, fpr_limit: float = 0.3) -> float:
     """Normalised area under the per-region-overlap (PRO) curve up to ``fpr_limit`` (MVTec AD).
 

@@ -15,6 +15,7 @@ from adtk.toolkit.evaluation.metrics import (
     f1_at_threshold,
     image_auroc,
     pixel_auroc,
+    pro_curve,
     roc_curve_points,
 )
 
@@ -161,6 +162,24 @@ def test_au_pro_matches_brute_force(seed, fpr_limit):
     # Both compute the same exact curve (every distinct score is a threshold), so the only difference
     # is float summation order: far below 1e-9. (A threshold-grid implementation would need ~1e-3.)
     assert au_pro(maps, masks, fpr_limit) == pytest.approx(brute_au_pro(maps, masks, fpr_limit), abs=1e-9)
+
+
+def test_pro_curve_points_lie_on_the_brute_force_curve():
+    rng = np.random.default_rng(3)
+    masks = blob_masks(rng, 5, 14, 14)
+    maps = rng.random(masks.shape) + 0.4 * masks
+    fpr, pro = pro_curve(maps, masks, fpr_limit=0.3, num_points=50)
+    assert fpr[0] == 0.0 and pro[0] == 0.0 and fpr.max() <= 0.3 and fpr.max() > 0.25
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(pro) >= -1e-12)
+    comps = []
+    for mp, mk in zip(maps, masks):
+        lab, k = ndimage.label(mk, structure=np.ones((3, 3)))
+        comps += [mp[lab == c] for c in range(1, k + 1)]
+    neg = maps[~masks]
+    for x, y in zip(fpr[1:], pro[1:]):  # each point is (FPR(>= t), PRO(>= t)) for one normal score t
+        t = np.sort(neg)[::-1][int(round(x * len(neg))) - 1]
+        assert np.mean(neg >= t) == pytest.approx(x)
+        assert np.mean([np.mean(c >= t) for c in comps]) == pytest.approx(y)
 
 
 def test_au_pro_perfect_and_constant():

@@ -38,6 +38,13 @@ def test_polluted_refined_eval_writes_a_self_contained_report(tiny_dataset, tmp_
     assert len(pictures) >= 2 + 2  # ROC, per-threshold, and at least one example per worst-case list
     assert all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pictures)
     assert "Worst false positives" in page and "Worst false negatives" in page
+    for alt in ("score histogram", "ROC", "PRO curve", "per-threshold metrics"):
+        assert f'alt="{alt}"' in page
+    confusion = re.search(r'<table class="confusion">(.*?)</table>', page).group(1)
+    cells = [int(v) for v in re.findall(r'<td class="(?:ok|bad)">(\d+)</td>', confusion)]
+    assert len(cells) == 4 and sum(cells) == metrics["num_images"]
+    assert cells[2] + cells[3] == metrics["num_defective"]  # second row: the defective images
+    assert "flagged anomalous" in page and "<th>good</th>" in page  # the per-type counts
 
 
 def test_worst_cases_pick_the_highest_good_and_lowest_defective_scores():
