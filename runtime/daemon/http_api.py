@@ -4,6 +4,7 @@
     GET  /model     {"path", "sha256", "file_sha256", "loaded_at", "manifest"}
     POST /predict   body: one encoded image (PNG, JPEG, ...) -> the JSON record of a sink, plus nothing else
     GET  /metrics   Prometheus text format (metrics.py)
+    GET  /          the device page and its JSON feed, when `routes` is given (device_page.py)
 
 The standard library rather than a web framework: four small endpoints, no new dependency on the device,
 and a threaded server is enough (scoring is serialised per request by onnxruntime anyway). It binds to
@@ -166,12 +167,14 @@ class _LimitedHTTPServer(ThreadingHTTPServer):
 
 class ApiServer:
     def __init__(self, service, host: str = "127.0.0.1", port: int = 8080, token: str | None = None,
-                 limits: HttpLimits | None = None):
+                 limits: HttpLimits | None = None, routes=None):
+        """routes: extra GET routes, `routes.get(path, query) -> (status, body, content type) | None`
+        (the device page, device_page.py)."""
         if not is_loopback(host):
             check_token_strength(token, f"--http {host}:{port}")
         if not 0 <= int(port) <= 65535:
             raise ConfigError(f"--http {host}:{port}: the port must be 0..65535")
-        self.service, self.token = service, token
+        self.service, self.token, self.routes = service, token, routes
         self.limits = limits or HttpLimits()
         self.prediction_slots = threading.BoundedSemaphore(self.limits.max_concurrent_predictions)
         handler = type("Handler", (_Handler,), {"api": self})
@@ -332,6 +335,9 @@ class _Handler(BaseHTTPRequestHandler):
             text = self.api.service.metrics.render_prometheus()
             self._send(200 if text is not None else 503, (text or INSTALL_HINT + "\n").encode(),
                        "text/plain; version=0.0.4; charset=utf-8")
+        elif self.api.routes is not None and (reply := self.api.routes.get(path, self.path.partition("?")[2])):
+            status, body, content_type = reply
+            self._send(status, body, content_type)
         else:
             self._send(404, {"error": f"no endpoint {path}; try /health, /model, /metrics or POST /predict"})
 

@@ -202,6 +202,10 @@ class ScoringService:
         self.model_loaded_at_s = time.time()
         self.metrics.model_sha256 = detector.artefact.sha256
 
+    def refused_models(self) -> list[tuple[str, str]]:
+        """(path, reason) of the artefacts the model watcher refused, oldest first (the most recent 100)."""
+        return list(self._watcher.refused) if self._watcher is not None else []
+
     def _on_drop(self, frame: Frame) -> None:
         self.metrics.inc("frames_dropped")
 

@@ -75,7 +75,8 @@ def command(model, source, sinks, http_bind, token_file, queue_capacity, pace_fp
       {"frame_id": int, "time": ISO 8601 UTC, "source": str, "score": float (0..1, 0.5 = threshold),
        "label": bool, "raw_score": float, "latency_ms": float (capture -> scored), "inference_ms": float,
        "model_sha256": str}
-    HTTP API (--http): GET /health, GET /model, GET /metrics (Prometheus), POST /predict (image bytes).
+    HTTP API (--http): GET /health, GET /model, GET /metrics (Prometheus), POST /predict (image bytes);
+    GET / is the device page (model, threshold, live scores, last anomalous frames, counters, refused swaps).
     SIGTERM/SIGINT: the frame in flight is finished, sinks are flushed, a summary goes to stderr.
     """
     import json
@@ -103,8 +104,17 @@ def command(model, source, sinks, http_bind, token_file, queue_capacity, pace_fp
     metrics = DaemonMetrics()
     sink_values = (sinks or ("-",)) if frame_source is not None else ()
     opened_sinks = [open_sink(value, on_discard=lambda: metrics.inc("sink_errors")) for value in sink_values]
+    page = None
+    if host_port is not None:  # the device page at / keeps the recent scores and anomalous frames in memory
+        from adtk.runtime.daemon.device_page import DevicePage
+        from adtk.runtime.daemon.live_feed import LiveFeed
+
+        feed = LiveFeed()
+        opened_sinks.append(feed)
     service = ScoringService(config, frame_source, opened_sinks, metrics=metrics)
-    api = ApiServer(service, *host_port, token=token, limits=limits) if host_port else None  # refuses before anything starts
+    if host_port is not None:
+        page = DevicePage(service, feed)
+    api = ApiServer(service, *host_port, token=token, limits=limits, routes=page) if host_port else None  # refuses before starting
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: service.stop())
     service.start()

@@ -17,11 +17,11 @@ from adtk.runtime.detector import Detector
 from adtk.runtime.errors import ConfigError
 
 
-def request(url: str, data: bytes | None = None, token: str | None = None) -> tuple[int, bytes]:
+def request(url: str, data: bytes | None = None, token: str | None = None, timeout_s: float = 30) -> tuple[int, bytes]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     req = urllib.request.Request(url, data=data, headers=headers, method="POST" if data is not None else "GET")
     try:
-        with urllib.request.urlopen(req, timeout=30) as response:
+        with urllib.request.urlopen(req, timeout=timeout_s) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
