@@ -323,21 +323,25 @@ def _au_pro_core(top: np.ndarray, n_neg: int, pos_sorted: np.ndarray, w_sorted: 
     return float(area / fpr_limit)
 
 
-def pro_curve(maps, masks, fpr_limit: float = 0.3, num_points: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    """Points (fpr [K], pro [K]) of the PRO curve up to ``fpr_limit``, for plotting: about num_points
-    thresholds taken from the highest normal scores, each point exact for its threshold (same definitions as
-    au_pro, which gives the exact area). Starts at (0, 0)."""
+def _pro_inputs(maps, masks, fpr_limit, what: str):
+    """Shared by au_pro and pro_curve -> (fpr limit, top normal scores ascending, number of normal pixels,
+    defective pixel scores sorted ascending, their PRO weights in the same order)."""
     lim = _check_fpr_limit(fpr_limit)
     m, g = _check_maps_masks(maps, masks)
     pos, w = _component_pixels(m, g)
     neg = m[~g]
     if len(neg) == 0:
-        raise DataError("a PRO curve needs normal pixels to measure false positives, but every pixel is defective")
+        raise DataError(f"{what} needs normal pixels to measure false positives, but every pixel is defective")
     order = np.argsort(pos, kind="stable")
-    pos_sorted = pos[order]
-    suffix = np.r_[np.cumsum(w[order][::-1])[::-1], 0.0]  # suffix[j] = PRO for a cut at sorted index j
-    n_neg = len(neg)
-    top = _top_negatives(neg, lim, presorted=False)  # ascending; every normal score that can matter
+    return lim, _top_negatives(neg, lim, presorted=False), len(neg), pos[order], w[order]
+
+
+def pro_curve(maps, masks, fpr_limit: float = 0.3, num_points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Points (fpr [K], pro [K]) of the PRO curve up to ``fpr_limit``, for plotting: about num_points
+    thresholds taken from the highest normal scores, each point exact for its threshold (same definitions as
+    au_pro, which gives the exact area). Starts at (0, 0)."""
+    lim, top, n_neg, pos_sorted, w_sorted = _pro_inputs(maps, masks, fpr_limit, "a PRO curve")
+    suffix = np.r_[np.cumsum(w_sorted[::-1])[::-1], 0.0]  # suffix[j] = PRO for a cut at sorted index j
     thresholds = top[np.unique(np.linspace(0, len(top) - 1, num_points).astype(int))][::-1]
     fpr = (len(top) - np.searchsorted(top, thresholds, side="left")) / n_neg
     pro = suffix[np.searchsorted(pos_sorted, thresholds, side="left")]
@@ -359,15 +363,8 @@ def au_pro(maps, masks, fpr_limit: float = 0.3) -> float:
     labelling: components are labelled once, then one partial sort of the normal scores and binary
     searches (see _au_pro_core). ~1.5-2 s for 600 x 256 x 256.
     """
-    lim = _check_fpr_limit(fpr_limit)
-    m, g = _check_maps_masks(maps, masks)
-    pos, w = _component_pixels(m, g)
-    neg = m[~g]
-    if len(neg) == 0:
-        raise DataError("AU-PRO needs normal pixels to measure false positives, but every pixel is defective")
-    order = np.argsort(pos, kind="stable")
-    top = _top_negatives(neg, lim, presorted=False)
-    return _au_pro_core(top, len(neg), pos[order], w[order], lim)
+    lim, top, n_neg, pos_sorted, w_sorted = _pro_inputs(maps, masks, fpr_limit, "AU-PRO")
+    return _au_pro_core(top, n_neg, pos_sorted, w_sorted, lim)
 
 
 # --------------------------------------------------------------------------------------------------
