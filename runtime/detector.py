@@ -32,7 +32,8 @@ class Prediction:
     raw_anomaly_map: np.ndarray  # [B, S, S] float32
 
 
-def create_backend(artefact: VerifiedArtefact, backend: str, engine_path=None, **options):
+def create_backend(artefact: VerifiedArtefact, backend: str, engine_path=None, memory_arena: bool = True,
+                   **options):
     """backend: "auto" (the best present: TensorRT, then onnxruntime's TensorRT / CUDA / CPU providers),
     "tensorrt" (a TensorRT engine: `engine_path`, else built at load), "onnxruntime", or an onnxruntime
     provider alias ("cpu", "cuda", "ort-tensorrt")."""
@@ -42,9 +43,10 @@ def create_backend(artefact: VerifiedArtefact, backend: str, engine_path=None, *
     if backend == "tensorrt" or (backend == "auto" and (engine_path is not None or tensorrt_available())):
         return TensorRTBackend(artefact, engine_path=engine_path)
     if backend in ("auto", "onnxruntime"):
-        return OnnxRuntimeBackend(artefact.model_bytes, provider="auto", **options)
+        return OnnxRuntimeBackend(artefact.model_bytes, provider="auto", memory_arena=memory_arena, **options)
     if backend in ("cpu", "cuda", "ort-tensorrt"):
-        return OnnxRuntimeBackend(artefact.model_bytes, provider=backend.replace("ort-", ""), **options)
+        return OnnxRuntimeBackend(artefact.model_bytes, provider=backend.replace("ort-", ""),
+                                  memory_arena=memory_arena, **options)
     raise BackendError(f"unknown backend {backend!r} (known: auto, tensorrt, onnxruntime, cpu, cuda, ort-tensorrt)")
 
 

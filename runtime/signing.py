@@ -98,19 +98,28 @@ def configured_public_key(public_key: str | Path | None) -> Path | None:
 
 def verify_signature(data: bytes, source: str | Path, public_key_path: str | Path) -> str:
     """Check `<source>.sig` against the exact bytes about to be used; -> key id. Raises ArtefactError."""
+    return verify_signature_digest(hashlib.sha256(data).hexdigest(), source, signature_path(source), public_key_path)
+
+
+def verify_signature_digest(file_sha256: str, source: str | Path, sig_path: str | Path,
+                            public_key_path: str | Path) -> str:
+    """Check the signature file `sig_path` against a file's sha256 (hex; computed by the caller while
+    streaming, or over the exact bytes about to be used) -> key id. Raises ArtefactError."""
     from cryptography.exceptions import InvalidSignature
 
     key = _load_key(public_key_path, private=False)
-    sig_path = signature_path(source)
+    sig_path = Path(sig_path)
     if not sig_path.is_file():
         raise ArtefactError(f"{source}: a public key is configured ({public_key_path}) but there is no signature "
                             f"{sig_path.name}; sign it with `adtk sign {Path(source).name} --key PRIVATE.pem`")
     try:
+        if sig_path.stat().st_size > 64 * 1024:
+            raise ValueError("larger than 64 KB")
         record = json.loads(sig_path.read_text())
         signature = base64.b64decode(record["signature"], validate=True)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OSError, RecursionError) as exc:
         raise ArtefactError(f"{sig_path}: not a valid adtk signature file ({exc})") from None
-    digest = hashlib.sha256(data).digest()
+    digest = bytes.fromhex(file_sha256)
     try:
         key.verify(signature, _DOMAIN + digest)
     except InvalidSignature:

@@ -27,11 +27,15 @@ def choose_providers(requested: str, available: list[str]) -> list[str]:
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, model_bytes: bytes, provider: str = "auto", intra_op_threads: int | None = None):
+    def __init__(self, model_bytes: bytes, provider: str = "auto", intra_op_threads: int | None = None,
+                 memory_arena: bool = True):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # The CPU arena keeps the largest blocks it ever handed out: right for fixed-size frames (fast),
+        # wrong for a daemon fed frames of any size (its RSS would stay at the largest frame's peak).
+        options.enable_cpu_mem_arena = bool(memory_arena)
         if intra_op_threads:
             options.intra_op_num_threads = int(intra_op_threads)
         self.providers = choose_providers(provider, ort.get_available_providers())

@@ -11,6 +11,11 @@ Candidates: every `*.onnx` in the folder except hidden files (temporary names, a
 `*.previous.onnx` (the copy kept for rollback). A candidate is looked at when its (inode, size, mtime)
 changes and has stayed the same for one poll, i.e. once its writer seems done. A refused file is not
 retried until it changes again; the detector being served keeps running.
+
+Signatures: given a public key (or $ADTK_PUBLIC_KEY), a candidate runs only if `<candidate>.sig` verifies
+against the exact bytes loaded. A candidate's identity includes its `.sig` file, so a model refused for a
+missing or stale signature is looked at again as soon as its signature arrives or changes (adtk flash
+installs the signature first, but a hand copy may bring it second).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 
 from adtk.runtime.detector import Detector
 from adtk.runtime.errors import AdtkError, ArtefactError
+from adtk.runtime.signing import signature_path
 
 PREVIOUS_SUFFIX = ".previous.onnx"
 
@@ -38,9 +44,13 @@ def warm_up(detector: Detector) -> None:
                             f"with non-finite values or not [1, {height}, {width}]")
 
 
-def load_verified(path: str | Path, backend: str = "auto") -> Detector:
-    """Detector.load (integrity + contract) plus the warm-up frame."""
-    detector = Detector.load(path, backend=backend)
+def load_verified(path: str | Path, backend: str = "auto", public_key: str | Path | None = None,
+                  max_pixels: int | None = None) -> Detector:
+    """Detector.load (integrity, schema, manifest against graph, signature when a key is configured) plus
+    the warm-up frame. onnxruntime's memory arena is off: frames of any size arrive, and an arena keeps
+    the high-water mark of every size it ever saw."""
+    detector = Detector.load(path, backend=backend, public_key=public_key, max_pixels=max_pixels,
+                             memory_arena=False)
     warm_up(detector)
     return detector
 
@@ -53,9 +63,11 @@ class ModelWatcher:
     """Polls `folder` every poll_s on its own thread. `take()` returns a verified Detector once, or None."""
 
     def __init__(self, folder: str | Path, serving_sha256: str, backend: str = "auto", poll_s: float = 1.0,
-                 on_refused=lambda path, reason: None, on_offered=lambda path, detector: None):
+                 on_refused=lambda path, reason: None, on_offered=lambda path, detector: None,
+                 public_key: str | Path | None = None, max_pixels: int | None = None):
         self.folder = Path(folder)
         self.backend, self.poll_s = backend, poll_s
+        self.public_key, self.max_pixels = public_key, max_pixels
         self.on_refused, self.on_offered = on_refused, on_offered
         self._serving_sha256 = serving_sha256
         self._lock = threading.Lock()
@@ -94,7 +106,12 @@ class ModelWatcher:
                 stat = path.stat()
             except FileNotFoundError:
                 continue
-            found[path.name] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            try:
+                sig = signature_path(path).stat()
+                sig_identity = (sig.st_ino, sig.st_size, sig.st_mtime_ns)
+            except OSError:
+                sig_identity = None
+            found[path.name] = (stat.st_ino, stat.st_size, stat.st_mtime_ns, sig_identity)
         return found
 
     def poll_once(self) -> None:
@@ -111,7 +128,7 @@ class ModelWatcher:
 
     def _consider(self, path: Path) -> None:
         try:
-            detector = load_verified(path, self.backend)
+            detector = load_verified(path, self.backend, self.public_key, self.max_pixels)
         except AdtkError as exc:
             self._refuse(path, str(exc))
             return
@@ -119,7 +136,8 @@ class ModelWatcher:
             self._refuse(path, f"{path}: {type(exc).__name__}: {exc}")
             return
         if detector.artefact.sha256 == self._serving_sha256:
-            return  # the same artefact again (a re-copy, or a rollback to what is running): nothing to do
+            self.on_offered(path, None)  # the same artefact again (a re-copy, its signature arriving): settled
+            return
         with self._lock:
             self._offer = detector  # a newer offer replaces one not yet taken
         self.on_offered(path, detector)

@@ -224,14 +224,17 @@ class ApiServer:
 
     def health(self):
         service = self.service
-        status = "stopping" if service.stopping else "source finished" if service.source_finished else "ok"
+        status = "stopping" if service.stopping else "source finished" if service.source_finished else \
+            "update refused" if service.model_update is not None else "ok"
         counts = service.metrics.snapshot()
         body = {"status": status, "model_sha256": service.detector.artefact.sha256,
+                "signature_required": service.public_key is not None, "model_update": service.model_update,
                 "uptime_s": round(time.time() - service.started_at_s, 3),
                 "last_frame_age_s": None if service.last_frame_at_s is None
                 else round(time.time() - service.last_frame_at_s, 3),
                 "queue_depth": len(service.queue), **counts}
-        return (200 if status == "ok" else 503), body
+        # a refused update leaves the served model running: 200, with the refusal in the body and metrics
+        return (200 if status in ("ok", "update refused") else 503), body
 
     def model(self):
         detector = self.service.detector

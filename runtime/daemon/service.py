@@ -34,6 +34,7 @@ class ServiceConfig:
     backend: str = "auto"
     log_every_s: float = 10.0
     max_pixels: int | None = None  # per frame, checked before decoding; None = sized from this machine's memory
+    public_key: Path | None = None  # ed25519 public key: every model must carry a valid .sig (None: $ADTK_PUBLIC_KEY)
 
 
 class RateLimitedLog:
@@ -74,17 +75,26 @@ class ScoringService:
         self._watcher: ModelWatcher | None = None
         self._keep_pixels = any(getattr(sink, "needs_pixels", False) for sink in self.sinks)
         self.metrics.gauges["queue_depth"] = ("Frames waiting to be scored.", lambda: len(self.queue))
+        from adtk.runtime.signing import configured_public_key
+
+        self.public_key = configured_public_key(config.public_key)
+        self.model_update: dict | None = None  # the newest candidate's refusal, until a good one is installed
+        self.metrics.gauges["model_update_refused"] = (
+            "1 while the newest artefact in the model folder is refused (signature, integrity, contract or "
+            "warm-up) and an older one is still served.", lambda: float(self.model_update is not None))
 
     # ---- life cycle -------------------------------------------------------------------------------
 
     def start(self) -> "ScoringService":
         """Verify and warm up the model (raises ArtefactError if it is bad), then start the threads."""
-        self._install(load_verified(self.model_path, self.config.backend), self.model_path)
+        self._install(load_verified(self.model_path, self.config.backend, self.public_key, self.config.max_pixels),
+                      self.model_path)
         if self.config.watch:
             folder = self.config.model_dir or self.model_path.parent
             self._watcher = ModelWatcher(folder, self.detector.artefact.sha256, self.config.backend,
                                          self.config.watch_poll_s, on_refused=self._on_refused,
-                                         on_offered=self._on_offered).start()
+                                         on_offered=self._on_offered, public_key=self.public_key,
+                                         max_pixels=self.config.max_pixels).start()
         if self.source is not None:
             self._capture_thread = threading.Thread(target=self._capture, name="adtk-capture", daemon=True)
             self._capture_thread.start()
@@ -215,7 +225,12 @@ class ScoringService:
 
     def _on_refused(self, path, reason: str) -> None:
         self.metrics.inc("model_swaps_refused")
+        self.model_update = {"state": "refused", "path": str(path), "reason": reason,
+                             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self.log("model refused", f"{reason}; still serving {self.detector.artefact.sha256[:12]}...")
 
-    def _on_offered(self, path, detector: Detector) -> None:
-        detector.path = Path(path)  # remembered for GET /model once it is swapped in
+    def _on_offered(self, path, detector: Detector | None) -> None:
+        """A candidate verified (None: it is the artefact already served): any earlier refusal is settled."""
+        self.model_update = None
+        if detector is not None:
+            detector.path = Path(path)  # remembered for GET /model once it is swapped in

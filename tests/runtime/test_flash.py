@@ -171,7 +171,7 @@ def test_device_side_sha256_mismatch_replaces_nothing(sshd, versions, tmp_path):
     expected = read_artefact(versions[1]).file_sha256
     with pytest.raises(TargetError, match="nothing was replaced"):
         _run_remote(SshDestination(user, "127.0.0.1", port, str(dest_folder)), _REMOTE_INSTALL,
-                    [str(dest_folder), "model.onnx", expected], options, stdin=bytes(damaged))
+                    [str(dest_folder), "model.onnx", expected, ""], options, stdin=bytes(damaged))
     assert listing(dest_folder) == ["model.onnx"]
     assert (dest_folder / "model.onnx").read_bytes() == versions[0].read_bytes()
 

@@ -14,13 +14,17 @@ import click
               help="ssh private key for ssh:// destinations.")
 @click.option("--ssh-option", "ssh_options", multiple=True, help="Extra `ssh -o KEY=VALUE` (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
-def command(args, rollback, name, identity, ssh_options, as_json):
+@click.option("--public-key", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="ed25519 public key (PEM): refuse to send (or roll back to) an artefact whose .sig does not "
+                   "verify (else $ADTK_PUBLIC_KEY).")
+def command(args, rollback, name, identity, ssh_options, as_json, public_key):
     """Install MODEL at each DEST: `adtk flash MODEL DEST...`; or `adtk flash --rollback DEST...`.
 
     \b
     DEST: a folder, or ssh://[user@]host[:port]/absolute/folder. There MODEL becomes <name>; the file it
-    replaces is kept as <name without .onnx>.previous.onnx. Copied to a temporary name, sha256 checked on
-    the device, renamed into place atomically. Exit status: 0 if every DEST succeeded, 1 otherwise.
+    replaces is kept as <name without .onnx>.previous.onnx; MODEL.sig, when present, travels with it as
+    <name>.sig. Copied to a temporary name, sha256 checked on the device, renamed into place atomically.
+    Rollback verifies the previous artefact (and its signature, with a key) before swapping. Exit status: 0 if every DEST succeeded, 1 otherwise.
     JSON: {"results": [{"destination": str, "ok": bool, "message": str, "sha256": str | null}],
            "succeeded": int, "failed": int}
     """
@@ -30,11 +34,11 @@ def command(args, rollback, name, identity, ssh_options, as_json):
 
     options = tuple(f"-o{option}" for option in ssh_options) + (("-i", str(identity)) if identity else ())
     if rollback:
-        results = rollback_all(list(args), name=name, ssh_options=options)
+        results = rollback_all(list(args), name=name, ssh_options=options, public_key=public_key)
     else:
         if len(args) < 2:
             raise click.UsageError("expected MODEL and at least one DEST (or --rollback DEST...)")
-        results = flash(args[0], list(args[1:]), name=name, ssh_options=options)
+        results = flash(args[0], list(args[1:]), name=name, ssh_options=options, public_key=public_key)
     failed = [r for r in results if not r.ok]
     if as_json:
         click.echo(json.dumps({"results": [r.__dict__ for r in results], "succeeded": len(results) - len(failed),

@@ -54,6 +54,8 @@ def read_token(token_file: Path | None) -> str | None:
 @click.option("--model-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder watched for new artefacts (default: the model's folder).")
 @click.option("--no-watch", is_flag=True, help="Do not hot-swap new artefacts.")
+@click.option("--public-key", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="ed25519 public key (PEM): run only artefacts whose MODEL.sig verifies (else $ADTK_PUBLIC_KEY).")
 @click.option("--backend", default="auto", show_default=True, help="auto, tensorrt (engine), onnxruntime, cpu, cuda or ort-tensorrt.")
 @click.option("--max-pixels", type=click.IntRange(min=256), default=None,
               help="Pixel budget of one frame, checked before decoding (default: sized from this machine's memory, "
@@ -67,7 +69,7 @@ def read_token(token_file: Path | None) -> str | None:
 @click.option("--http-predictions", "http_predictions", type=click.IntRange(min=1), default=2, show_default=True,
               help="Frames POST /predict decodes and scores at once (memory: each is within --max-pixels).")
 def command(model, source, sinks, http_bind, token_file, queue_capacity, pace_fps, loop, model_dir, no_watch,
-            backend, max_pixels, http_max_connections, http_max_body_mb, http_timeout_s, http_predictions):
+            public_key, backend, max_pixels, http_max_connections, http_max_body_mb, http_timeout_s, http_predictions):
     """Score frames from --source with MODEL until SIGTERM; hot-swap new artefacts placed in its folder.
 
     \b
@@ -89,7 +91,7 @@ def command(model, source, sinks, http_bind, token_file, queue_capacity, pace_fp
     from adtk.runtime.daemon.sources import open_source
 
     config = ServiceConfig(model=model, model_dir=model_dir, watch=not no_watch, queue_capacity=queue_capacity,
-                           backend=backend, max_pixels=max_pixels)
+                           backend=backend, max_pixels=max_pixels, public_key=public_key)
     limits = HttpLimits(max_connections=http_max_connections, max_body_bytes=int(http_max_body_mb * 1024**2),
                         header_timeout_s=http_timeout_s, body_timeout_s=3 * http_timeout_s,
                         idle_timeout_s=1.5 * http_timeout_s, max_concurrent_predictions=http_predictions)
