@@ -141,8 +141,12 @@ def banner(width_px: int, height_px: int, text: str, rgb: tuple[int, int, int], 
     text_right = _draw_centred(draw, text, font, margin, height_px, align_right=False)
     if caption:
         small = _font(round(height_px * 0.42))
-        while caption and width_px - margin - draw.textlength(caption, font=small) < text_right + 2 * margin:
-            caption = caption[1:]  # too long for the banner: keep the end (a file name's end says most)
+        shown = caption
+        while shown and width_px - margin - draw.textlength(shown, font=small) < text_right + 2 * margin:
+            # too long for the banner: keep the end (a file name's end says most), marked as cut
+            caption = caption[1:]
+            shown = "\u2026" + caption
+        caption = shown
         if caption:
             _draw_centred(draw, caption, small, width_px - margin, height_px, align_right=True)
     return np.asarray(canvas)

@@ -255,6 +255,7 @@ class ApiServer:
         finally:
             self.prediction_slots.release()
         self.service.metrics.inc("http_predictions")
+        self.service.metrics.observe_score(result.pred_score, result.pred_label, result.model_sha256)
         return 200, result.as_record()
 
 

@@ -161,6 +161,8 @@ def _metrics_table(metrics: dict) -> str:
             value = ", ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in value.items())
         elif isinstance(value, float):
             value = f"{value:.4f}"
+        if key == "threshold":  # metrics.json keeps the method's raw value; the page speaks the 0..1 scale
+            key, value = "threshold", f"score 0.5 (raw score {value})"
         rows.append(f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
 
@@ -198,7 +200,7 @@ def write_report(out_dir: str | Path, metrics: dict, details: dict) -> Path:
             caption = f"{Path(sample.path).name} ({sample.defect_type})"
             panels.append(_img(example_panel(image, mask, prediction.anomaly_map[0], float(pred_scores[i]),
                                              bool(pred_labels[i]), caption), caption))
-        sections.append(f"<h2>{heading}</h2><p>{html.escape(note)} Left: ground truth (green outline); right: "
+        sections.append(f"<h2>{heading}</h2><p>{html.escape(note)}. Left: ground truth (green outline); right: "
                         "the overlay adtk predict --overlays writes.</p>" + "".join(panels))
     protocol = metrics.get("protocol") or {}
     banner = (f'<p class="warn">{html.escape(protocol["note"])}</p>' if protocol.get("leaky") else "")

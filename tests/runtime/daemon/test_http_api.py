@@ -86,6 +86,17 @@ def test_metrics_endpoint_serves_prometheus_text(api, service):
     assert info.labels["sha256"] == service.detector.artefact.sha256
 
 
+def test_scored_requests_feed_the_score_histogram_and_the_anomalous_counter(api, service, test_images):
+    parser = pytest.importorskip("prometheus_client.parser")
+    labels = [json.loads(request(f"{api}/predict", data=png_bytes(image))[1])["label"] for image in test_images[:3]]
+    families = {f.name: f for f in parser.text_string_to_metric_families(request(f"{api}/metrics")[1].decode())}
+    sha = service.detector.artefact.sha256
+    counts = {s.name: s.value for s in families["adtk_score"].samples if s.labels.get("model_sha256") == sha}
+    assert counts["adtk_score_count"] == 3
+    anomalous = [s.value for s in families["adtk_frames_anomalous"].samples if s.name.endswith("_total")]
+    assert anomalous == [sum(labels)]
+
+
 def test_metrics_endpoint_without_prometheus_client_answers_one_line_and_the_api_keeps_serving(
         api, service, monkeypatch, test_images):
     monkeypatch.setattr(service.metrics, "render_prometheus", lambda: None)  # as when the import fails
