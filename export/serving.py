@@ -10,13 +10,12 @@ Each writes into a hidden temporary folder and renames it into place: a failure 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from adtk.runtime.artefact import INPUT_NAME, MANIFEST_KEY, read_artefact
+from adtk.runtime.artefact import INPUT_NAME, read_artefact
 from adtk.runtime.errors import ArtefactError, ConfigError
 
 # ONNX TensorProto element type name -> Triton model-config DataType (model_config.proto)
@@ -208,6 +207,8 @@ def nvinfer_config(onnx_name: str, size_hw: tuple[int, int], outputs: list[Tenso
 
 def export_deepstream(artefact_path: str | Path, out_dir: str | Path, batch_size: int = 1) -> Path:
     """Write out_dir/<stem>_deepstream.onnx and out_dir/config_infer_adtk.txt; -> out_dir."""
+    from adtk.export.passes.graph import set_manifest
+
     artefact_path = Path(artefact_path)
     artefact, model = _load_verified_model(artefact_path)
     size_hw = tuple(int(v) for v in artefact.manifest["input"]["model_size_px"])
@@ -215,14 +216,7 @@ def export_deepstream(artefact_path: str | Path, out_dir: str | Path, batch_size
     manifest = {**artefact.manifest, "deepstream_variant": {
         "source_sha256": artefact.sha256, "input": f"{DEEPSTREAM_INPUT}: float32 [B, 3, {size_hw[0]}, {size_hw[1]}] "
         "RGB 0..255", "bool_outputs": "float32 0/1"}}
-    for entry in model.metadata_props:
-        if entry.key == MANIFEST_KEY:
-            entry.value = json.dumps(manifest, sort_keys=True)
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key == MANIFEST_KEY]
-    del model.metadata_props[:]  # the integrity record described the uint8 artefact, not this variant
-    for key, value in kept:
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_manifest(model, manifest)  # and no integrity record: that described the uint8 artefact, not this variant
     onnx_name = f"{artefact_path.stem}_deepstream.onnx"
     config = nvinfer_config(onnx_name, size_hw, tensor_specs(model.graph.output), batch_size)
 

@@ -87,6 +87,13 @@ def test_deepstream_variant_runs_in_onnxruntime_and_matches_the_uint8_artefact(t
     assert outputs["pred_mask"].dtype == np.float32
     assert np.array_equal(outputs["pred_mask"] > 0.5, reference.pred_mask)
     assert np.array_equal(outputs["pred_label"] > 0.5, reference.pred_label)
+    import json
+
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "ds" / "model_deepstream.onnx")).metadata_props}
+    assert "adtk.sha256" not in props  # not an adtk artefact: the runtime would refuse it, by design
+    assert json.loads(props["adtk.manifest"])["deepstream_variant"]["source_sha256"] == detector.artefact.sha256
     config = (tmp_path / "ds" / "config_infer_adtk.txt").read_text()
     properties = dict(line.split("=", 1) for line in config.splitlines() if "=" in line and not line.startswith("#"))
     assert properties["onnx-file"] == "model_deepstream.onnx"
