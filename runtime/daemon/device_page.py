@@ -3,8 +3,9 @@ external asset: it works on a line with no internet) that polls the daemon's JSO
 
     GET /                       the page: model and threshold, live score timeline, counters, refused model
                                 swaps, the last anomalous frames with their overlays
-    GET /api/state?since=ID     {"model", "threshold", "counters", "refused", "scores" (newer than frame ID),
-                                 "anomalous", "status"}
+    GET /api/state?since=ID     {"status", "model_update" (the refusal /health reports, or null), "model",
+                                 "threshold", "counters", "refused" (earlier refusals), "scores" (newer than
+                                 frame ID), "anomalous", "signature_required"}
     GET /api/overlay/ID.png     the overlay of a kept anomalous frame (runtime/overlay.py)
 
 The routes are added beside the API's own (http_api.py asks `routes.get(path, query)` before answering 404),
@@ -49,9 +50,13 @@ class DevicePage:
         service = self.service
         detector = service.detector
         manifest = detector.manifest
-        status = "stopping" if service.stopping else "source finished" if service.source_finished else "ok"
+        update = service.model_update  # the newest candidate's refusal while an older model is served, else None
+        status = "stopping" if service.stopping else "source finished" if service.source_finished else \
+            "update refused" if update is not None else "ok"  # as GET /health says it
         return {
             "status": status,
+            "model_update": update,
+            "signature_required": service.public_key is not None,
             "model": {"path": str(service.model_path), "sha256": detector.artefact.sha256,
                       "method": manifest["method"]["name"], "model_size_px": manifest["input"]["model_size_px"],
                       "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(service.model_loaded_at_s)),
@@ -90,8 +95,8 @@ canvas{width:100%;height:220px;display:block}
 <span>model <b id="method">?</b> <span class="mono" id="sha"></span></span>
 <span>threshold <b>score 0.5</b> (raw <span id="raw"></span>)</span><span id="last"></span></header>
 <main>
-<section style="grid-column:1/-1" id="refused"><h2>Model swap refused</h2><ul id="refused-list"></ul>
-<p>The model above is still being served.</p></section>
+<section style="grid-column:1/-1" id="refused"><h2>Model update refused</h2><p id="refused-now"></p>
+<p>The model above is still being served. Earlier refusals:</p><ul id="refused-list"></ul></section>
 <section><h2>Scores (last frames; dashed line = threshold 0.5)</h2><canvas id="timeline" width="900" height="220"></canvas></section>
 <section><h2>Counters</h2><table id="counters"></table><h2>Model</h2><table id="model"></table></section>
 <section style="grid-column:1/-1"><h2>Last anomalous frames</h2><div id="frames"><p>none yet</p></div></section>
@@ -131,10 +136,12 @@ function render(state) {
     ["undecodable", c.frames_undecodable], ["scoring errors", c.scoring_errors], ["model swaps", c.model_swaps],
     ["swaps refused", c.model_swaps_refused]]);
   fillTable("model", [["path", state.model.path], ["loaded", state.model.loaded_at], ["size", state.model.model_size_px.join(" x ")],
-    ["calibration", state.model.calibration]]);
+    ["calibration", state.model.calibration], ["signature required", state.signature_required ? "yes" : "no"]]);
   const refused = document.getElementById("refused"), list = document.getElementById("refused-list");
-  refused.style.display = state.refused.length ? "block" : "none"; list.replaceChildren();
-  for (const r of state.refused.slice().reverse()) list.append(el("li", r.reason));
+  const update = state.model_update;
+  refused.style.display = update ? "block" : "none"; list.replaceChildren();
+  document.getElementById("refused-now").textContent = update ? `${update.at}: ${update.reason}` : "";
+  for (const r of state.refused.slice().reverse()) if (!update || r.reason !== update.reason) list.append(el("li", r.reason));
   const frames = document.getElementById("frames");
   if (state.anomalous.length) {
     const wanted = new Set(state.anomalous.map(a => a.frame_id));

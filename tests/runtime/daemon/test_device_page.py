@@ -64,6 +64,7 @@ def test_state_feed_reports_scores_since_a_frame_and_serves_overlays(served, tin
     (score,) = state["scores"]
     assert score["label"] is True and state["anomalous"][0]["frame_id"] == score["frame_id"]
     assert json.loads(request(f"{url}/api/state?since={score['frame_id']}")[1])["scores"] == []
+    assert state["model_update"] is None and state["status"] == "ok"
     status, png = request(f"{url}/api/overlay/{score['frame_id']}.png")
     assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
     assert request(f"{url}/api/overlay/999.png")[0] == 404
@@ -120,7 +121,9 @@ def test_page_in_headless_chromium_updates_as_frames_are_scored_and_shows_a_refu
         data[len(data) // 2] ^= 0xFF  # a damaged artefact dropped into the model folder: refused, never served
         (models / "broken.onnx").write_bytes(bytes(data))
         wait(lambda: driver.find_element(By.ID, "refused").is_displayed(), what="the refused swap on the page")
-        assert "broken.onnx" in text("refused-list") and "integrity" in text("refused-list")
+        assert "broken.onnx" in text("refused-now") and "integrity" in text("refused-now")
+        wait(lambda: text("status") == "update refused", what="the status pill to say so, as /health does")
+        assert json.loads(request(f"{url}/health")[1])["status"] == "update refused"
         assert "swaps refused\n1" in text("counters") or "swaps refused 1" in text("counters")
         screenshot = tmp_path / "device_page.png"
         driver.save_screenshot(str(screenshot))
