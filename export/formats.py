@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import torch
 
 from adtk.runtime.artefact import INPUT_NAME, MANIFEST_KEY, MAX_ARTEFACT_BYTES, OUTPUT_NAMES, seal, verify_bytes
-from adtk.runtime.errors import ArtefactError
+from adtk.runtime.errors import ArtefactError, ConfigError
 
 DEFAULT_OPSET = 18
 
@@ -72,9 +74,35 @@ def write_artefact(model, manifest: dict, out_path: str | Path) -> Path:
         raise ArtefactError(f"the artefact would be {len(data) / 1e9:.2f} GB, over the 2 GB single-file limit; "
                             "use a smaller coreset ratio or fewer channels")
     verify_bytes(data, "freshly built artefact")  # the runtime's own check, before anything is written
+    out_path = check_output_path(out_path)
+    temporary = out_path.with_name(f".{out_path.name}.{os.getpid()}.partial")
+    try:
+        with open(temporary, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())  # a full disk shows here, not later on the device
+        temporary.replace(out_path)  # atomic: a reader never sees a half-written artefact
+    except OSError as exc:
+        raise ArtefactError(f"{out_path}: cannot write the artefact ({exc.strerror or exc}); nothing was written "
+                            "there. Free some space or choose another -o/--out.") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+    return out_path
+
+
+def check_output_path(out_path: str | Path, option: str = "-o/--out") -> Path:
+    """Refuse an output path that cannot be written BEFORE any work: a folder, a file under a file, a
+    read-only or missing-permission place. Creates the parent folder; leaves nothing else behind."""
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out_path.with_name(out_path.name + ".partial")
-    temporary.write_bytes(data)
-    temporary.replace(out_path)  # atomic: a reader never sees a half-written artefact
+    if out_path.is_dir():
+        raise ConfigError(f"{option} {out_path}: is a folder; give a file name, e.g. {out_path / 'model.onnx'}")
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{option} {out_path}: cannot write there ({exc.strerror or exc}); choose a writable "
+                          "folder") from None
+    if out_path.exists() and not os.access(out_path, os.W_OK):
+        raise ConfigError(f"{option} {out_path}: the existing file is not writable")
     return out_path

@@ -118,8 +118,9 @@ def _decode_strictly(source, fail: Callable[[str], DataError], max_pixels: int) 
     """Header -> budget check -> decode all pixels -> EXIF orientation; map decoder errors to ``fail``."""
     try:
         with warnings.catch_warnings():
-            # Pillow warns (DecompressionBombWarning) above its own global limit; our budget decides.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Pillow warns (DecompressionBombWarning above its own global limit: our budget decides; a
+            # UserWarning per malformed TIFF/EXIF tag): a hostile file must not write to the daemon's stderr
+            warnings.simplefilter("ignore")
             with Image.open(source, formats=_registered_formats()) as opened:
                 # Image.open read only the header: nothing of the declared size exists yet.
                 check_pixel_budget(opened.width, opened.height, max_pixels, fail)

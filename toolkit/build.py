@@ -18,7 +18,7 @@ import torch
 
 from adtk.export.compose import ScoringGraph
 from adtk.export.compiler import CompileOptions, compile_model
-from adtk.export.formats import export_model, write_artefact
+from adtk.export.formats import check_output_path, export_model, write_artefact
 from adtk.export.targets import load_target
 from adtk.runtime.manifest import build_manifest
 from adtk.runtime.errors import ConfigError, DataError, TargetError
@@ -195,6 +195,7 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
     release_large_blocks_promptly()  # the build's peak RSS (toolkit/memory.py)
     skip_gpu_kernel_compiler_without_gpu()
     method = create_method(config.method, **config.method_params)  # config errors before any data is read
+    check_output_path(config.out)  # an unwritable -o is found now, not after the whole fit
     refine_spec = parse_refine(config.refine) if config.refine else None
     index = index or index_dataset(config.data)
     fit_samples, calib_samples = split_training_set(index.train, config.calib_fraction,
