@@ -2,12 +2,14 @@
 
     frames uint8 [B, H, W, 3]
       -> preprocess (resize to the model size, normalise)      same module as the fit used
+      -> tiling (optional: overlapping tiles, one batch)        fixed crops of the resized frame
       -> backbone (tapped stages)                               truncated timm features_only model
       -> embedding (the method's feature aggregation)           same module as the fit used
       -> head (the method's scoring, its state as buffers)      -> patch scores [B,h,w], image score [B]
-      -> smoother (upsample + Gaussian blur)                    -> raw anomaly map [B, S, S]
+      -> smoother (upsample + Gaussian blur; stitches tiles)    -> raw anomaly map [B, H, W] at the model size
       -> normalisers (0.5 = threshold; maps calibrated apart)   -> pred_score, pred_label, anomaly_map, pred_mask
 
+EnsembleGraph averages several such graphs (standardised on held-out good images) into one artefact.
 This module is the torch reference pipeline *and* what the compiler exports, so the artefact and the
 reference agree by construction; the parity tests measure how closely onnxruntime reproduces it.
 It knows no method by name.
@@ -24,31 +26,14 @@ from torch import nn
 class ScoringOutputs(NamedTuple):
     pred_score: torch.Tensor  # [B] float32 in [0, 1]; 0.5 is the calibrated threshold
     pred_label: torch.Tensor  # [B] bool; raw_score > threshold
-    anomaly_map: torch.Tensor  # [B, S, S] float32 in [0, 1]; 0.5 = the highest held-out good map value
-    pred_mask: torch.Tensor  # [B, S, S] bool; raw map > map threshold (anomaly_map > 0.5), anomalib's 4th output
+    anomaly_map: torch.Tensor  # [B, H, W] float32 in [0, 1]; 0.5 = the highest held-out good map value
+    pred_mask: torch.Tensor  # [B, H, W] bool; raw map > map threshold (anomaly_map > 0.5), anomalib's 4th output
     raw_score: torch.Tensor  # [B] float32, the method's unnormalised image score
-    raw_anomaly_map: torch.Tensor  # [B, S, S] float32, unnormalised
+    raw_anomaly_map: torch.Tensor  # [B, H, W] float32, unnormalised
 
 
-class ScoringGraph(nn.Module):
-    def __init__(self, preprocess: nn.Module, backbone: nn.Module, embedding: nn.Module, head: nn.Module,
-                 smoother: nn.Module, normaliser: nn.Module, map_normaliser: nn.Module | None = None):
-        super().__init__()
-        self.preprocess = preprocess
-        self.backbone = backbone
-        self.embedding = embedding
-        self.head = head
-        self.smoother = smoother
-        self.normaliser = normaliser
-        # Maps get their own calibration: for some methods (the image-level ones) the map is not on
-        # the image score's scale, and normalising it with the image constants would saturate it.
-        self.map_normaliser = map_normaliser if map_normaliser is not None else normaliser
-
-    def raw_scores(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """frames uint8 [B, H, W, 3] -> (raw image score [B], raw anomaly map [B, S, S])."""
-        features = self.embedding(self.backbone(self.preprocess(frames)))
-        patch_scores, image_score = self.head(features)
-        return image_score, self.smoother(patch_scores)
+class CalibratedOutputs(nn.Module):
+    """forward = raw_scores (the subclass's) followed by the two normalisers: the artefact's named outputs."""
 
     def forward(self, frames: torch.Tensor) -> ScoringOutputs:
         raw_score, raw_map = self.raw_scores(frames)
@@ -62,3 +47,62 @@ class ScoringGraph(nn.Module):
             raw_score=raw_score,
             raw_anomaly_map=raw_map,
         )
+
+
+class ScoringGraph(CalibratedOutputs):
+    def __init__(self, preprocess: nn.Module, backbone: nn.Module, embedding: nn.Module, head: nn.Module,
+                 smoother: nn.Module, normaliser: nn.Module, map_normaliser: nn.Module | None = None,
+                 tiling: nn.Module | None = None):
+        super().__init__()
+        self.preprocess = preprocess
+        # tiling: the resized frames -> the backbone's inputs (tiles, all in one batch), and the inputs' image
+        # scores -> the frames'; None = the whole frame is the one input (toolkit/geometry.py).
+        self.tiling = tiling
+        self.backbone = backbone
+        self.embedding = embedding
+        self.head = head
+        self.smoother = smoother  # with tiling it also stitches the tiles' maps into the frame's
+        self.normaliser = normaliser
+        # Maps get their own calibration: for some methods (the image-level ones) the map is not on
+        # the image score's scale, and normalising it with the image constants would saturate it.
+        self.map_normaliser = map_normaliser if map_normaliser is not None else normaliser
+
+    def backbone_inputs(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames uint8 [B, H, W, 3] -> what the backbone sees: [B, 3, h, w], or [B * T, 3, t, t] tiles."""
+        images = self.preprocess(frames)
+        return self.tiling(images) if self.tiling is not None else images
+
+    def raw_scores(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames uint8 [B, H, W, 3] -> (raw image score [B], raw anomaly map [B, H_model, W_model])."""
+        features = self.embedding(self.backbone(self.backbone_inputs(frames)))
+        patch_scores, image_score = self.head(features)
+        if self.tiling is not None:
+            image_score = self.tiling.frame_scores(image_score)
+        return image_score, self.smoother(patch_scores)
+
+
+class EnsembleGraph(CalibratedOutputs):
+    """Several scoring graphs (e.g. one per backbone) as one: each member's raw score and raw map are
+    standardised with constants measured on held-out good images, (raw - mean) / std, and averaged.
+
+    Standardising first puts the members on one scale (a Mahalanobis distance and a feature distance differ by
+    orders of magnitude), so the mean is not just the member with the largest numbers. The members' maps must
+    have one size (the build gives every member the same geometry). The ensemble is calibrated like one graph.
+    """
+
+    def __init__(self, members, score_mean, score_std, map_mean, map_std, normaliser: nn.Module,
+                 map_normaliser: nn.Module | None = None):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.register_buffer("score_mean", torch.as_tensor(score_mean, dtype=torch.float32).reshape(-1, 1))
+        self.register_buffer("score_inv_std", 1.0 / torch.as_tensor(score_std, dtype=torch.float32).reshape(-1, 1))
+        self.register_buffer("map_mean", torch.as_tensor(map_mean, dtype=torch.float32).reshape(-1, 1, 1, 1))
+        self.register_buffer("map_inv_std", 1.0 / torch.as_tensor(map_std, dtype=torch.float32).reshape(-1, 1, 1, 1))
+        self.normaliser = normaliser
+        self.map_normaliser = map_normaliser if map_normaliser is not None else normaliser
+
+    def raw_scores(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, maps = zip(*(member.raw_scores(frames) for member in self.members))
+        scores = (torch.stack(scores) - self.score_mean) * self.score_inv_std  # [K, B]
+        maps = (torch.stack(maps) - self.map_mean) * self.map_inv_std  # [K, B, H, W]
+        return scores.mean(dim=0), maps.mean(dim=0)

@@ -4,8 +4,8 @@
     prediction = detector.predict(frames)    # uint8 [B, H, W, 3] RGB, one [H, W, 3] frame, or image paths
     prediction.pred_score   # [B] float32 in [0, 1]; 0.5 is the calibrated threshold
     prediction.pred_label   # [B] bool, True = anomalous
-    prediction.anomaly_map  # [B, S, S] float32 in [0, 1] at the model size S (see manifest["input"])
-    prediction.pred_mask    # [B, S, S] bool, True where anomaly_map > 0.5 (the map threshold)
+    prediction.anomaly_map  # [B, H, W] float32 in [0, 1] at the model size H x W (manifest["input"]["model_size_px"])
+    prediction.pred_mask    # [B, H, W] bool, True where anomaly_map > 0.5 (the map threshold)
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from adtk.runtime.pixels import check_frame_pixels, to_rgb_frame
 class Prediction:
     pred_score: np.ndarray  # [B] float32, 0..1, 0.5 = threshold
     pred_label: np.ndarray  # [B] bool
-    anomaly_map: np.ndarray  # [B, S, S] float32, 0..1
-    pred_mask: np.ndarray  # [B, S, S] bool, True where anomaly_map > 0.5 (raw map above the map threshold)
+    anomaly_map: np.ndarray  # [B, H, W] float32, 0..1
+    pred_mask: np.ndarray  # [B, H, W] bool, True where anomaly_map > 0.5 (raw map above the map threshold)
     raw_score: np.ndarray  # [B] float32, the method's own score scale
-    raw_anomaly_map: np.ndarray  # [B, S, S] float32
+    raw_anomaly_map: np.ndarray  # [B, H, W] float32
 
 
 def create_backend(artefact: VerifiedArtefact, backend: str, engine_path=None, memory_arena: bool = True,

@@ -37,11 +37,11 @@ LEGACY_OUTPUT_NAMES = tuple(name for name in OUTPUT_NAMES if name != "pred_mask"
 OUTPUTS_DESCRIPTION = {
     "pred_score": "[B] float32 in [0, 1]; 0.5 is the calibrated threshold",
     "pred_label": "[B] bool; True = anomalous (raw_score > threshold)",
-    "anomaly_map": "[B, S, S] float32 in [0, 1] at the model size; 0.5 = the highest value of any "
+    "anomaly_map": "[B, H, W] float32 in [0, 1] at the model size (input.model_size_px); 0.5 = the highest value of any "
                    "held-out good image's map (calibration.map_threshold)",
-    "pred_mask": "[B, S, S] bool; True where the raw map is above calibration.map_threshold (anomaly_map > 0.5)",
+    "pred_mask": "[B, H, W] bool; True where the raw map is above calibration.map_threshold (anomaly_map > 0.5)",
     "raw_score": "[B] float32, the method's image score before normalisation",
-    "raw_anomaly_map": "[B, S, S] float32, before normalisation",
+    "raw_anomaly_map": "[B, H, W] float32, before normalisation",
     "order": list(OUTPUT_NAMES),
 }
 NORMALISATION_DESCRIPTION = ("clip((raw - threshold) / (score_max - score_min) + 0.5, 0, 1); maps likewise "

@@ -58,6 +58,7 @@ __all__ = [
     "SUPPORTED_BACKBONES",
     "FeatureExtractor",
     "create_backbone",
+    "stage_strides",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
 ]
@@ -307,6 +308,15 @@ def _truncate(model: nn.Module, deepest_module: str) -> None:
         return
     if keep < len(blocks):
         model.blocks = blocks[:keep]
+
+
+def stage_strides(name: str, stages: Sequence[str | int] | None = None) -> tuple[int, ...]:
+    """The strides of the stages `create_backbone(name, stages)` would tap, checked the same way (ConfigError),
+    without building the model or reading weights: what a build needs to check its input geometry first."""
+    spec = _resolve_spec(name)
+    info = _feature_info(spec.timm_name)
+    indices = _resolve_stages(name, spec.default_stages if stages is None else stages, info)
+    return tuple(info[i]["reduction"] for i in indices)
 
 
 # --------------------------------------------------------------------------------------------------

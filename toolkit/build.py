@@ -22,13 +22,15 @@ from adtk.export.formats import check_output_path, export_model, write_artefact
 from adtk.export.targets import load_target
 from adtk.runtime.manifest import build_manifest
 from adtk.runtime.errors import ConfigError, DataError, TargetError
-from adtk.toolkit.backbones import create_backbone
+from adtk.toolkit.backbones import create_backbone, stage_strides
 from adtk.toolkit.calibration import Calibration, calibrate
 from adtk.toolkit.data import DatasetIndex, Sample, index_dataset, iter_images, training_list_sha256
+from adtk.toolkit.geometry import Geometry, make_smoother, make_tiling, median_aspect_hw, parse_size, parse_tile, \
+    resolve_geometry
 from adtk.toolkit.labelled_defects import defects_manifest_entry, extract_labelled_features, labelled_defect_samples
 from adtk.toolkit.memory import release_large_blocks_promptly, skip_gpu_kernel_compiler_without_gpu
 from adtk.toolkit.methods.registry import create_method
-from adtk.toolkit.postprocess import AnomalyMapSmoother, ScoreNormaliser
+from adtk.toolkit.postprocess import ScoreNormaliser
 from adtk.toolkit.preprocess import FramePreprocess
 from adtk.toolkit.refinement import manifest_entry, parse_refine, refine_training_set, write_training_list
 from adtk.toolkit.sizing import (MAX_SIZING_ROUNDS, compile_check_data, plan_for_target, probe_model,
@@ -45,7 +47,9 @@ class BuildConfig:
     stages: tuple[str, ...] | None = None
     weights: Path | None = None
     random_weights: bool = False
-    image_size_px: int = 256
+    # --size: N, (H, W), "HxW", "auto" or "auto:PIXELS" (toolkit/geometry.py: parse_size, resolve_geometry)
+    image_size_px: int | tuple[int, int] | str = 256
+    tile: str | None = None  # --tile "SIZE[:OVERLAP]": score overlapping tiles inside the graph (geometry.py)
     calib_fraction: float = 0.1
     max_train_images: int | None = None
     seed: int = 0
@@ -96,12 +100,17 @@ def split_training_set(samples, calib_fraction: float, max_train_images: int | N
 class FeatureExtractorPipeline:
     """uint8 frames -> method features, with exactly the modules the scoring graph will contain."""
 
-    def __init__(self, preprocess, backbone, embedding, batch_size: int):
+    def __init__(self, preprocess, backbone, embedding, batch_size: int, tiling=None):
         self.preprocess, self.backbone, self.embedding = preprocess, backbone, embedding
+        self.tiling = tiling  # None, or geometry.Tiling: each image gives its tiles' features, in order
         self.batch_size = batch_size
 
+    def inputs(self, frames: torch.Tensor) -> torch.Tensor:
+        images = self.preprocess(frames)
+        return self.tiling(images) if self.tiling is not None else images
+
     def features(self, samples, skip_bad: bool, progress=None, on_warning=None):
-        """-> (float32 [N, ...] features, the samples that decoded)."""
+        """-> (float32 [N * T, ...] features (T tiles per image, 1 without tiling), the samples that decoded)."""
         samples = list(samples)
         used = []
         # Written into one array sized on the first batch: a list of chunks and a final concatenate would
@@ -110,7 +119,8 @@ class FeatureExtractorPipeline:
         filled = 0
         for batch, batch_samples in self.feature_batches(samples, skip_bad, progress, on_warning):
             if out is None:
-                out = np.empty((len(samples),) + batch.shape[1:], dtype=batch.dtype)
+                rows_per_image = len(batch) // len(batch_samples)
+                out = np.empty((len(samples) * rows_per_image,) + batch.shape[1:], dtype=batch.dtype)
             out[filled:filled + len(batch)] = batch
             filled += len(batch)
             used.extend(batch_samples)
@@ -124,7 +134,7 @@ class FeatureExtractorPipeline:
         that uses each batch before asking for the next (a streaming fit) never holds them all."""
         pending, used = [], []
         for sample, image in iter_images(samples, skip_bad=skip_bad, on_warning=on_warning):
-            pending.append(self.preprocess(torch.from_numpy(image)[None]))
+            pending.append(self.inputs(torch.from_numpy(image)[None]))
             used.append(sample)
             if len(pending) == self.batch_size:
                 yield self.embedding(self.backbone(torch.cat(pending))).numpy(), used
@@ -162,7 +172,8 @@ def raw_image_scores(graph: ScoringGraph, samples, skip_bad: bool, on_warning=No
 
 
 def make_manifest(config: BuildConfig, method, backbone, preprocess, calibration: Calibration, fit_samples,
-                  calibration_samples, fit_report: dict, timings_s: dict, training_records: dict | None = None) -> dict:
+                  calibration_samples, fit_report: dict, timings_s: dict, training_records: dict | None = None,
+                  geometry: Geometry | None = None) -> dict:
     """The artefact's manifest (its schema and builder: runtime/manifest.py). training_records: how the training
     list was chosen (refinement, labelled defects), recorded under "training"."""
     return build_manifest(
@@ -170,7 +181,9 @@ def make_manifest(config: BuildConfig, method, backbone, preprocess, calibration
         backbone={"name": backbone.name, "stages": list(backbone.stages), "channels": list(backbone.channels),
                   "strides": list(backbone.strides), "weights_source": backbone.weights_source,
                   "weights_sha256": backbone.weights_sha256},
-        input_contract=preprocess.contract(),
+        input_contract={**preprocess.contract(), "size_requested": str(config.image_size_px),
+                        "tile_requested": config.tile,
+                        "tiling": geometry.tiles.as_dict() if geometry is not None and geometry.tiles else None},
         calibration=calibration.as_dict(),
         training={"num_fit_images": len(fit_samples), "num_calibration_images": len(calibration_samples),
                   "list_sha256": training_list_sha256(fit_samples),
@@ -180,12 +193,39 @@ def make_manifest(config: BuildConfig, method, backbone, preprocess, calibration
 
 
 @torch.no_grad()
-def head_grid_hw(preprocess, backbone, embedding, head) -> tuple[int, int]:
-    """The head's patch-score grid (h, w), from one blank frame at the model size: the smoother's matrices are
-    sized by it before export (toolkit/postprocess.py)."""
-    frame = torch.zeros((1, *preprocess.image_size_px, 3), dtype=torch.uint8)
-    patch_scores = head(embedding(backbone(preprocess(frame)))).patch_scores
+def head_grid_hw(pipeline: FeatureExtractorPipeline, head) -> tuple[int, int]:
+    """The head's patch-score grid (h, w) of one backbone input (frame or tile), from one blank frame at the model
+    size: the smoother's matrices are sized by it before export (toolkit/postprocess.py)."""
+    frame = torch.zeros((1, *pipeline.preprocess.image_size_px, 3), dtype=torch.uint8)
+    patch_scores = head(pipeline.embedding(pipeline.backbone(pipeline.inputs(frame)))).patch_scores
     return int(patch_scores.shape[-2]), int(patch_scores.shape[-1])
+
+
+def check_geometry_request(config: BuildConfig, method) -> None:
+    """--size / --tile errors that need no data: before the data set is even indexed."""
+    parse_size(config.image_size_px)
+    if parse_tile(config.tile) is None:
+        return
+    if config.refine:
+        raise ConfigError("--refine with --tile is not supported: refinement drops whole training images, but a "
+                          "tiled fit sees tiles; refine without --tile, or tile without --refine")
+    if method.uses_labelled_defects:
+        raise ConfigError(f"--tile is not supported for {method.name}: its labelled-defect masks are not cut into "
+                          "tiles; use --size HxW instead")
+
+
+def build_geometry(config: BuildConfig, backbone_strides: tuple[int, ...], training_samples, log) -> Geometry:
+    """The input geometry (toolkit/geometry.py), checked before any feature is extracted."""
+    spec = parse_size(config.image_size_px)
+    needs_aspect = spec.is_auto or parse_tile(config.tile) is not None
+    aspect = median_aspect_hw(training_samples) if needs_aspect else None
+    geometry = resolve_geometry(spec, config.tile, max(backbone_strides), aspect)
+    if needs_aspect:
+        tiles = geometry.tiles
+        log(f"input geometry: training images' median height/width {aspect:.3f} -> model size "
+            f"{geometry.model_hw[0]}x{geometry.model_hw[1]} px"
+            + (f", {len(tiles.row_starts)}x{len(tiles.col_starts)} tiles of {tiles.tile_px} px" if tiles else ""))
+    return geometry
 
 
 def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetIndex | None = None) -> BuildResult:
@@ -196,6 +236,7 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
     skip_gpu_kernel_compiler_without_gpu()
     method = create_method(config.method, **config.method_params)  # config errors before any data is read
     check_output_path(config.out)  # an unwritable -o is found now, not after the whole fit
+    check_geometry_request(config, method)
     refine_spec = parse_refine(config.refine) if config.refine else None
     index = index or index_dataset(config.data)
     fit_samples, calib_samples = split_training_set(index.train, config.calib_fraction,
@@ -205,15 +246,17 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
     defect_samples = labelled_defect_samples(index, config.defects_from_test, warn) if method.uses_labelled_defects else []
     if config.defects_from_test and not method.uses_labelled_defects:
         warn(f"--defects-from-test is ignored: {method.name} does not learn from labelled defects")
+    geometry = build_geometry(config, stage_strides(config.backbone, config.stages), index.train, log)
     backbone = create_backbone(config.backbone, stages=config.stages, weights=config.weights,
                                random_weights=config.random_weights, seed=config.seed)
-    preprocess = FramePreprocess(config.image_size_px, backbone.mean, backbone.std)
+    preprocess = FramePreprocess(geometry.model_hw, backbone.mean, backbone.std)
+    tiling = make_tiling(geometry)
     target = load_target(config.target) if config.target else None
     precision = resolve_precision(config.precision, target)
     if target is not None:  # refuse an architecture that cannot fit before any image is read or fitted
         probe_method = create_method(config.method, **config.method_params)
         probe = probe_model(preprocess, backbone, probe_method.embedding(tuple(backbone.channels)).eval(),
-                            probe_method, config.blur_sigma)
+                            probe_method, config.blur_sigma, geometry=geometry, tiling=tiling)
         refuse_unfit_architecture(probe, target, precision, config.precision == "auto")
     tic = time.perf_counter()
     with StepProgress(progress_factory, "finetune") as prepare_progress:
@@ -225,7 +268,7 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
             progress=prepare_progress)
     timings["prepare_backbone"] = time.perf_counter() - tic
     embedding = method.embedding(tuple(backbone.channels)).eval()
-    pipeline = FeatureExtractorPipeline(preprocess, backbone, embedding, config.batch_size)
+    pipeline = FeatureExtractorPipeline(preprocess, backbone, embedding, config.batch_size, tiling)
     log(f"{method.name}: {len(fit_samples)} images to fit, {len(calib_samples)} held out to calibrate; "
         f"backbone {backbone.name} {list(backbone.stages)} ({backbone.weights_source})")
 
@@ -271,9 +314,8 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
             timings["fit"] = time.perf_counter() - tic
 
         head = method.head(state)
-        smoother = AnomalyMapSmoother(preprocess.image_size_px, sigma=config.blur_sigma,
-                                      grid_hw=head_grid_hw(preprocess, backbone, embedding, head))
-        graph = ScoringGraph(preprocess, backbone, embedding, head, smoother, ScoreNormaliser()).eval()
+        smoother = make_smoother(geometry, config.blur_sigma, head_grid_hw(pipeline, head))
+        graph = ScoringGraph(preprocess, backbone, embedding, head, smoother, ScoreNormaliser(), tiling=tiling).eval()
 
         tic = time.perf_counter()
         good_scores, good_map_max, good_map_min = raw_image_scores(graph, calib_samples, config.skip_bad, warn)
@@ -291,7 +333,7 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
         if "defects" in fit_inputs:
             training_records["labelled_defects"] = defects_manifest_entry(defect_samples, fit_inputs["defects"])
         manifest = make_manifest(config, method, backbone, preprocess, calibration, fit_samples, calib_samples,
-                                 method.fit_report(state), timings, training_records)
+                                 method.fit_report(state), timings, training_records, geometry)
         if target is None:
             features = fit_inputs = None  # no sizing round will refit: free them before the export's peak
         tic = time.perf_counter()

@@ -36,7 +36,7 @@ def resize_and_blur_matrix(in_size: int, out_size: int, sigma: float) -> torch.T
 
 
 class AnomalyMapSmoother(nn.Module):
-    """patch scores [B, h, w] -> anomaly map [B, S_h, S_w]: bilinear upsample, then Gaussian blur.
+    """patch scores [B, h, w] -> anomaly map [B, H, W]: bilinear upsample, then Gaussian blur.
 
     Upsample and blur are both linear and separable, so the pair is two precomputed matrices applied as two
     MatMuls (rows [S_h, h] @ scores @ cols [w, S_w]): 2.4 M multiply-adds for a 32 x 32 grid at 256 px,
@@ -65,6 +65,54 @@ class AnomalyMapSmoother(nn.Module):
         if grid_hw != self.grid_hw:
             self.set_grid(*grid_hw)
         return torch.matmul(torch.matmul(self.rows_operator, patch_scores), self.cols_operator_t)
+
+
+def placed_resize_and_blur_matrix(in_size: int, tile_px: int, starts: Sequence[int], out_size: int,
+                                  sigma: float) -> torch.Tensor:
+    """[out_size, len(starts) * in_size]: block k is resize_and_blur_matrix(in_size, tile_px) placed at rows
+    starts[k]..starts[k] + tile_px, and each row divided by how many tiles cover it (the overlap average)."""
+    tile_operator = resize_and_blur_matrix(in_size, tile_px, sigma).to(torch.float64)
+    placed = torch.zeros(out_size, len(starts) * in_size, dtype=torch.float64)
+    coverage = torch.zeros(out_size, dtype=torch.float64)
+    for k, start in enumerate(starts):
+        placed[start:start + tile_px, k * in_size:(k + 1) * in_size] = tile_operator
+        coverage[start:start + tile_px] += 1
+    if bool((coverage == 0).any()):
+        raise ValueError(f"tiles at {list(starts)} of {tile_px} px leave part of {out_size} px uncovered")
+    return (placed / coverage[:, None]).to(torch.float32)
+
+
+class TiledMapSmoother(AnomalyMapSmoother):
+    """Tile patch scores [B * T, h, w] (T = ny * nx tiles, frame-major, row-major) -> one anomaly map
+    [B, H, W] at the working size: each tile's scores upsampled and blurred to the tile's pixels, placed where
+    the tile was cut, and averaged where tiles overlap.
+
+    All three steps are linear and act on rows and columns apart, and a regular tile grid covers pixel (y, x)
+    row_count(y) * col_count(x) times, so the whole stitch is still two MatMuls: the tiles' scores laid out as
+    one [ny * h, nx * w] block matrix (a reshape), between a block-stacked row operator [H, ny * h] and column
+    operator [nx * w, W], each with the overlap count divided out.
+    """
+
+    def __init__(self, layout, sigma: float = 4.0, grid_hw: Sequence[int] | None = None):
+        self.layout = layout  # geometry.TileLayout
+        super().__init__(layout.working_hw, sigma=sigma, grid_hw=grid_hw)
+
+    def set_grid(self, grid_h: int, grid_w: int) -> None:
+        layout = self.layout
+        self.grid_hw = (grid_h, grid_w)
+        self.rows_operator = placed_resize_and_blur_matrix(grid_h, layout.tile_px, layout.row_starts,
+                                                           layout.working_hw[0], self.sigma)
+        self.cols_operator_t = placed_resize_and_blur_matrix(grid_w, layout.tile_px, layout.col_starts,
+                                                             layout.working_hw[1], self.sigma).T.contiguous()
+
+    def forward(self, patch_scores: torch.Tensor) -> torch.Tensor:
+        grid_h, grid_w = int(patch_scores.shape[-2]), int(patch_scores.shape[-1])
+        if (grid_h, grid_w) != self.grid_hw:
+            self.set_grid(grid_h, grid_w)
+        rows, cols = len(self.layout.row_starts), len(self.layout.col_starts)
+        blocks = patch_scores.reshape(-1, rows, cols, grid_h, grid_w).transpose(2, 3)
+        blocks = blocks.reshape(-1, rows * grid_h, cols * grid_w)
+        return torch.matmul(torch.matmul(self.rows_operator, blocks), self.cols_operator_t)
 
 
 class ScoreNormaliser(nn.Module):

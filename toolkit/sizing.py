@@ -106,21 +106,25 @@ def _shrink_head(estimate: CostEstimate, precision: str, method):
 
 
 @torch.no_grad()
-def probe_model(preprocess, backbone, embedding, method, blur_sigma: float, num_frames: int = 2):
+def probe_model(preprocess, backbone, embedding, method, blur_sigma: float, num_frames: int = 2, geometry=None,
+                tiling=None):
     """An fp32 export of the architecture with a head fitted on `num_frames` noise frames: its cost estimate
-    costs everything but the head exactly, before any training image is read (refuse-before-the-fit)."""
+    costs everything but the head exactly, before any training image is read (refuse-before-the-fit).
+    geometry/tiling: the build's input geometry (toolkit/geometry.py); default the preprocess's size, untiled."""
     from adtk.export.compose import ScoringGraph
     from adtk.export.formats import export_model
-    from adtk.toolkit.build import head_grid_hw
-    from adtk.toolkit.postprocess import AnomalyMapSmoother, ScoreNormaliser
+    from adtk.toolkit.build import FeatureExtractorPipeline, head_grid_hw
+    from adtk.toolkit.geometry import Geometry, make_smoother
+    from adtk.toolkit.postprocess import ScoreNormaliser
 
+    geometry = geometry if geometry is not None else Geometry(preprocess.image_size_px)
+    pipeline = FeatureExtractorPipeline(preprocess, backbone, embedding, num_frames, tiling)
     rng = np.random.default_rng(0)
     frames = torch.from_numpy(rng.integers(0, 256, (num_frames, *preprocess.image_size_px, 3), dtype=np.uint8))
-    features = embedding(backbone(preprocess(frames))).numpy()
+    features = embedding(backbone(pipeline.inputs(frames))).numpy()
     head = method.head(method.fit(features))
-    smoother = AnomalyMapSmoother(preprocess.image_size_px, sigma=blur_sigma,
-                                  grid_hw=head_grid_hw(preprocess, backbone, embedding, head))
-    graph = ScoringGraph(preprocess, backbone, embedding, head, smoother, ScoreNormaliser()).eval()
+    smoother = make_smoother(geometry, blur_sigma, head_grid_hw(pipeline, head))
+    graph = ScoringGraph(preprocess, backbone, embedding, head, smoother, ScoreNormaliser(), tiling=tiling).eval()
     return export_model(graph, {"input": preprocess.contract()}, preprocess.image_size_px)
 
 

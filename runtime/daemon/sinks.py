@@ -33,7 +33,7 @@ class FrameResult:
     inference_ms: float
     model_sha256: str  # which artefact scored it (changes at a hot swap)
     image: np.ndarray | None = None  # uint8 [H, W, 3]; kept only for sinks that need pixels
-    anomaly_map: np.ndarray | None = None  # float32 [S, S] in 0..1
+    anomaly_map: np.ndarray | None = None  # float32 [H, W] in 0..1 (the model size)
 
     def as_record(self) -> dict:
         """The JSON document every sink emits (documented in `adtk serve --help`)."""

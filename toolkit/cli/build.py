@@ -35,7 +35,14 @@ def parse_params(pairs: tuple[str, ...]) -> dict:
 @click.option("--weights", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Local backbone weights (.safetensors / .pth state dict).")
 @click.option("--random-weights", is_flag=True, help="Random backbone weights (tests and size checks only).")
-@click.option("--size", "image_size_px", type=int, default=256, show_default=True, help="Model input size, px.")
+@click.option("--size", "image_size_px", default=None, metavar="N|HxW|auto[:PIXELS]",
+              help="Model input size: N (square), HxW (e.g. 256x640), auto (the training images' median aspect "
+                   "ratio at 256*256 px, sides rounded to the backbone's stride) or auto:PIXELS. With --tile: "
+                   "the size the tiles are cut from (N = its short side, aspect kept; default auto = short side at the "
+                   "tile size). Default 256.")
+@click.option("--tile", default=None, metavar="SIZE[:OVERLAP]",
+              help="Score overlapping SIZE x SIZE tiles of the aspect-kept frame in one batch inside the artefact "
+                   "(image score = max over tiles, maps stitched); OVERLAP = least overlap in px (default SIZE/4).")
 @click.option("--coreset-ratio", type=float, default=None, help="Coreset ratio (memory-bank methods).")
 @click.option("--num-neighbors", type=int, default=None, help="Neighbours for the image-score re-weighting.")
 @click.option("--param", "params", multiple=True, help="Any method parameter as key=value (repeatable).")
@@ -60,20 +67,22 @@ def parse_params(pairs: tuple[str, ...]) -> dict:
 @click.option("--check-images", type=int, default=200, show_default=True,
               help="Held-out images the precision check scores.")
 @click.option("--engine", is_flag=True, help="Also build a TensorRT engine for --target (needs tensorrt).")
-def command(method, data, out, backbone, stages, weights, random_weights, image_size_px, coreset_ratio,
+def command(method, data, out, backbone, stages, weights, random_weights, image_size_px, tile, coreset_ratio,
             num_neighbors, params, calib_fraction, max_train_images, seed, skip_bad, target, precision, max_auroc_drop,
             check_images, engine, refine=None, defects_from_test=None):
     """Fit a detector on DATA and compile it into one ONNX artefact."""
     from adtk.toolkit.build import BuildConfig, build
 
     method_params = parse_params(params)
+    if image_size_px is None:  # with --tile, auto: the aspect-kept frame whose short side is the tile
+        image_size_px = "auto" if tile else "256"
     for key, value in (("coreset_ratio", coreset_ratio), ("num_neighbors", num_neighbors)):
         if value is not None:
             method_params[key] = value
     config = BuildConfig(
         data=data, out=out, method=method, method_params=method_params, backbone=backbone,
         stages=tuple(s.strip() for s in stages.split(",")) if stages else None, weights=weights,
-        random_weights=random_weights, image_size_px=image_size_px, calib_fraction=calib_fraction,
+        random_weights=random_weights, image_size_px=image_size_px, tile=tile, calib_fraction=calib_fraction,
         max_train_images=max_train_images, seed=seed, skip_bad=skip_bad, refine=refine,
         defects_from_test=tuple(t.strip() for t in defects_from_test.split(",") if t.strip()) if defects_from_test else (),
         target=target, precision=precision, max_auroc_drop=max_auroc_drop, check_images=check_images,

@@ -42,7 +42,12 @@ def command(model, as_json):
     click.echo(f"method    {m['method']['name']} {json.dumps(m['method']['params'])}")
     click.echo(f"fit       {json.dumps(m['method'].get('fit', {}))}")
     click.echo(f"backbone  {m['backbone']['name']} {m['backbone']['stages']} weights {m['backbone']['weights_source']}")
-    click.echo(f"input     {m['input']['layout']} uint8 {m['input']['channels']} -> {m['input']['model_size_px']} px")
+    height, width = m["input"]["model_size_px"]
+    tiling = m["input"].get("tiling")
+    tiles = (f"; {tiling['grid'][0] * tiling['grid'][1]} tiles of {tiling['tile_px']} px ({tiling['grid'][0]}x"
+             f"{tiling['grid'][1]}, rows at {tiling['row_starts']}, columns at {tiling['col_starts']})" if tiling else "")
+    click.echo(f"input     {m['input']['layout']} uint8 {m['input']['channels']} any size -> {height}x{width} px "
+               f"(HxW){tiles}; maps [B, {height}, {width}]")
     cal = m["calibration"]
     click.echo(f"threshold {cal['threshold']:.5g} ({cal['method']})")
     click.echo(f"training  {m['training']['num_fit_images']} images, list sha256 {m['training']['list_sha256'][:16]}...")

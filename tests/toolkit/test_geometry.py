@@ -1,0 +1,121 @@
+"""Input geometry: --size / --tile parsing and checks, tile layouts, the tile split and the stitched map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adtk.runtime.errors import ConfigError
+from adtk.toolkit.geometry import (
+    Tiling, TileLayout, auto_size, parse_size, parse_tile, resolve_geometry, tile_starts,
+)
+from adtk.toolkit.postprocess import AnomalyMapSmoother, TiledMapSmoother
+
+
+@pytest.mark.parametrize("text, hw", [("256", (256, 256)), ("256x640", (256, 640)), (" 96X32 ", (96, 32)),
+                                      (128, (128, 128)), ((64, 96), (64, 96))])
+def test_fixed_sizes_parse(text, hw):
+    assert parse_size(text).fixed_hw == hw
+
+
+def test_auto_sizes_parse_with_default_and_given_budget():
+    assert parse_size("auto").pixel_budget == 256 * 256
+    assert parse_size("auto:65536").pixel_budget == 65536
+    assert parse_size("AUTO:4096").is_auto
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("0", "positive"), ("-256", "positive"), ("256x0", "positive"), ("256x-8", "positive"), ("abc", "expected N"),
+    ("auto:0", "positive"), ("auto:many", "whole number"), ("", "expected N"), ((1, 2, 3), "height, width"),
+])
+def test_bad_sizes_are_refused_with_a_message(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_size(bad)
+
+
+@pytest.mark.parametrize("bad, message", [("0", "positive"), ("-64", "positive"), ("256:256", "smaller than"),
+                                          ("256:-1", "0 or more"), ("x", "whole number"), ("256:a", "whole")])
+def test_bad_tiles_are_refused_with_a_message(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_tile(bad)
+
+
+def test_tile_default_overlap_is_a_quarter():
+    assert parse_tile("256").min_overlap_px == 64
+    assert parse_tile("256:0").min_overlap_px == 0
+    assert parse_tile(None) is None
+
+
+def test_auto_size_keeps_the_aspect_ratio_at_the_budget_on_the_stride():
+    height, width = auto_size(2.5, 65536, 16)
+    assert height % 16 == 0 and width % 16 == 0
+    assert abs(height / width - 2.5) < 0.15
+    assert 0.85 * 65536 <= height * width <= 1.15 * 65536
+
+
+def test_sizes_off_the_backbone_stride_are_refused_before_any_fit():
+    with pytest.raises(ConfigError, match="multiple of the backbone's deepest stride 16.*use 240 or 256"):
+        resolve_geometry("250", None, stride=16, aspect_hw=None)
+    with pytest.raises(ConfigError, match="too small"):
+        resolve_geometry("16", None, stride=16, aspect_hw=None)
+    with pytest.raises(ConfigError, match="limit"):
+        resolve_geometry("8192x256", None, stride=16, aspect_hw=None)
+
+
+def test_tiles_larger_than_the_frame_are_refused():
+    with pytest.raises(ConfigError, match="larger than the frame"):
+        resolve_geometry("128x512", "256", stride=16, aspect_hw=None)
+    with pytest.raises(ConfigError, match="larger than the frame"):
+        resolve_geometry("128", "256", stride=16, aspect_hw=2.5)
+
+
+def test_tile_of_the_quick_check_layout():
+    """A 500 x 1250 (H x W) frame, --tile 256:64: 256 x 640 working size, three tiles overlapping by 64 px."""
+    geometry = resolve_geometry(256, "256:64", stride=16, aspect_hw=500 / 1250)
+    assert geometry.model_hw == (256, 640)
+    assert geometry.tiles.row_starts == (0,)
+    assert geometry.tiles.col_starts == (0, 192, 384)
+    tall = resolve_geometry("auto", "256", stride=16, aspect_hw=1250 / 500)
+    assert tall.model_hw == (640, 256) and tall.tiles.num_tiles == 3
+    explicit = resolve_geometry("512x768", "256:32", stride=16, aspect_hw=None)
+    assert explicit.tiles.row_starts == (0, 128, 256)  # two tiles would not overlap
+    assert len(explicit.tiles.col_starts) == 4
+
+
+@pytest.mark.parametrize("length, tile, overlap", [(640, 256, 64), (256, 256, 0), (1000, 96, 10), (300, 256, 0)])
+def test_tile_starts_cover_everything_with_the_minimum_overlap(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    assert starts[0] == 0 and starts[-1] + tile == length
+    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+
+
+def _layout():
+    return TileLayout(working_hw=(48, 80), tile_px=32, row_starts=(0, 16), col_starts=(0, 24, 48))
+
+
+def test_tiling_cuts_frame_major_row_major_and_takes_the_max_score():
+    images = torch.arange(2 * 1 * 48 * 80, dtype=torch.float32).reshape(2, 1, 48, 80)
+    tiling = Tiling(_layout())
+    tiles = tiling(images)
+    assert tiles.shape == (12, 1, 32, 32)
+    torch.testing.assert_close(tiles[6 + 4], images[1, :, 16:48, 24:56])
+    scores = torch.zeros(12)
+    scores[7] = 5.0
+    torch.testing.assert_close(tiling.frame_scores(scores), torch.tensor([0.0, 5.0]))
+
+
+def test_stitched_map_is_the_overlap_average_of_each_tiles_smoothed_map():
+    layout = _layout()
+    generator = torch.Generator().manual_seed(0)
+    patch_scores = torch.rand(2 * 6, 4, 4, generator=generator)
+    stitched = TiledMapSmoother(layout, sigma=2.0)(patch_scores)
+    per_tile = AnomalyMapSmoother((32, 32), sigma=2.0)(patch_scores).numpy()
+    expected = np.zeros((2, 48, 80))
+    count = np.zeros((48, 80))
+    for frame in range(2):
+        for k, (y, x) in enumerate((y, x) for y in layout.row_starts for x in layout.col_starts):
+            expected[frame, y:y + 32, x:x + 32] += per_tile[frame * 6 + k]
+            if frame == 0:
+                count[y:y + 32, x:x + 32] += 1
+    np.testing.assert_allclose(stitched.numpy(), expected / count, atol=1e-5)

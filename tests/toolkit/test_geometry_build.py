@@ -1,0 +1,130 @@
+"""Builds with non-square input, --size auto and in-graph tiling (random tiny backbone, small tall frames): the
+artefact agrees with the torch reference, maps come out at the model's H x W, and bad geometry is refused before
+any feature is extracted, with nothing written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from adtk.runtime.artefact import read_artefact
+from adtk.runtime.detector import Detector
+from adtk.runtime.errors import ConfigError
+from adtk.toolkit.build import BuildConfig, FeatureExtractorPipeline, build
+from adtk.toolkit.cli.main import cli
+from adtk.toolkit.data import index_dataset
+from tests.conftest import assert_parity
+
+
+def _surface(rng, height, width):
+    """A smooth random grayscale texture (a few octaves of upsampled noise), uint8 [H, W]."""
+    image = np.zeros((height, width))
+    for cells in (4, 8, 16):
+        noise = rng.normal(0, 1, (cells * height // width + 1, cells))
+        image += np.asarray(Image.fromarray(noise.astype(np.float32)).resize((width, height), Image.BILINEAR))
+    return np.clip(128 + 20 * image, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tall_dataset(tmp_path_factory):
+    """Tall frames (about 160 x 64 px, H x W) with thin dark scratches and masks, MVTec layout."""
+    root = tmp_path_factory.mktemp("tall")
+    rng = np.random.default_rng(0)
+    for split, count in (("train/good", 12), ("test/good", 4), ("test/scratch", 4)):
+        (root / split).mkdir(parents=True)
+        for i in range(count):
+            height, width = 160 + int(rng.integers(-8, 9)), 64 + int(rng.integers(-4, 5))
+            image = _surface(rng, height, width)
+            if split == "test/scratch":
+                mask = np.zeros_like(image, dtype=bool)
+                x = int(rng.integers(10, width - 10))
+                mask[30:110, x:x + 2] = True
+                image[mask] = image[mask] // 3
+                (root / "ground_truth/scratch").mkdir(parents=True, exist_ok=True)
+                Image.fromarray(mask.astype(np.uint8) * 255).save(root / f"ground_truth/scratch/{i:03d}_mask.png")
+            Image.fromarray(image).convert("RGB").save(root / split / f"{i:03d}.png")
+    return index_dataset(root)
+
+
+def _config(tall_dataset, tmp_path, **overrides):
+    base = dict(data=tall_dataset.root, out=tmp_path / "model.onnx", method="patchcore",
+                method_params={"coreset_ratio": 0.5}, backbone="tf_efficientnet_lite0", random_weights=True,
+                calib_fraction=0.25)
+    return BuildConfig(**{**base, **overrides})
+
+
+def test_tiled_build_scores_tiles_in_the_graph_and_matches_the_torch_reference(tall_dataset, tmp_path):
+    result = build(_config(tall_dataset, tmp_path, image_size_px="auto", tile="64:16"), log=lambda m: None, index=tall_dataset)
+    manifest = result.manifest
+    assert manifest["input"]["model_size_px"] == [160, 64]  # aspect kept, short side = the tile
+    assert manifest["input"]["tiling"]["grid"] == [3, 1]
+    assert manifest["input"]["tiling"]["row_starts"] == [0, 48, 96]
+    assert_parity(result, tall_dataset.test)
+    prediction = Detector.load(result.artefact, backend="cpu").predict([tall_dataset.test[0].path] * 2)
+    assert prediction.anomaly_map.shape == (2, 160, 64) and prediction.pred_score.shape == (2,)
+    # the image score is the maximum of the tiles' scores (the torch reference, tile by tile)
+    graph = result.graph
+    frame = torch.from_numpy(np.array(Image.open(tall_dataset.test[5].path).convert("RGB")))[None]
+    with torch.no_grad():
+        tiles = graph.backbone_inputs(frame)
+        tile_scores = graph.head(graph.embedding(graph.backbone(tiles))).image_score
+        assert tiles.shape == (3, 3, 64, 64)
+        torch.testing.assert_close(graph.raw_scores(frame)[0], tile_scores.max().reshape(1))
+
+
+@pytest.mark.parametrize("method, params", [("padim", {"num_channels": 20}), ("patchcore", {"coreset_ratio": 0.5})])
+def test_non_square_size_gives_an_h_by_w_grid_and_maps(tall_dataset, tmp_path, method, params):
+    result = build(_config(tall_dataset, tmp_path, method=method, method_params=params, image_size_px="128x64"),
+                   log=lambda m: None, index=tall_dataset)
+    assert result.manifest["input"]["model_size_px"] == [128, 64]
+    if method == "padim":
+        assert result.manifest["method"]["fit"]["grid"] == [16, 8]  # stride 8: H x W positions
+    prediction = Detector.load(result.artefact, backend="cpu").predict([tall_dataset.test[0].path])
+    assert prediction.anomaly_map.shape == (1, 128, 64)
+    assert_parity(result, tall_dataset.test[:4])
+
+
+def test_size_auto_keeps_the_training_aspect_ratio(tall_dataset, tmp_path):
+    result = build(_config(tall_dataset, tmp_path, image_size_px="auto:4096"), log=lambda m: None, index=tall_dataset)
+    height, width = result.manifest["input"]["model_size_px"]
+    assert (height, width) == (96, 48)  # median 2.5 : 1 at 4096 px, each side a multiple of the stride 16
+    assert result.manifest["input"]["size_requested"] == "auto:4096"
+
+
+@pytest.mark.parametrize("size, tile, message", [
+    ("0", None, "positive"), ("-64", None, "positive"), ("100", None, "multiple of the backbone's deepest stride"),
+    ("64", "128", "larger than the frame"), ("auto", "40", "multiple of the backbone's deepest stride"),
+    ("64x64", "64:64", "smaller than the tile"),
+])
+def test_bad_geometry_is_refused_before_any_feature_and_writes_nothing(tall_dataset, tmp_path, monkeypatch, size,
+                                                                       tile, message):
+    def no_features(*args, **kwargs):
+        raise AssertionError("features were extracted before the geometry was checked")
+
+    monkeypatch.setattr(FeatureExtractorPipeline, "feature_batches", no_features)
+    with pytest.raises(ConfigError, match=message):
+        build(_config(tall_dataset, tmp_path, image_size_px=size, tile=tile), log=lambda m: None, index=tall_dataset)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_size_and_tile_errors_are_one_line_and_write_nothing(tall_dataset, tmp_path):
+    out = tmp_path / "model.onnx"
+    result = CliRunner().invoke(cli, ["build", "--data", str(tall_dataset.root), "-o", str(out), "--random-weights",
+                                      "--size", "64", "--tile", "0"])
+    assert result.exit_code == 2
+    assert "--tile" in result.output and "positive" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_inspect_shows_the_geometry(tall_dataset, tmp_path):
+    out = tmp_path / "model.onnx"
+    result = CliRunner().invoke(cli, ["build", "--data", str(tall_dataset.root), "-o", str(out), "--random-weights",
+                                      "--tile", "64", "--coreset-ratio", "0.5", "--max-train-images", "6"])
+    assert result.exit_code == 0, result.output
+    shown = CliRunner().invoke(cli, ["inspect", str(out)])
+    assert shown.exit_code == 0, shown.output
+    assert "160x64 px" in shown.output and "3 tiles" in shown.output
+    assert read_artefact(out).manifest["input"]["tile_requested"] == "64"
