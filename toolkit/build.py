@@ -16,14 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from adtk.export.compose import ScoringGraph
+from adtk.export.compose import EnsembleGraph, ScoringGraph
 from adtk.export.compiler import CompileOptions, compile_model
 from adtk.export.formats import check_output_path, export_model, write_artefact
 from adtk.export.targets import load_target
 from adtk.runtime.manifest import build_manifest
 from adtk.runtime.errors import ConfigError, DataError, TargetError
-from adtk.toolkit.backbones import create_backbone, stage_strides
+from adtk.toolkit.backbones import create_backbone
 from adtk.toolkit.calibration import Calibration, calibrate
+from adtk.toolkit.ensemble import backbone_choices, geometry_stride, member_statistics
 from adtk.toolkit.data import DatasetIndex, Sample, index_dataset, iter_images, training_list_sha256
 from adtk.toolkit.geometry import Geometry, make_smoother, make_tiling, median_aspect_hw, parse_size, parse_tile, \
     resolve_geometry
@@ -63,6 +64,9 @@ class BuildConfig:
     max_auroc_drop: float = 0.01  # refuse a precision that loses more image AUROC than this against fp32
     check_images: int = 200  # held-out images the precision check scores (seeded subset)
     refine: str | None = None  # "sroc:R", "sroc:R:DETECTOR" or "paire": drop suspected defects before the fit
+    # Further backbones, each "NAME" or "NAME:STAGE,STAGE": an ensemble of (backbone, stages) members scored by the
+    # same method, standardised on held-out good images and averaged in one artefact (toolkit/ensemble.py).
+    ensemble: tuple[str, ...] = ()
     defects_from_test: tuple[str, ...] = ()  # test/<type> folders whose images (and masks) methods may learn from
 
 
@@ -201,9 +205,29 @@ def head_grid_hw(pipeline: FeatureExtractorPipeline, head) -> tuple[int, int]:
     return int(patch_scores.shape[-2]), int(patch_scores.shape[-1])
 
 
-def check_geometry_request(config: BuildConfig, method) -> None:
-    """--size / --tile errors that need no data: before the data set is even indexed."""
+def calibrate_graph(graph, calib_samples, defect_samples, skip_bad: bool, warn) -> Calibration:
+    """Threshold and normalisation constants from held-out images, set into the graph's normalisers."""
+    good_scores, good_map_max, good_map_min = raw_image_scores(graph, calib_samples, skip_bad, warn)
+    defect_scores = raw_image_scores(graph, defect_samples, skip_bad, warn)[0] if defect_samples else None
+    calibration = calibrate(good_scores, defect_scores, good_map_max=good_map_max, good_map_min=good_map_min)
+    graph.normaliser = ScoreNormaliser(calibration.threshold, calibration.score_min, calibration.score_max)
+    graph.map_normaliser = ScoreNormaliser(calibration.map_threshold, calibration.map_min, calibration.map_max)
+    return calibration
+
+
+def check_geometry_request(config: BuildConfig, method) -> list:
+    """--size / --tile / --backbone errors that need no data, before the data set is even indexed -> the backbone
+    choices (ensemble.BackboneChoice, the first is --backbone/--stages)."""
+    choices = backbone_choices(config.backbone, config.stages, config.ensemble)
+    if len(choices) > 1:
+        for flag, given in (("--refine", config.refine), ("--target", config.target),
+                            ("labelled defects", method.uses_labelled_defects), ("--weights", config.weights)):
+            if given:
+                raise ConfigError(f"an ensemble of backbones does not support {flag} yet; build one backbone with "
+                                  f"{flag}, or the ensemble without it (then `adtk compile --target` for a device)")
     parse_size(config.image_size_px)
+    if parse_tile(config.tile) is None:
+        return choices
     if parse_tile(config.tile) is None:
         return
     if config.refine:
@@ -212,14 +236,16 @@ def check_geometry_request(config: BuildConfig, method) -> None:
     if method.uses_labelled_defects:
         raise ConfigError(f"--tile is not supported for {method.name}: its labelled-defect masks are not cut into "
                           "tiles; use --size HxW instead")
+    return choices
 
 
-def build_geometry(config: BuildConfig, backbone_strides: tuple[int, ...], training_samples, log) -> Geometry:
-    """The input geometry (toolkit/geometry.py), checked before any feature is extracted."""
+def build_geometry(config: BuildConfig, stride: int, training_samples, log) -> Geometry:
+    """The input geometry (toolkit/geometry.py), checked before any feature is extracted; stride: what every side
+    must be a multiple of (the deepest tapped stride, or the LCM over an ensemble's members)."""
     spec = parse_size(config.image_size_px)
     needs_aspect = spec.is_auto or parse_tile(config.tile) is not None
     aspect = median_aspect_hw(training_samples) if needs_aspect else None
-    geometry = resolve_geometry(spec, config.tile, max(backbone_strides), aspect)
+    geometry = resolve_geometry(spec, config.tile, stride, aspect)
     if needs_aspect:
         tiles = geometry.tiles
         log(f"input geometry: training images' median height/width {aspect:.3f} -> model size "
@@ -236,7 +262,7 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
     skip_gpu_kernel_compiler_without_gpu()
     method = create_method(config.method, **config.method_params)  # config errors before any data is read
     check_output_path(config.out)  # an unwritable -o is found now, not after the whole fit
-    check_geometry_request(config, method)
+    choices = check_geometry_request(config, method)
     refine_spec = parse_refine(config.refine) if config.refine else None
     index = index or index_dataset(config.data)
     fit_samples, calib_samples = split_training_set(index.train, config.calib_fraction,
@@ -246,7 +272,9 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
     defect_samples = labelled_defect_samples(index, config.defects_from_test, warn) if method.uses_labelled_defects else []
     if config.defects_from_test and not method.uses_labelled_defects:
         warn(f"--defects-from-test is ignored: {method.name} does not learn from labelled defects")
-    geometry = build_geometry(config, stage_strides(config.backbone, config.stages), index.train, log)
+    geometry = build_geometry(config, geometry_stride(choices), index.train, log)
+    if len(choices) > 1:
+        return build_ensemble(config, choices, geometry, index, fit_samples, calib_samples, log, progress_factory)
     backbone = create_backbone(config.backbone, stages=config.stages, weights=config.weights,
                                random_weights=config.random_weights, seed=config.seed)
     preprocess = FramePreprocess(geometry.model_hw, backbone.mean, backbone.std)
@@ -318,11 +346,7 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
         graph = ScoringGraph(preprocess, backbone, embedding, head, smoother, ScoreNormaliser(), tiling=tiling).eval()
 
         tic = time.perf_counter()
-        good_scores, good_map_max, good_map_min = raw_image_scores(graph, calib_samples, config.skip_bad, warn)
-        defect_scores = raw_image_scores(graph, index.defects, config.skip_bad, warn)[0] if index.defects else None
-        calibration = calibrate(good_scores, defect_scores, good_map_max=good_map_max, good_map_min=good_map_min)
-        graph.normaliser = ScoreNormaliser(calibration.threshold, calibration.score_min, calibration.score_max)
-        graph.map_normaliser = ScoreNormaliser(calibration.map_threshold, calibration.map_min, calibration.map_max)
+        calibration = calibrate_graph(graph, calib_samples, index.defects, config.skip_bad, warn)
         timings["calibrate"] = time.perf_counter() - tic
         log(f"threshold {calibration.threshold:.4f} ({calibration.method})")
 
@@ -365,6 +389,74 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
     artefact = write_artefact(model, manifest, config.out)
     if refinement is not None:
         write_training_list(refinement, candidates, artefact)
+    timings["compile"] = time.perf_counter() - tic
+    return BuildResult(artefact, manifest, graph, fit_samples, calib_samples, timings)
+
+
+def build_ensemble(config: BuildConfig, choices, geometry: Geometry, index: DatasetIndex, fit_samples, calib_samples,
+                   log, progress_factory) -> BuildResult:
+    """One artefact from several (backbone, stages) members (toolkit/ensemble.py): each member is the single-backbone
+    build's graph (prepare, features, fit, head, smoother), then standardised on the held-out good images; the
+    ensemble is calibrated and compiled like one graph. Members are fitted one after the other, so only one
+    member's features are held at a time."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    warn = (lambda message: log(f"warning: {message}"))
+    members, backbones, methods, states, statistics = [], [], [], [], []
+    for choice in choices:
+        tic = time.perf_counter()
+        method = create_method(config.method, **config.method_params)
+        backbone = create_backbone(choice.name, stages=choice.stages, random_weights=config.random_weights,
+                                   seed=config.seed)
+        preprocess = FramePreprocess(geometry.model_hw, backbone.mean, backbone.std)
+        with StepProgress(progress_factory, f"finetune {choice.name}") as prepare_progress:
+            backbone = method.prepare_backbone(
+                backbone, preprocess, (image for _, image in iter_images(fit_samples, config.skip_bad, warn)),
+                functools.partial(create_backbone, choice.name, random_weights=config.random_weights,
+                                  seed=config.seed), progress=prepare_progress)
+        embedding = method.embedding(tuple(backbone.channels)).eval()
+        pipeline = FeatureExtractorPipeline(preprocess, backbone, embedding, config.batch_size, make_tiling(geometry))
+        log(f"ensemble member {choice.name} {list(backbone.stages)} ({backbone.weights_source})")
+        with _progress(progress_factory, len(fit_samples), f"features {choice.name}") as bar:
+            features, used = pipeline.features(fit_samples, config.skip_bad, bar.update, warn)
+        with StepProgress(progress_factory, f"fit {choice.name}") as fit_progress:
+            state = method.fit(features, progress=fit_progress)
+        del features
+        head = method.head(state)
+        smoother = make_smoother(geometry, config.blur_sigma, head_grid_hw(pipeline, head))
+        member = ScoringGraph(preprocess, backbone, embedding, head, smoother, ScoreNormaliser(),
+                              tiling=pipeline.tiling).eval()
+        statistics.append(member_statistics(member, calib_samples, config.skip_bad, warn))
+        members.append(member), backbones.append(backbone), methods.append(method), states.append(state)
+        timings[f"member_{choice.name}"] = time.perf_counter() - tic
+    fit_samples = used
+    graph = EnsembleGraph(members, *([s[key] for s in statistics] for key in
+                                     ("score_mean", "score_std", "map_mean", "map_std")), ScoreNormaliser()).eval()
+    tic = time.perf_counter()
+    calibration = calibrate_graph(graph, calib_samples, index.defects, config.skip_bad, warn)
+    timings["calibrate"] = time.perf_counter() - tic
+    log(f"threshold {calibration.threshold:.4f} ({calibration.method})")
+    timings["total_before_export"] = time.perf_counter() - started
+    ensemble_record = {"combine": "mean over members of (raw - mean) / std, constants from the held-out good images",
+                       "members": [{"backbone": {"name": b.name, "stages": list(b.stages), "strides": list(b.strides),
+                                                 "weights_source": b.weights_source, "weights_sha256": b.weights_sha256},
+                                    "fit": m.fit_report(st), "standardisation": stats}
+                                   for b, m, st, stats in zip(backbones, methods, states, statistics)]}
+    manifest = make_manifest(config, methods[0], backbones[0], members[0].preprocess, calibration, fit_samples,
+                             calib_samples, {"members": [m["fit"] for m in ensemble_record["members"]]}, timings,
+                             geometry=geometry)
+    manifest["ensemble"] = ensemble_record  # "backbone" above is the first member's, for readers that know one
+    tic = time.perf_counter()
+    fp32_model = export_model(graph, manifest, geometry.model_hw)
+    timings["export"] = time.perf_counter() - tic
+    precision = resolve_precision(config.precision, None)
+    data = None
+    if precision != "fp32":
+        data = compile_check_data(index, fit_samples, calib_samples, config.check_images, config.seed,
+                                  config.skip_bad, warn)
+    model, manifest, _ = compile_model(fp32_model, manifest, CompileOptions(precision, None, config.max_auroc_drop),
+                                       data, log)
+    artefact = write_artefact(model, manifest, config.out)
     timings["compile"] = time.perf_counter() - tic
     return BuildResult(artefact, manifest, graph, fit_samples, calib_samples, timings)
 

@@ -128,3 +128,37 @@ def test_inspect_shows_the_geometry(tall_dataset, tmp_path):
     assert shown.exit_code == 0, shown.output
     assert "160x64 px" in shown.output and "3 tiles" in shown.output
     assert read_artefact(out).manifest["input"]["tile_requested"] == "64"
+
+
+def test_ensemble_of_two_backbones_standardises_members_and_matches_the_torch_reference(tall_dataset, tmp_path):
+    """Two members (a fine stride-4 stage set and the default stages), tiled: one artefact, parity with torch."""
+    config = _config(tall_dataset, tmp_path, image_size_px="128x64", backbone="tf_efficientnet_lite0",
+                     stages=("blocks.1", "blocks.2"), ensemble=("mobilenetv2_100",))
+    result = build(config, log=lambda m: None, index=tall_dataset)
+    members = result.manifest["ensemble"]["members"]
+    assert [m["backbone"]["name"] for m in members] == ["tf_efficientnet_lite0", "mobilenetv2_100"]
+    assert members[0]["backbone"]["strides"] == [4, 8]
+    assert_parity(result, tall_dataset.test[:4])
+    # the raw score is the mean of the members' standardised raw scores
+    frame = torch.from_numpy(np.array(Image.open(tall_dataset.test[6].path).convert("RGB")))[None]
+    with torch.no_grad():
+        expected = np.mean([(float(member.raw_scores(frame)[0][0]) - m["standardisation"]["score_mean"])
+                            / m["standardisation"]["score_std"] for member, m in zip(result.graph.members, members)])
+        assert float(result.graph.raw_scores(frame)[0][0]) == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    # held-out good images: each member standardised to mean 0, std 1
+    for m in members:
+        assert m["standardisation"]["score_std"] > 0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(ensemble=("tf_efficientnet_lite0",)), "twice"),
+    (dict(ensemble=("mobilenetv2_100:blocks.3",)), "unknown stage 'blocks.3'"),
+    (dict(ensemble=("mobilenetv2_100",), refine="sroc:0.1"), "does not support --refine"),
+    (dict(stages=("blocks.9",)), "unknown stage"),
+])
+def test_bad_backbone_choices_are_refused_before_any_feature(tall_dataset, tmp_path, monkeypatch, overrides, message):
+    monkeypatch.setattr(FeatureExtractorPipeline, "feature_batches", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("features were extracted before the backbone choice was checked")))
+    with pytest.raises(ConfigError, match=message):
+        build(_config(tall_dataset, tmp_path, **overrides), log=lambda m: None, index=tall_dataset)
+    assert list(tmp_path.iterdir()) == []

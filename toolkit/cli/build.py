@@ -30,8 +30,13 @@ def parse_params(pairs: tuple[str, ...]) -> dict:
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="MVTec-style folder (train/good, ...) or a plain folder of good images.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Artefact to write (.onnx).")
-@click.option("--backbone", default="tf_efficientnet_lite0", show_default=True, help="timm backbone name.")
-@click.option("--stages", default=None, help="Comma-separated feature stages, e.g. blocks.2,blocks.4.")
+@click.option("--backbone", "backbones", multiple=True, metavar="NAME[:STAGES]",
+              help="timm backbone (default tf_efficientnet_lite0), optionally with its stages, e.g. "
+                   "tf_efficientnet_lite0:blocks.1,blocks.2,blocks.4 (blocks.1 = stride 4, for thin defects). Repeat "
+                   "for an ensemble in one artefact: each member's scores are standardised on held-out good images "
+                   "and averaged.")
+@click.option("--stages", default=None, help="Comma-separated feature stages of the (first) backbone, e.g. "
+                                             "blocks.2,blocks.4; a wrong name lists the valid ones.")
 @click.option("--weights", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Local backbone weights (.safetensors / .pth state dict).")
 @click.option("--random-weights", is_flag=True, help="Random backbone weights (tests and size checks only).")
@@ -67,13 +72,20 @@ def parse_params(pairs: tuple[str, ...]) -> dict:
 @click.option("--check-images", type=int, default=200, show_default=True,
               help="Held-out images the precision check scores.")
 @click.option("--engine", is_flag=True, help="Also build a TensorRT engine for --target (needs tensorrt).")
-def command(method, data, out, backbone, stages, weights, random_weights, image_size_px, tile, coreset_ratio,
+def command(method, data, out, backbones, stages, weights, random_weights, image_size_px, tile, coreset_ratio,
             num_neighbors, params, calib_fraction, max_train_images, seed, skip_bad, target, precision, max_auroc_drop,
             check_images, engine, refine=None, defects_from_test=None):
     """Fit a detector on DATA and compile it into one ONNX artefact."""
+    from adtk.runtime.errors import ConfigError
     from adtk.toolkit.build import BuildConfig, build
+    from adtk.toolkit.ensemble import parse_backbone_choice
 
     method_params = parse_params(params)
+    first = parse_backbone_choice(backbones[0]) if backbones else None
+    if first is not None and first.stages and stages:
+        raise ConfigError(f"--backbone {backbones[0]} names its stages and --stages is given too; give them once")
+    backbone = first.name if first else "tf_efficientnet_lite0"
+    stages = ",".join(first.stages) if first and first.stages else stages
     if image_size_px is None:  # with --tile, auto: the aspect-kept frame whose short side is the tile
         image_size_px = "auto" if tile else "256"
     for key, value in (("coreset_ratio", coreset_ratio), ("num_neighbors", num_neighbors)):
@@ -86,10 +98,9 @@ def command(method, data, out, backbone, stages, weights, random_weights, image_
         max_train_images=max_train_images, seed=seed, skip_bad=skip_bad, refine=refine,
         defects_from_test=tuple(t.strip() for t in defects_from_test.split(",") if t.strip()) if defects_from_test else (),
         target=target, precision=precision, max_auroc_drop=max_auroc_drop, check_images=check_images,
+        ensemble=tuple(backbones[1:]),
     )
     if engine and not target:
-        from adtk.runtime.errors import ConfigError
-
         raise ConfigError("--engine needs --target (the engine is built for one device)")
     result = build(config, log=lambda m: click.echo(m, err=True), progress_factory=progress_factory)
     size_mb = result.artefact.stat().st_size / 1e6

@@ -41,7 +41,14 @@ def command(model, as_json):
     click.echo(f"{model}: {info['bytes'] / 1e6:.2f} MB, integrity OK (sha256 {artefact.sha256[:16]}...)")
     click.echo(f"method    {m['method']['name']} {json.dumps(m['method']['params'])}")
     click.echo(f"fit       {json.dumps(m['method'].get('fit', {}))}")
-    click.echo(f"backbone  {m['backbone']['name']} {m['backbone']['stages']} weights {m['backbone']['weights_source']}")
+    members = m["ensemble"]["members"] if m.get("ensemble") else [{"backbone": m["backbone"]}]
+    for number, member in enumerate(members):
+        backbone = member["backbone"]
+        label = "backbone " if len(members) == 1 else f"member {number + 1} "
+        click.echo(f"{label} {backbone['name']} {backbone['stages']} strides {backbone.get('strides')} weights "
+                   f"{backbone['weights_source']}")
+    if m.get("ensemble"):
+        click.echo(f"ensemble  {m['ensemble']['combine']}")
     height, width = m["input"]["model_size_px"]
     tiling = m["input"].get("tiling")
     tiles = (f"; {tiling['grid'][0] * tiling['grid'][1]} tiles of {tiling['tile_px']} px ({tiling['grid'][0]}x"
