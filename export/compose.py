@@ -85,7 +85,7 @@ class EnsembleGraph(CalibratedOutputs):
     """Several scoring graphs (e.g. one per backbone) as one: each member's raw score and raw map are
     standardised with constants measured on held-out good images, (raw - mean) / std, and averaged.
 
-    Standardising first puts the members on one scale (a Mahalanobis distance and a feature distance differ by
+    Standardising first puts the members on one scale (distances in two feature spaces can differ by
     orders of magnitude), so the mean is not just the member with the largest numbers. The members' maps must
     have one size (the build gives every member the same geometry). The ensemble is calibrated like one graph.
     """
