@@ -11,6 +11,10 @@ When nothing is stored yet, the batch's distances start from one random row of t
 itself stored (the code's "virtual" centre, B.9.10).
 
 Hand-written (like toolkit/coreset.py): neither faiss nor scikit-learn has a streaming k-center sampler.
+The picks within a batch are toolkit/coreset.py's farthest_first (the same picks as the textbook loop, made
+with blocked matrix products instead of one [n, d] difference per pick), on squared distances (same arg-max);
+the distances to the stored rows are one GEMM per block of stored rows (|x|^2 - 2 x.s + |s|^2, minimum over
+the block), not cdist, which also takes square roots over the whole [n, M] matrix.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 
 from adtk.runtime.errors import ConfigError
+from adtk.toolkit.coreset import ApproximateGreedyCoreset
 
 JL_EPS = 0.9
 DISTANCE_BLOCK_ELEMENTS = 1 << 24  # float32 batch x stored distances held at once (64 MB)
@@ -39,6 +44,8 @@ class OnlineGreedyCoreset:
         self.projection = None  # fitted on the first batch
         self.rows: list[np.ndarray] = []  # stored full rows, one array per batch
         self.projected: torch.Tensor | None = None  # [M, d] stored rows in psi-space
+        self.projected_sq_norms: torch.Tensor | None = None  # [M]
+        self.picker = ApproximateGreedyCoreset(1.0)  # its farthest-first loop
         self.generator = np.random.default_rng(seed)
         self.projection_dims: int | None = None
 
@@ -58,31 +65,31 @@ class OnlineGreedyCoreset:
     def add(self, patches: np.ndarray) -> np.ndarray:
         """patches [n, D] (one batch) -> indices of the rows of this batch that were stored, in pick order."""
         batch = self._project(patches)
-        count = max(1, int(len(patches) * self.ratio))
+        count = min(max(1, int(len(patches) * self.ratio)), len(patches))
+        batch_sq_norms = (batch * batch).sum(1)
         if self.projected is None:
             virtual = int(self.generator.integers(len(patches)))
-            min_dist = torch.linalg.vector_norm(batch - batch[virtual], dim=1)
+            min_sq_dist = ((batch - batch[virtual]) ** 2).sum(1)
         else:
-            min_dist = self._distance_to_stored(batch)
-        picks = []
-        for _ in range(min(count, len(patches))):
-            index = int(torch.argmax(min_dist))
-            picks.append(index)
-            torch.minimum(min_dist, torch.linalg.vector_norm(batch - batch[index], dim=1), out=min_dist)
-        picks_arr = np.asarray(picks, dtype=np.int64)
+            min_sq_dist = self._sq_distance_to_stored(batch, batch_sq_norms)
+        picks_arr = self.picker.farthest_first(batch, min_sq_dist, count, batch_sq_norms)
         self.rows.append(np.ascontiguousarray(patches[picks_arr], dtype=np.float32))
-        new = batch[picks_arr]
+        new, new_sq = batch[picks_arr], batch_sq_norms[picks_arr]
         self.projected = new if self.projected is None else torch.cat([self.projected, new])
+        self.projected_sq_norms = new_sq if self.projected_sq_norms is None else torch.cat([self.projected_sq_norms, new_sq])
         return picks_arr
 
-    def _distance_to_stored(self, batch: torch.Tensor) -> torch.Tensor:
-        """[n] distance of each batch row to its nearest stored row, over blocks of stored rows: the whole
+    def _sq_distance_to_stored(self, batch: torch.Tensor, batch_sq_norms: torch.Tensor) -> torch.Tensor:
+        """[n] squared distance of each batch row to its nearest stored row, over blocks of stored rows: the whole
         [n, M] matrix grows with the bank (8 images x 1,024 patches against a 28k-row bank is ~0.9 GB)."""
         step = max(1, DISTANCE_BLOCK_ELEMENTS // len(batch))
-        nearest = torch.cdist(batch, self.projected[:step]).amin(1)
-        for start in range(step, len(self.projected), step):
-            torch.minimum(nearest, torch.cdist(batch, self.projected[start:start + step]).amin(1), out=nearest)
-        return nearest
+        nearest = None
+        for start in range(0, len(self.projected), step):
+            block = self.projected[start:start + step]
+            # |s|^2 - 2 x.s as one addmm; |x|^2 is the same along the block, so it is added after the minimum
+            partial = torch.addmm(self.projected_sq_norms[start:start + step][None], batch, block.t(), alpha=-2.0).amin(1)
+            nearest = partial if nearest is None else torch.minimum(nearest, partial)
+        return (nearest + batch_sq_norms).clamp_(min=0.0)
 
     def bank(self) -> np.ndarray:
         """[M, D] the stored rows, in the order they were added."""

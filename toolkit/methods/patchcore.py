@@ -2,6 +2,9 @@
 of locally aware patch features.
 
 fit:   all training patches [N*h*w, D] -> approximate greedy coreset (ratio, seeded) -> memory bank.
+       sampler="grouped" (default): the greedy runs within groups of `group_rows` patches (whole images,
+       toolkit/coreset.py), ~num_groups times less work than sampler="exact", the paper's one greedy over all
+       patches (bench/coreset_speed.py measures both: time and AUROC).
        sampler="online": seed 003's online coreset instead (toolkit/online_coreset.py), fed
        `online_batch_images` images at a time as the build extracts them (fit_stream), so a large training
        set is fitted without ever holding all of its features.
@@ -30,7 +33,9 @@ from adtk.toolkit.online_coreset import OnlineGreedyCoreset
 from adtk.toolkit.search import nearest_neighbours
 
 
-SAMPLERS = ("greedy", "online")
+SAMPLERS = ("grouped", "exact", "greedy", "online")  # "greedy": the name "exact" had before grouping existed
+# Patches per coreset group (32 images of a 32 x 32 grid): see bench/coreset_speed.py for the choice.
+DEFAULT_GROUP_ROWS = 32768
 
 
 @dataclass(frozen=True)
@@ -130,21 +135,25 @@ class PatchCore(AnomalyMethod):
     """Nearest-neighbour distance to a coreset memory bank (spec: PatchCore, seed 000)."""
 
     def __init__(self, coreset_ratio: float = 0.1, num_neighbors: int = 9, embed_dim: int | None = None,
-                 projection_dim: int = 128, seed: int = 0, sampler: str = "greedy", online_batch_images: int = 8):
+                 projection_dim: int = 128, seed: int = 0, sampler: str = "grouped", online_batch_images: int = 8,
+                 group_rows: int = DEFAULT_GROUP_ROWS):
         if num_neighbors < 1:
             raise ConfigError(f"patchcore: num_neighbors must be >= 1, got {num_neighbors}")
         if sampler not in SAMPLERS:
-            raise ConfigError(f"patchcore: sampler must be 'greedy' (the paper's coreset over all patches) or "
+            raise ConfigError(f"patchcore: sampler must be 'grouped' (greedy within groups of images, default), "
+                              f"'exact' (the paper's greedy over all patches; 'greedy' is the same) or "
                               f"'online' (seed 003's bounded-memory coreset), got {sampler!r}")
         if int(online_batch_images) < 1:
             raise ConfigError(f"patchcore: online_batch_images must be >= 1, got {online_batch_images}")
         self.sampler, self.online_batch_images = sampler, int(online_batch_images)
-        self.coreset = ApproximateGreedyCoreset(coreset_ratio, projection_dim=projection_dim, seed=seed)
+        self.coreset = ApproximateGreedyCoreset(coreset_ratio, projection_dim=projection_dim, seed=seed,
+                                                group_rows=int(group_rows) if sampler == "grouped" else None)
         self.num_neighbors = int(num_neighbors)
         self.embed_dim = embed_dim
         self._params = dict(coreset_ratio=float(coreset_ratio), num_neighbors=self.num_neighbors,
                             embed_dim=embed_dim, projection_dim=int(projection_dim), seed=int(seed),
-                            sampler=sampler, online_batch_images=self.online_batch_images)
+                            sampler=sampler, online_batch_images=self.online_batch_images,
+                            group_rows=int(group_rows))
 
     def embedding(self, channels: tuple[int, ...]) -> nn.Module:
         return PatchEmbedding(channels, embed_dim=self.embed_dim)

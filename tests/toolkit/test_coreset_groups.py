@@ -1,0 +1,46 @@
+"""Grouped coreset selection (toolkit/coreset.py group_rows): each group of whole images runs the textbook greedy
+on its own share of the coreset; one group is the global greedy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adtk.runtime.errors import ConfigError
+from adtk.toolkit.coreset import ApproximateGreedyCoreset
+from adtk.toolkit.methods.patchcore import PatchCore
+from tests.toolkit.methods.test_patchcore import reference_greedy
+
+
+def test_groups_are_whole_images_with_their_share_and_the_textbook_picks_inside():
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(10, 8, 4, 5)).astype(np.float32)  # 10 images x 20 patches, D <= 128: no projection
+    sampler = ApproximateGreedyCoreset(0.1, seed=2, group_rows=100)  # 200 rows -> 2 groups of 5 images
+    selected = sampler.select(maps)
+    assert len(selected) == 20
+    rows = maps.transpose(0, 2, 3, 1).reshape(-1, 8).astype(np.float64)
+    generator = torch.Generator().manual_seed(2)
+    expected = []
+    for start in (0, 100):  # the groups draw their start rows from one generator, in order
+        starts = torch.randperm(100, generator=generator)[:10].numpy()
+        expected.append(start + reference_greedy(rows[start:start + 100], 10, starts))
+    np.testing.assert_array_equal(selected, np.sort(np.concatenate(expected)))
+
+
+def test_one_group_is_the_global_greedy_and_shares_add_up():
+    rows = np.random.default_rng(1).normal(size=(997, 16)).astype(np.float32)
+    exact = ApproximateGreedyCoreset(0.05, seed=0).select(rows)
+    np.testing.assert_array_equal(ApproximateGreedyCoreset(0.05, seed=0, group_rows=5000).select(rows), exact)
+    grouped = ApproximateGreedyCoreset(0.05, seed=0, group_rows=130).select(rows)  # 8 uneven groups
+    assert len(grouped) == len(exact) == 49 and len(np.unique(grouped)) == 49
+    with pytest.raises(ConfigError):
+        ApproximateGreedyCoreset(0.1, group_rows=0)
+
+
+def test_patchcore_sampler_choice():
+    assert PatchCore().coreset.group_rows is not None  # grouped by default
+    assert PatchCore(sampler="exact").coreset.group_rows is None
+    assert PatchCore(sampler="greedy").coreset.group_rows is None
+    with pytest.raises(ConfigError):
+        PatchCore(sampler="fastest")
