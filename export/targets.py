@@ -88,6 +88,10 @@ class Target:
 
 def targets_dir() -> Path:
     """The packaged targets/ folder (adtk.targets)."""
+    if not hasattr(resources, "files"):  # Python 3.8 (JetPack 5): adtk is never zip-imported, so __file__ is real
+        import adtk.targets
+
+        return Path(adtk.targets.__file__).parent
     return Path(str(resources.files("adtk.targets")))
 
 

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from adtk.runtime.errors import ArtefactError, ConfigError
+from adtk.runtime.extras import require
 
 SIGNATURE_SUFFIX = ".sig"
 PUBLIC_KEY_ENV = "ADTK_PUBLIC_KEY"
@@ -26,11 +27,8 @@ _DOMAIN = b"adtk-artefact-v1\0"
 
 
 def _crypto():
-    try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-    except ImportError:
-        raise ConfigError("artefact signing needs the `cryptography` package: pip install adtk[sign]") from None
+    serialization = require("cryptography.hazmat.primitives.serialization", "artefact signing")
+    ed25519 = require("cryptography.hazmat.primitives.asymmetric.ed25519", "artefact signing")
     return serialization, ed25519
 
 
@@ -105,9 +103,9 @@ def verify_signature_digest(file_sha256: str, source: str | Path, sig_path: str 
                             public_key_path: str | Path) -> str:
     """Check the signature file `sig_path` against a file's sha256 (hex; computed by the caller while
     streaming, or over the exact bytes about to be used) -> key id. Raises ArtefactError."""
+    key = _load_key(public_key_path, private=False)  # first: says which extra is missing, in one line
     from cryptography.exceptions import InvalidSignature
 
-    key = _load_key(public_key_path, private=False)
     sig_path = Path(sig_path)
     if not sig_path.is_file():
         raise ArtefactError(f"{source}: a public key is configured ({public_key_path}) but there is no signature "

@@ -6,6 +6,7 @@ import numpy as np
 
 from adtk.runtime.backends.base import Backend
 from adtk.runtime.errors import BackendError
+from adtk.runtime.extras import require
 
 # Preference order for backend="auto": the fastest provider that this onnxruntime build has.
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -29,7 +30,7 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, model_bytes: bytes, provider: str = "auto", intra_op_threads: int | None = None,
                  memory_arena: bool = True):
-        import onnxruntime as ort
+        ort = require("onnxruntime", "scoring with onnxruntime")
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

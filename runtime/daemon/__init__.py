@@ -5,5 +5,5 @@
     ApiServer (threads): GET /health /model /metrics, POST /predict
 
 Torch-free like the rest of adtk.runtime. OpenCV (video sources) and paho-mqtt (MQTT sink) are optional
-extras (`pip install 'adtk[camera]'`, `'adtk[mqtt]'`, or `'adtk[serve]'` for both), imported only when used.
+extras (`pip install 'adtk[serve]'` for both), imported only when used.
 """

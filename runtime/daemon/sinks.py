@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from adtk.runtime.errors import ConfigError
+from adtk.runtime.extras import require
 
 
 @dataclass
@@ -117,10 +118,7 @@ class MqttSink:
 
     def __init__(self, url: str, qos: int = 1, max_queued: int = 1000, client_id: str = "",
                  on_discard=lambda: None):
-        try:
-            import paho.mqtt.client as mqtt
-        except ImportError:
-            raise ConfigError("the MQTT sink needs paho-mqtt: pip install 'adtk[mqtt]'") from None
+        mqtt = require("paho.mqtt.client", "the MQTT sink")
         parts = urlsplit(url)
         self.topic = unquote(parts.path.lstrip("/"))
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or not self.topic:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from adtk.runtime.errors import ConfigError, DataError
+from adtk.runtime.extras import require
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
 
@@ -173,12 +174,7 @@ class FolderSource:
 
 
 def import_cv2():
-    try:
-        import cv2
-    except ImportError:
-        raise ConfigError("video, camera and stream sources need OpenCV: pip install 'adtk[camera]' "
-                          "(opencv-python-headless)") from None
-    return cv2
+    return require("cv2", "video, camera and stream sources")
 
 
 class VideoSource:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from adtk.runtime.extras import missing_extra_message
+
 
 @click.command("inspect")
 @click.argument("model", type=click.Path(path_type=Path))
@@ -16,22 +18,13 @@ def command(model, as_json):
     \b
     JSON keys: path, bytes, sha256, file_sha256, inputs, outputs, operators {op: count}, manifest.
     """
-    import onnx
-
     from adtk.runtime.artefact import read_artefact
 
     artefact = read_artefact(model)
-    proto = onnx.load_from_string(artefact.model_bytes)
-
-    def describe(values):
-        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
-
+    inputs, outputs, operators = _describe_graph(artefact.model_bytes)
     info = {
         "path": str(model), "bytes": len(artefact.model_bytes), "sha256": artefact.sha256,
-        "file_sha256": artefact.file_sha256, "inputs": describe(proto.graph.input),
-        "outputs": describe(proto.graph.output),
-        "operators": dict(Counter(node.op_type for node in proto.graph.node).most_common()),
+        "file_sha256": artefact.file_sha256, "inputs": inputs, "outputs": outputs, "operators": operators,
         "manifest": artefact.manifest,
     }
     if as_json:
@@ -60,4 +53,35 @@ def command(model, as_json):
     click.echo(f"training  {m['training']['num_fit_images']} images, list sha256 {m['training']['list_sha256'][:16]}...")
     for io_name, values in (("inputs", info["inputs"]), ("outputs", info["outputs"])):
         click.echo(f"{io_name:<9} " + ", ".join(f"{v['name']} {v['dtype']}{v['shape']}" for v in values))
-    click.echo("operators " + ", ".join(f"{op} x{n}" for op, n in info["operators"].items()))
+    if operators is None:
+        click.echo(f"operators (not listed: {missing_extra_message('onnx', 'listing them')})")
+    else:
+        click.echo("operators " + ", ".join(f"{op} x{n}" for op, n in operators.items()))
+
+
+def _describe_graph(model_bytes: bytes):
+    """(inputs, outputs, {op: count}) with the onnx package; without it (a device's core install), inputs and
+    outputs from onnxruntime and operators None."""
+    try:
+        import onnx
+    except ModuleNotFoundError:
+        from adtk.runtime.extras import require
+
+        session = require("onnxruntime", "adtk inspect").InferenceSession(model_bytes,
+                                                                          providers=["CPUExecutionProvider"])
+        inputs, outputs = ([{"name": v.name, "dtype": _ORT_DTYPES.get(v.type, v.type), "shape": list(v.shape)}
+                            for v in values] for values in (session.get_inputs(), session.get_outputs()))
+        return inputs, outputs, None
+    proto = onnx.load_from_string(model_bytes)
+
+    def describe(values):
+        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
+
+    operators = dict(Counter(node.op_type for node in proto.graph.node).most_common())
+    return describe(proto.graph.input), describe(proto.graph.output), operators
+
+
+# onnxruntime's type strings -> the numpy dtype names the onnx path prints.
+_ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16",
+               "tensor(bool)": "bool", "tensor(int64)": "int64", "tensor(int32)": "int32"}

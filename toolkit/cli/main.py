@@ -11,24 +11,49 @@ import sys
 import click
 
 from adtk.runtime.errors import AdtkError
+from adtk.runtime.extras import MissingExtraError, missing_extra_message
 
 
 class AdtkGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except MissingExtraError as exc:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(str(exc), err=True)
+            sys.exit(1)
         except AdtkError as exc:
             if ctx.params.get("debug"):
                 raise
             click.echo(f"{type(exc).__name__}: {exc}", err=True)
             sys.exit(2)
+        except ModuleNotFoundError as exc:
+            # An optional dependency that a command imports lazily: one line naming the extra, not a traceback.
+            command = ctx.invoked_subcommand
+            message = missing_extra_message(exc.name or "", f"adtk {command}", command)
+            if message is None or ctx.params.get("debug"):
+                raise
+            click.echo(message, err=True)
+            sys.exit(1)
+
+
+# The offline stage (torch, timm) runs on Python >= 3.10; the runtime commands also run on 3.8 (JetPack 5).
+OFFLINE_COMMANDS = frozenset({"build", "demo", "defects"})
+OFFLINE_MIN_PYTHON = (3, 10)
 
 
 @click.group(cls=AdtkGroup)
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.version_option(package_name="adtk")
-def cli(debug: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
     """adtk: fit anomaly detectors, compile them into one ONNX artefact, score frames on the edge."""
+    if ctx.invoked_subcommand in OFFLINE_COMMANDS and sys.version_info[:2] < OFFLINE_MIN_PYTHON:
+        click.echo(f"adtk {ctx.invoked_subcommand} needs Python >= {'.'.join(map(str, OFFLINE_MIN_PYTHON))} (this "
+                   f"is {sys.version.split()[0]}); the device runtime (predict, serve, inspect, flash) runs here: "
+                   "build on a workstation and copy the artefact", err=True)
+        sys.exit(1)
 
 
 def _register() -> None:
