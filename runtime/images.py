@@ -217,12 +217,15 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
 
 
 def read_mask(
-    path: str | Path, expected_hw: tuple[int, int], image_path: str | Path | None = None
+    path: str | Path, expected_hw: tuple[int, int], image_path: str | Path | None = None,
+    threshold: int = MASK_THRESHOLD,
 ) -> np.ndarray:
     """Read a defect mask as a boolean array the size of its image.
 
-    Pixels > 127 are defective (masks have soft edges); a multi-channel mask uses the max over
-    its channels (an RGB(A) mask may be drawn in any colour; alpha is composited over black).
+    Pixels > threshold are defective: 127 by default (MVTec masks are 0/255 with soft edges); 0 for data sets
+    whose masks mark defects with small label values (VisA's are 0/1, MVTec LOCO's one value per defect).
+    A multi-channel mask uses the max over its channels (an RGB(A) mask may be drawn in any colour; alpha is
+    composited over black).
 
     Args:
         path: the mask file.
@@ -247,7 +250,7 @@ def read_mask(
             f"{path}: mask is {mask_hw[1]}x{mask_hw[0]} px (width x height) but {image_name} is "
             f"{expected_width}x{expected_height} px; a mask must be the same size as its image"
         )
-    return rgb.max(axis=2) > MASK_THRESHOLD
+    return rgb.max(axis=2) > threshold
 
 
 def expand_image_paths(paths) -> list[tuple[Path, Path]]:

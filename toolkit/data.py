@@ -58,6 +58,10 @@ class Sample:
     label: int  # 0 = good, 1 = defective
     defect_type: str  # "good" or the name of the defect folder
     mask_path: Path | None  # None for good images, and for defects without a mask (image-level only)
+    # MVTec LOCO: the image's other mask files (one per defect region), merged with mask_path by read_sample_mask.
+    extra_mask_paths: tuple[Path, ...] = ()
+    # Masks whose defective pixels are any non-zero value (VisA: 0/1; LOCO: one value per defect), not > 127.
+    mask_nonzero: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,11 +69,12 @@ class DatasetIndex:
     """The images of one data folder, sorted deterministically (by folder, then file name)."""
 
     root: Path
-    layout: str  # "mvtec" or "folder"
+    layout: str  # "mvtec", "folder" (plain), "anomalib_folder", "visa" or "mvtec_loco"
     train: tuple[Sample, ...]  # defect-free training images
     test: tuple[Sample, ...]  # test/good then test/<type> images; empty for a plain folder
     defects: tuple[Sample, ...]  # labelled images from root/defects/<type>/; empty if absent
     warnings: tuple[str, ...] = ()  # things that are allowed but worth telling the user
+    validation: tuple[Sample, ...] = ()  # MVTec LOCO's validation/good (defect-free); empty elsewhere
 
     @property
     def defect_types(self) -> tuple[str, ...]:
@@ -231,8 +236,18 @@ def _index_mvtec(root: Path, pending_warnings: list[str]) -> tuple[tuple[Sample,
     return train, tuple(test)
 
 
-def index_dataset(root: str | Path) -> DatasetIndex:
-    """Index a data folder in MVTec layout (has ``train/``) or a plain folder of images.
+def index_dataset(root: str | Path, *, normal_dir: str | None = None, abnormal_dir: str | None = None,
+                  mask_dir: str | None = None, normal_test_dir: str | None = None,
+                  category: str | None = None) -> DatasetIndex:
+    """Index a data folder. The layout is found from what the folder holds:
+
+    * anomalib's Folder layout when any of ``normal_dir``/``abnormal_dir``/``mask_dir``/``normal_test_dir``
+      is given (folders relative to ``root``; see :mod:`adtk.toolkit.data_layouts`);
+    * VisA when ``root/split_csv/1cls.csv`` exists (``category`` names the object), or ``root`` is one
+      object's folder of a VisA tree (``root/../split_csv/1cls.csv``);
+    * MVTec LOCO when ``root/validation/`` exists or masks are per-image folders
+      (``ground_truth/<type>/<stem>/000.png``);
+    * MVTec when ``root/train/`` exists; otherwise a plain folder of good images.
 
     Args:
         root: the data folder; paths in the index are built from it as given.
@@ -243,13 +258,29 @@ def index_dataset(root: str | Path) -> DatasetIndex:
 
     Raises:
         DataError: root missing or not a folder; train/good missing or empty; a plain folder
-            with no images; a mask whose image does not exist; ambiguous mask pairing.
+            with no images; a mask whose image does not exist; ambiguous mask pairing; a layout
+            that is only half present (the message says which part is missing).
     """
+    from adtk.toolkit import data_layouts
+
     root = Path(root).expanduser()
     if not root.exists():
         raise DataError(f"{root}: data folder not found")
     if not root.is_dir():
         raise DataError(f"{root}: is a file, not a data folder; pass the folder that holds the images")
+    folder_dirs = {"normal_dir": normal_dir, "abnormal_dir": abnormal_dir, "mask_dir": mask_dir,
+                   "normal_test_dir": normal_test_dir}
+    if any(folder_dirs.values()):
+        return data_layouts.index_anomalib_folder(root, **folder_dirs)
+    visa = data_layouts.find_visa(root, category)
+    if visa is not None:
+        return data_layouts.index_visa(*visa)
+    if category is not None:
+        raise DataError(f"{root}: --category {category!r} is for VisA trees (split_csv/1cls.csv), and there is "
+                        "none here or in the parent folder")
+    if data_layouts.looks_like_mvtec_loco(root):
+        return data_layouts.index_mvtec_loco(root)
+    data_layouts.refuse_half_present(root)
 
     pending_warnings: list[str] = []
     if (root / "train").is_dir():
@@ -281,6 +312,16 @@ def index_dataset(root: str | Path) -> DatasetIndex:
         defects=defects,
         warnings=tuple(pending_warnings),
     )
+
+
+def read_sample_mask(sample: Sample, expected_hw: tuple[int, int]) -> np.ndarray:
+    """bool [H, W] defect mask of a sample with a mask: its mask files (one, or several for MVTec LOCO)
+    merged, with the layout's rule for which pixel values are defective."""
+    threshold = 0 if sample.mask_nonzero else MASK_THRESHOLD
+    mask = read_mask(sample.mask_path, expected_hw, sample.path, threshold=threshold)
+    for extra in sample.extra_mask_paths:
+        mask |= read_mask(extra, expected_hw, sample.path, threshold=threshold)
+    return mask
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 
 from adtk.runtime.detector import Detector
 from adtk.runtime.errors import DataError
-from adtk.toolkit.data import index_dataset, iter_images, read_mask
+from adtk.toolkit.data import index_dataset, iter_images, read_sample_mask
 from adtk.toolkit.evaluation.metrics import evaluate_predictions, image_auroc
 
 
@@ -60,7 +60,7 @@ def evaluate_artefact(model_path: str | Path, data: str | Path, backend: str = "
         labels.append(sample.label)
         types.append(sample.defect_type)
         if sample.mask_path is not None:
-            masks.append(resize_mask(read_mask(sample.mask_path, image.shape[:2]), size_hw))
+            masks.append(resize_mask(read_sample_mask(sample, image.shape[:2]), size_hw))
         else:
             masks.append(np.zeros(size_hw, dtype=bool))
         if len(batch) == batch_size:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from adtk.runtime.errors import ConfigError, DataError
-from adtk.toolkit.data import DatasetIndex, Sample, iter_images, read_mask
+from adtk.toolkit.data import DatasetIndex, Sample, iter_images, read_sample_mask
 
 DEFECT_PATCH_FRACTION = 0.1  # spec B.2.4: "at least a tenth of the pixels"
 
@@ -82,7 +82,7 @@ def extract_labelled_features(pipeline, samples: Sequence[Sample], skip_bad: boo
                         "or pick test folders with --defects-from-test TYPE[,TYPE]")
     features, used = pipeline.features(samples, skip_bad, on_warning=on_warning)
     grid_hw = tuple(features.shape[-2:])
-    masks = (read_mask(s.mask_path, image.shape[:2], s.path) for s, image in iter_images(used))
+    masks = (read_sample_mask(s, image.shape[:2]) for s, image in iter_images(used))
     labels = patch_masks(masks, grid_hw)
     if not labels.any():
         raise DataError(f"none of the {len(used)} labelled defect images has a patch that is at least "
