@@ -15,7 +15,7 @@ from adtk.runtime.errors import AdtkError
 # (numpy, PIL, click) is not here: without it nothing runs.
 EXTRA_OF_IMPORT: dict[str, tuple[str, str]] = {
     "onnxruntime": ("onnxruntime", "cpu"),
-    "onnx": ("onnx", "inspect"),
+    "onnx": ("onnx", "onnx"),
     "scipy": ("scipy", "eval"),
     "sklearn": ("scikit-learn", "eval"),
     "matplotlib": ("matplotlib", "eval"),
@@ -33,14 +33,14 @@ EXTRA_OF_IMPORT: dict[str, tuple[str, str]] = {
     "onnxscript": ("onnxscript", "build"),
     "yaml": ("pyyaml", "build"),
     "pytest": ("pytest", "test"),
-    "prometheus_client": ("prometheus-client", "test"),
+    "prometheus_client": ("prometheus-client", "serve"),
 }
 
 # The extra a command is installed with: a module it misses that this extra also declares is reported
 # under it (`adtk build` without scipy needs [build], not [eval]).
 EXTRA_OF_COMMAND: dict[str, str] = {
     "build": "build", "demo": "build", "defects": "build", "targets": "build", "eval": "eval",
-    "inspect": "inspect", "serve": "serve", "sign": "sign", "compile": "tensorrt",
+    "inspect": "onnx", "export": "onnx", "serve": "serve", "sign": "sign", "compile": "tensorrt",
 }
 
 # Extras whose packages another extra also declares (kept in step with pyproject.toml by a test).

@@ -68,7 +68,7 @@ def test_inspect_without_onnx_still_shows_the_artefact(tiny_build):
     assert result.returncode == 0, result.stderr
     assert "integrity OK" in result.stdout
     assert "outputs   pred_score float32['batch'], pred_label bool['batch']" in result.stdout
-    assert "operators (not listed: listing them needs the [inspect] extra" in result.stdout
+    assert "operators (not listed: listing them needs the [onnx] extra" in result.stdout
 
 
 def test_a_missing_module_that_is_no_extra_is_a_real_bug(tmp_path):

