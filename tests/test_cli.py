@@ -45,8 +45,8 @@ def test_predict_prints_json_lines(runner, built, tiny_dataset):
     lines = [json.loads(line) for line in result.output.strip().splitlines()]
     assert [line["path"] for line in lines] == paths
     for line in lines:
-        assert 0.0 <= line["score"] <= 1.0 and isinstance(line["label"], bool)
-        assert line["label"] == (line["score"] > 0.5)
+        assert 0.0 <= line["pred_score"] <= 1.0 and isinstance(line["pred_label"], bool)
+        assert line["pred_label"] == (line["pred_score"] > 0.5)
 
 
 def test_eval_reports_metrics_as_table_and_json(runner, built, tiny_dataset, tmp_path):
@@ -71,20 +71,20 @@ def test_inspect_shows_manifest_and_graph(runner, built):
     assert "MatMul" in info["operators"]
 
 
-def test_user_errors_exit_2_with_a_message(runner, built, tmp_path):
+def test_user_errors_exit_1_for_runtime_and_2_for_usage_with_a_message(runner, built, tmp_path):
     empty = tmp_path / "empty"
     (empty / "train" / "good").mkdir(parents=True)
     result = runner.invoke(cli, ["build", "--data", str(empty), "-o", str(tmp_path / "m.onnx"), "--random-weights"])
-    assert result.exit_code == 2 and "DataError" in result.output and "train" in result.output
+    assert result.exit_code == 1 and "DataError" in result.output and "train" in result.output
     result = runner.invoke(cli, ["build", "--method", "patchcor", "--data", str(empty), "-o", str(tmp_path / "m.onnx")])
     assert result.exit_code == 2 and "did you mean 'patchcore'" in result.output
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(built.read_bytes()[:-100])
     result = runner.invoke(cli, ["predict", str(broken), str(built)])
-    assert result.exit_code == 2 and "ArtefactError" in result.output
+    assert result.exit_code == 1 and "ArtefactError" in result.output
     not_image = tmp_path / "frame.png"
     not_image.write_text("not an image")
     result = runner.invoke(cli, ["predict", str(built), str(not_image)])
-    assert result.exit_code == 2 and "frame.png" in result.output
+    assert result.exit_code == 1 and "frame.png" in result.output
     result = runner.invoke(cli, ["predict", "--skip-bad", str(built), str(not_image)])
     assert result.exit_code == 0 and '"error"' in result.output

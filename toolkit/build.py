@@ -23,6 +23,7 @@ from adtk.export.targets import load_target
 from adtk.runtime.manifest import build_manifest
 from adtk.runtime.errors import ConfigError, DataError, TargetError
 from adtk.toolkit.backbones import create_backbone
+from adtk.toolkit.build_config import config_to_dict, validate_build_config
 from adtk.toolkit.calibration import Calibration, calibrate
 from adtk.toolkit.ensemble import backbone_choices, geometry_stride, member_statistics
 from adtk.toolkit.data import DatasetIndex, Sample, index_dataset, iter_images, training_list_sha256
@@ -68,6 +69,9 @@ class BuildConfig:
     # same method, standardised on held-out good images and averaged in one artefact (toolkit/ensemble.py).
     ensemble: tuple[str, ...] = ()
     defects_from_test: tuple[str, ...] = ()  # test/<type> folders whose images (and masks) methods may learn from
+    # index_dataset's layout options: anomalib Folder (normal_dir, abnormal_dir, mask_dir, normal_test_dir) or
+    # VisA's category (toolkit/data_layouts.py); empty for MVTec, MVTec LOCO and plain folders (found by content)
+    data_layout: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -193,7 +197,8 @@ def make_manifest(config: BuildConfig, method, backbone, preprocess, calibration
                   "list_sha256": training_list_sha256(fit_samples),
                   "calibration_list_sha256": training_list_sha256(calibration_samples),
                   "seed": config.seed, "max_train_images": config.max_train_images, **(training_records or {})},
-        blur_sigma=config.blur_sigma, toolchain={"torch": torch.__version__}, timings_s=timings_s)
+        blur_sigma=config.blur_sigma, toolchain={"torch": torch.__version__}, timings_s=timings_s,
+    ) | {"build_config": config_to_dict(config)}  # every option, so `adtk inspect --config` can re-run the build
 
 
 @torch.no_grad()
@@ -256,6 +261,7 @@ def build_geometry(config: BuildConfig, stride: int, training_samples, log) -> G
 
 def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetIndex | None = None) -> BuildResult:
     """Fit and compile. `progress_factory(total, label)` returns a context manager with .update(n)."""
+    validate_build_config(config)  # every option, before any image is read
     timings: dict[str, float] = {}
     started = time.perf_counter()
     release_large_blocks_promptly()  # the build's peak RSS (toolkit/memory.py)
@@ -264,7 +270,7 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
     check_output_path(config.out)  # an unwritable -o is found now, not after the whole fit
     choices = check_geometry_request(config, method)
     refine_spec = parse_refine(config.refine) if config.refine else None
-    index = index or index_dataset(config.data)
+    index = index or index_dataset(config.data, **config.data_layout)
     fit_samples, calib_samples = split_training_set(index.train, config.calib_fraction,
                                                     config.max_train_images, config.seed)
     warn = (lambda message: log(f"warning: {message}"))

@@ -33,11 +33,28 @@ from adtk.toolkit.data import (
     _list_subfolders,
 )
 
+# index_dataset's layout keywords, as CLI options (`adtk build`, `adtk eval`) and BuildConfig.data_layout keys.
+LAYOUT_OPTIONS = {
+    "normal_dir": "Folder layout: defect-free training images (relative to --data).",
+    "abnormal_dir": "Folder layout: defective test images.",
+    "mask_dir": "Folder layout: a mask per abnormal image, named like it (000.png or 000_mask.png).",
+    "normal_test_dir": "Folder layout: defect-free test images (default: a seeded 20% of --normal-dir).",
+    "category": "VisA: the object to use (a row value of split_csv/1cls.csv's `object` column).",
+}
 NORMAL_TEST_FRACTION = 0.2  # anomalib Folder's default normal_split_ratio
 NORMAL_TEST_SEED = 0
 VISA_SPLIT_CSV = Path("split_csv") / "1cls.csv"
 VISA_COLUMNS = ("object", "split", "label", "image", "mask")
 LOCO_VALIDATION = Path("validation") / "good"
+
+
+def data_layout_options(command):
+    """Add --normal-dir, --abnormal-dir, --mask-dir, --normal-test-dir and --category to a click command."""
+    import click
+
+    for name, help_text in reversed(LAYOUT_OPTIONS.items()):
+        command = click.option(f"--{name.replace('_', '-')}", name, default=None, help=help_text)(command)
+    return command
 
 
 # --------------------------------------------------------------------------------------------

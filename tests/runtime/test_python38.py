@@ -81,7 +81,7 @@ def test_device_commands_on_38(run38, tiny_build, tiny_dataset, tmp_path):
     adtk = ("-m", "adtk.toolkit.cli.main")
     predicted = run38(*adtk, "predict", str(tiny_build.artefact), *images)
     assert predicted.returncode == 0, predicted.stderr
-    scores = [json.loads(line)["score"] for line in predicted.stdout.splitlines()]
+    scores = [json.loads(line)["pred_score"] for line in predicted.stdout.splitlines()]
     reference = Detector.load(tiny_build.artefact, backend="cpu").predict(images).pred_score
     np.testing.assert_allclose(scores, reference, atol=1e-5)
 

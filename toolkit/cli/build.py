@@ -4,7 +4,8 @@ from pathlib import Path
 
 import click
 
-from adtk.toolkit.cli.progress import progress_factory
+from adtk.toolkit.cli.progress import log_info, progress_factory
+from adtk.toolkit.data_layouts import LAYOUT_OPTIONS, data_layout_options
 
 
 def parse_params(pairs: tuple[str, ...]) -> dict:
@@ -25,11 +26,24 @@ def parse_params(pairs: tuple[str, ...]) -> dict:
     return params
 
 
+# Options of `adtk build` that are not BuildConfig fields (everything else is one, under the same name).
+CLI_ONLY = frozenset({"config_file", "print_config", "as_json", "engine", "params", "coreset_ratio", "num_neighbors",
+                      "backbones", *LAYOUT_OPTIONS})
+
+
 @click.command("build")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="YAML file of build options (BuildConfig's field names, e.g. `method: padim`, `image_size_px: "
+                   "224`, `method_params: {coreset_ratio: 0.05}`); flags given on the command line override it. "
+                   "`adtk inspect MODEL --config` prints the one an artefact was built with.")
+@click.option("--print-config", is_flag=True, help="Print the resolved build options as YAML and exit.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the result as one JSON document on stdout (logs and progress stay on stderr).")
 @click.option("--method", "method", default="patchcore", show_default=True, help="Detector (see `adtk build --help`).")
-@click.option("--data", type=click.Path(path_type=Path), required=True,
+@click.option("--data", type=click.Path(path_type=Path), default=None,
               help="MVTec-style folder (train/good, ...) or a plain folder of good images.")
-@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Artefact to write (.onnx).")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Artefact to write (.onnx).")
+@data_layout_options
 @click.option("--backbone", "backbones", multiple=True, metavar="NAME[:STAGES]",
               help="timm backbone (default tf_efficientnet_lite0), optionally with its stages, e.g. "
                    "tf_efficientnet_lite0:blocks.1,blocks.2,blocks.4 (blocks.1 = stride 4, for thin defects). Repeat "
@@ -72,12 +86,16 @@ def parse_params(pairs: tuple[str, ...]) -> dict:
 @click.option("--check-images", type=int, default=200, show_default=True,
               help="Held-out images the precision check scores.")
 @click.option("--engine", is_flag=True, help="Also build a TensorRT engine for --target (needs tensorrt).")
-def command(method, data, out, backbones, stages, weights, random_weights, image_size_px, tile, coreset_ratio,
-            num_neighbors, params, calib_fraction, max_train_images, seed, skip_bad, target, precision, max_auroc_drop,
-            check_images, engine, refine=None, defects_from_test=None):
+@click.pass_context
+def command(ctx, config_file, print_config, as_json, method, data, out, backbones, stages, weights, random_weights,
+            image_size_px, tile, coreset_ratio, num_neighbors, params, calib_fraction, max_train_images, seed, skip_bad,
+            target, precision, max_auroc_drop, check_images, engine, refine=None, defects_from_test=None, **layout):
     """Fit a detector on DATA and compile it into one ONNX artefact."""
+    import json
+
     from adtk.runtime.errors import ConfigError
     from adtk.toolkit.build import BuildConfig, build
+    from adtk.toolkit.build_config import config_from_dict, config_to_dict, config_to_yaml, read_config_file
     from adtk.toolkit.ensemble import parse_backbone_choice
 
     method_params = parse_params(params)
@@ -91,32 +109,65 @@ def command(method, data, out, backbones, stages, weights, random_weights, image
     for key, value in (("coreset_ratio", coreset_ratio), ("num_neighbors", num_neighbors)):
         if value is not None:
             method_params[key] = value
-    config = BuildConfig(
+    from_flags = BuildConfig(
         data=data, out=out, method=method, method_params=method_params, backbone=backbone,
         stages=tuple(s.strip() for s in stages.split(",")) if stages else None, weights=weights,
         random_weights=random_weights, image_size_px=image_size_px, tile=tile, calib_fraction=calib_fraction,
         max_train_images=max_train_images, seed=seed, skip_bad=skip_bad, refine=refine,
         defects_from_test=tuple(t.strip() for t in defects_from_test.split(",") if t.strip()) if defects_from_test else (),
         target=target, precision=precision, max_auroc_drop=max_auroc_drop, check_images=check_images,
-        ensemble=tuple(backbones[1:]),
+        ensemble=tuple(backbones[1:]), data_layout={key: value for key, value in layout.items() if value is not None},
     )
-    if engine and not target:
+    config = config_from_dict(resolve_options(ctx, from_flags, read_config_file(config_file) if config_file else {}),
+                              "adtk build")
+    if print_config:
+        click.echo(config_to_yaml(config_to_dict(config)), nl=False)
+        return
+    if engine and not config.target:
         raise ConfigError("--engine needs --target (the engine is built for one device)")
-    result = build(config, log=lambda m: click.echo(m, err=True), progress_factory=progress_factory)
+    say = log_info if as_json else click.echo  # with --json, stdout holds only the JSON document
+    result = build(config, log=log_info, progress_factory=progress_factory)
     size_mb = result.artefact.stat().st_size / 1e6
     fit = result.manifest["method"]["fit"]
-    click.echo(f"wrote {result.artefact} ({size_mb:.1f} MB; {fit}); "
-               f"timings {', '.join(f'{k} {v:.1f}s' for k, v in result.timings_s.items())}")
+    say(f"wrote {result.artefact} ({size_mb:.1f} MB; {fit}); "
+        f"timings {', '.join(f'{k} {v:.1f}s' for k, v in result.timings_s.items())}")
+    engine_path = None
     if engine:
         from adtk.export.tensorrt import build_engine
 
-        engine_path = build_engine(result.artefact, target, log=lambda m: click.echo(m, err=True))
-        click.echo(f"wrote {engine_path} (TensorRT engine) and {engine_path}.json (its metadata)")
+        engine_path = build_engine(result.artefact, config.target, log=log_info)
+        say(f"wrote {engine_path} (TensorRT engine) and {engine_path}.json (its metadata)")
     refinement = result.manifest["training"].get("refinement")
     if refinement:
-        click.echo(f"refine {refinement['spec']}: dropped {refinement['num_dropped']} of "
-                   f"{refinement['num_candidates']} training images (list: {refinement['list_file']})")
-    click.echo("next:")
-    click.echo(f"  adtk eval {result.artefact} --data {data}")
-    click.echo(f"  adtk predict {result.artefact} IMAGE...")
-    click.echo(f"  adtk inspect {result.artefact}")
+        say(f"refine {refinement['spec']}: dropped {refinement['num_dropped']} of "
+            f"{refinement['num_candidates']} training images (list: {refinement['list_file']})")
+    if as_json:
+        click.echo(json.dumps({"artefact": str(result.artefact), "bytes": result.artefact.stat().st_size,
+                               "engine": str(engine_path) if engine_path else None,
+                               "timings_s": result.timings_s, "manifest": result.manifest}, indent=2))
+        return
+    say("next:")
+    say(f"  adtk eval {result.artefact} --data {config.data}")
+    say(f"  adtk predict {result.artefact} IMAGE...")
+    say(f"  adtk inspect {result.artefact}")
+
+
+def resolve_options(ctx: click.Context, from_flags, from_file: dict) -> dict:
+    """The build's options, lowest precedence first: the flags' defaults, the --config file, the flags given.
+    A flag counts as given when it is on the command line (or in the environment); it sets the BuildConfig field
+    of its own name (--backbone: backbone, stages and ensemble), and --param/--coreset-ratio/--num-neighbors and the
+    layout flags set keys of method_params and data_layout."""
+    from click.core import ParameterSource
+
+    from adtk.toolkit.build_config import config_to_dict
+
+    given = {name for name in ctx.params
+             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    if "backbones" in given:
+        given |= {"backbone", "stages", "ensemble"}
+    flag_values = {key: value for key, value in config_to_dict(from_flags).items() if value is not None}
+    resolved = {**flag_values, **from_file}
+    resolved.update({key: flag_values[key] for key in given - CLI_ONLY if key in flag_values})
+    for merged in ("method_params", "data_layout"):  # dicts: the flags' keys over the file's
+        resolved[merged] = {**from_file.get(merged, {}), **getattr(from_flags, merged)}
+    return resolved

@@ -38,5 +38,5 @@ def command(out, backbone, random_weights):
     bad = next(s for s in index.test if s.label == 1)
     for sample in (good, bad):
         prediction = detector.predict([str(sample.path)])
-        click.echo(json.dumps({"path": str(sample.path), "score": round(float(prediction.pred_score[0]), 4),
-                               "label": bool(prediction.pred_label[0])}))
+        click.echo(json.dumps({"path": str(sample.path), "pred_score": round(float(prediction.pred_score[0]), 4),
+                               "pred_label": bool(prediction.pred_label[0])}))

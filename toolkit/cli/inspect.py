@@ -12,7 +12,9 @@ from adtk.runtime.extras import missing_extra_message
 @click.command("inspect")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON document.")
-def command(model, as_json):
+@click.option("--config", "as_config", is_flag=True,
+              help="Print only the build options the artefact was made with, as YAML for `adtk build --config`.")
+def command(model, as_json, as_config):
     """Show an artefact's manifest, size, inputs/outputs and operators (after verifying it).
 
     \b
@@ -21,6 +23,9 @@ def command(model, as_json):
     from adtk.runtime.artefact import read_artefact
 
     artefact = read_artefact(model)
+    if as_config:
+        click.echo(_build_config_text(artefact.manifest, model), nl=False)
+        return
     inputs, outputs, operators = _describe_graph(artefact.model_bytes)
     info = {
         "path": str(model), "bytes": len(artefact.model_bytes), "sha256": artefact.sha256,
@@ -85,3 +90,18 @@ def _describe_graph(model_bytes: bytes):
 # onnxruntime's type strings -> the numpy dtype names the onnx path prints.
 _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16",
                "tensor(bool)": "bool", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+def _build_config_text(manifest: dict, model) -> str:
+    """The manifest's build_config as YAML (JSON where PyYAML is absent: YAML reads JSON too)."""
+    from adtk.runtime.errors import ArtefactError
+
+    config = manifest.get("build_config")
+    if not isinstance(config, dict):
+        raise ArtefactError(f"{model}: no build options recorded (built by an adtk from before they were); "
+                            "`adtk inspect` shows what the manifest has")
+    try:
+        import yaml
+    except ModuleNotFoundError:
+        return json.dumps(config, indent=2) + "\n"
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=None)

@@ -1,6 +1,13 @@
 """The `adtk` command: a click group with one module per command. A command parses its options, calls
-one library function and prints; it holds no logic. Errors a user can cause print as one line and exit 2
-(`--debug` shows the traceback)."""
+one library function and prints; it holds no logic.
+
+Conventions every command follows:
+- exit status 0 on success, 1 for a runtime error (bad data, a damaged artefact, a backend or target that
+  fails, a missing optional dependency), 2 for a usage error (an unknown option or method, a bad value or
+  combination: ConfigError, and click's own usage errors); each printed as one line (`--debug` shows the
+  traceback);
+- `--json` prints the result as one JSON document on stdout; logs and progress go to stderr;
+- `-q` shows only warnings and errors, `-v` adds debug lines (`logging`, logger "adtk")."""
 
 from __future__ import annotations
 
@@ -10,8 +17,10 @@ import sys
 
 import click
 
-from adtk.runtime.errors import AdtkError
+from adtk.runtime.errors import AdtkError, ConfigError
 from adtk.runtime.extras import MissingExtraError, missing_extra_message
+
+RUNTIME_ERROR, USAGE_ERROR = 1, 2  # click exits 2 for its own usage errors
 
 
 class AdtkGroup(click.Group):
@@ -22,12 +31,12 @@ class AdtkGroup(click.Group):
             if ctx.params.get("debug"):
                 raise
             click.echo(str(exc), err=True)
-            sys.exit(1)
+            sys.exit(RUNTIME_ERROR)
         except AdtkError as exc:
             if ctx.params.get("debug"):
                 raise
             click.echo(f"{type(exc).__name__}: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(USAGE_ERROR if isinstance(exc, ConfigError) else RUNTIME_ERROR)
         except ModuleNotFoundError as exc:
             # An optional dependency that a command imports lazily: one line naming the extra, not a traceback.
             command = ctx.invoked_subcommand
@@ -35,7 +44,7 @@ class AdtkGroup(click.Group):
             if message is None or ctx.params.get("debug"):
                 raise
             click.echo(message, err=True)
-            sys.exit(1)
+            sys.exit(RUNTIME_ERROR)
 
 
 # The offline stage (torch, timm) runs on Python >= 3.10; the runtime commands also run on 3.8 (JetPack 5).
@@ -45,15 +54,20 @@ OFFLINE_MIN_PYTHON = (3, 10)
 
 @click.group(cls=AdtkGroup)
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("-v", "--verbose", count=True, help="More log lines (debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
 @click.version_option(package_name="adtk")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
     """adtk: fit anomaly detectors, compile them into one ONNX artefact, score frames on the edge."""
+    from adtk.toolkit.cli.progress import configure_logging
+
+    configure_logging(-1 if quiet else verbose)
     if ctx.invoked_subcommand in OFFLINE_COMMANDS and sys.version_info[:2] < OFFLINE_MIN_PYTHON:
         click.echo(f"adtk {ctx.invoked_subcommand} needs Python >= {'.'.join(map(str, OFFLINE_MIN_PYTHON))} (this "
                    f"is {sys.version.split()[0]}); the device runtime (predict, serve, inspect, flash) runs here: "
                    "build on a workstation and copy the artefact", err=True)
-        sys.exit(1)
+        sys.exit(RUNTIME_ERROR)
 
 
 def _register() -> None:

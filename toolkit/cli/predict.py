@@ -15,11 +15,11 @@ import click
               help="Write one PNG per image into DIR: the map coloured above its threshold, the defect region "
                    "outlined, label and score on the frame (named after the image, folders kept).")
 def command(model, images, backend, skip_bad, overlay_dir):
-    """Score IMAGES (files or folders, searched recursively) with MODEL; one JSON line per image: path,
-    score (0..1, 0.5 = threshold), label.
+    """Score IMAGES (files or folders, searched recursively) with MODEL; one JSON line per image, keyed by the
+    artefact's output names: path, pred_score (0..1, 0.5 = threshold), pred_label, raw_score.
 
     \b
-    JSON line: {"path": str, "score": float, "label": bool, "raw_score": float}
+    JSON line: {"path": str, "pred_score": float, "pred_label": bool, "raw_score": float}
     With --overlays DIR, also "overlay": the PNG written.
     With --skip-bad, an undecodable image gives {"path": str, "error": str}.
     """
@@ -37,12 +37,13 @@ def command(model, images, backend, skip_bad, overlay_dir):
             click.echo(json.dumps({"path": str(path), "error": str(exc)}))
             continue
         prediction = detector.predict(image[None])
-        record = {"path": str(path), "score": round(float(prediction.pred_score[0]), 6),
-                  "label": bool(prediction.pred_label[0]), "raw_score": round(float(prediction.raw_score[0]), 6)}
+        record = {"path": str(path), "pred_score": round(float(prediction.pred_score[0]), 6),
+                  "pred_label": bool(prediction.pred_label[0]),
+                  "raw_score": round(float(prediction.raw_score[0]), 6)}
         if overlay_dir is not None:
             from adtk.runtime.overlay import render_overlay, save_png
 
-            picture = render_overlay(image, prediction.anomaly_map[0], record["score"], record["label"],
+            picture = render_overlay(image, prediction.anomaly_map[0], record["pred_score"], record["pred_label"],
                                      caption=str(name))
             record["overlay"] = str(save_png(picture, overlay_dir / name.with_suffix(".png")))
         click.echo(json.dumps(record))
