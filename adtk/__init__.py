@@ -5,6 +5,7 @@ The top-level names are imported lazily (PEP 562), so `import adtk` stays as lig
 
     adtk.__version__      the installed distribution's version
     adtk.Detector         adtk.runtime.detector.Detector: load an artefact, score frames (torch-free)
+    adtk.build(...)       adtk.toolkit.api.build: fit and compile, as `adtk build` (needs the [build] extra)
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ _LAZY_NAMES = {
     "Detector": ("adtk.runtime.detector", "Detector"),
     "Prediction": ("adtk.runtime.detector", "Prediction"),
     "AdtkError": ("adtk.runtime.errors", "AdtkError"),
+    "build": ("adtk.toolkit.api", "build"),
+    "BuildConfig": ("adtk.toolkit.build", "BuildConfig"),
 }
 
 __all__ = ["__version__", *_LAZY_NAMES]

@@ -118,3 +118,24 @@ def test_runtime_errors_exit_1(runner, tmp_path):
 def test_click_usage_errors_exit_2(runner):
     result = runner.invoke(cli, ["build", "--no-such-flag"])
     assert result.exit_code == 2 and "No such option" in result.stderr
+
+
+def test_eval_reads_the_folder_layout(runner, tiny_build, tiny_dataset, tmp_path):
+    """The tiny MVTec set re-laid out as anomalib's Folder layout gives eval the same images and masks."""
+    defect_type = tiny_dataset.defect_types[0]
+    defects = [s for s in tiny_dataset.test if s.defect_type == defect_type]
+    for folder, samples in (("ok", tiny_dataset.train), ("ok_test", [s for s in tiny_dataset.test if s.label == 0]),
+                            ("ng", defects)):
+        (tmp_path / folder).mkdir()
+        for sample in samples:
+            (tmp_path / folder / sample.path.name).symlink_to(sample.path)
+    (tmp_path / "masks").mkdir()
+    for sample in (s for s in defects if s.mask_path is not None):
+        (tmp_path / "masks" / sample.mask_path.name).symlink_to(sample.mask_path)
+    result = runner.invoke(cli, ["eval", str(tiny_build.artefact), "--data", str(tmp_path), "--normal-dir", "ok",
+                                 "--abnormal-dir", "ng", "--mask-dir", "masks", "--normal-test-dir", "ok_test",
+                                 "--json", "-"])
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["num_images"] == len(defects) + sum(s.label == 0 for s in tiny_dataset.test)
+    assert metrics["num_defective"] == len(defects) and metrics["pixel_auroc"] is not None

@@ -367,7 +367,9 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
         if target is None:
             features = fit_inputs = None  # no sizing round will refit: free them before the export's peak
         tic = time.perf_counter()
-        fp32_model = export_model(graph, manifest, preprocess.image_size_px)
+        with _progress(progress_factory, 1, "export") as bar:  # one step: torch's exporter reports no progress
+            fp32_model = export_model(graph, manifest, preprocess.image_size_px)
+            bar.update(1)
         timings["export"] = time.perf_counter() - tic
         if target is None:
             break
@@ -390,8 +392,10 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
     if precision != "fp32":
         data = compile_check_data(index, fit_samples, calib_samples, config.check_images, config.seed,
                                   config.skip_bad, warn)
-    model, manifest, _ = compile_model(fp32_model, manifest, CompileOptions(precision, target, config.max_auroc_drop),
-                                       data, log)
+    with _progress(progress_factory, 1, "compile") as bar:
+        model, manifest, _ = compile_model(fp32_model, manifest,
+                                           CompileOptions(precision, target, config.max_auroc_drop), data, log)
+        bar.update(1)
     artefact = write_artefact(model, manifest, config.out)
     if refinement is not None:
         write_training_list(refinement, candidates, artefact)

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from adtk.toolkit.cli.progress import progress_factory
+from adtk.toolkit.data_layouts import data_layout_options
 
 
 def format_table(metrics: dict) -> str:
@@ -27,6 +28,7 @@ def format_table(metrics: dict) -> str:
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
               help="Also write the metrics as JSON to this file ('-' for stdout only).")
 @click.option("--skip-bad", is_flag=True)
+@data_layout_options
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
               help="Write DIR/report.html (metrics, ROC and per-threshold plots, worst false positives and "
                    "negatives as heatmap overlays) and DIR/metrics.json.")
@@ -46,7 +48,7 @@ def format_table(metrics: dict) -> str:
 @click.option("--random-weights", is_flag=True, help="With --pollution: random backbone weights (tests only).")
 def command(model, data, backend, json_out, skip_bad, report_dir=None, pollution=None, protocol="sroc", seed=0,
             method="patchcore", params=(), refine=None, backbone="tf_efficientnet_lite0", image_size_px=256,
-            random_weights=False):
+            random_weights=False, **layout):
     """Evaluate MODEL on DATA's test split: image/pixel AUROC, AU-PRO, F1 at the stored threshold.
 
     \b
@@ -81,10 +83,11 @@ def command(model, data, backend, json_out, skip_bad, report_dir=None, pollution
 
             raise ConfigError("adtk eval: give the MODEL to evaluate, or --pollution RATE to fit one on a polluted "
                               "training set first")
-        total = len(index_dataset(data).test)
-        with progress_factory(total, "eval") as bar:
+        layout = {key: value for key, value in layout.items() if value is not None}
+        test_samples = list(index_dataset(data, **layout).test)
+        with progress_factory(len(test_samples), "eval") as bar:
             metrics = evaluate_artefact(model, data, backend=backend, skip_bad=skip_bad, progress=bar.update,
-                                        details=details)
+                                        details=details, samples=test_samples or None)
     if report_dir is not None:
         from adtk.toolkit.evaluation.report import write_report
 
