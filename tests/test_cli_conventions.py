@@ -42,7 +42,7 @@ def test_a_build_reruns_from_its_artefact(runner, built_with_json, tmp_path, tin
     shown = runner.invoke(cli, ["inspect", str(first), "--config"])
     assert shown.exit_code == 0, shown.stderr
     options = yaml.safe_load(shown.stdout)
-    assert options["image_size_px"] == 64 and options["random_weights"] is True and options["out"] == str(first)
+    assert str(options["image_size_px"]) == "64" and options["random_weights"] is True and options["out"] == str(first)
     (tmp_path / "build.yaml").write_text(shown.stdout)
     second = tmp_path / "b.onnx"
     printed = runner.invoke(cli, ["build", "--config", str(tmp_path / "build.yaml"), "-o", str(second),
@@ -71,7 +71,7 @@ def test_flags_override_the_file_and_dicts_merge(runner, tmp_path):
     assert result.exit_code == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     assert resolved["method"] == "padim"  # from the file (the flag's default does not override it)
-    assert resolved["image_size_px"] == 96  # the flag given wins
+    assert str(resolved["image_size_px"]) == "96"  # the flag given wins (--size is "N", "HxW" or "auto")
     assert resolved["method_params"] == {"coreset_ratio": 0.05, "num_neighbors": 3}
     assert resolved["data_layout"] == {"normal_dir": "ok", "abnormal_dir": "ng"}
     assert resolved["backbone"] == "tf_efficientnet_lite0"  # a default, printed so the file is complete

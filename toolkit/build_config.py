@@ -162,8 +162,11 @@ def validate_build_config(config) -> None:
             raise ConfigError(f"--target: {error}") from None
     if config.precision not in PRECISIONS:
         raise ConfigError(f"--precision {config.precision!r}: expected one of {', '.join(PRECISIONS)}")
-    for name, value, minimum in (("image_size_px", config.image_size_px, 32), ("batch_size", config.batch_size, 1),
-                                 ("check_images", config.check_images, 1)):
+    size = config.image_size_px  # N, (H, W), or a string: "N", "HxW", "auto[:PIXELS]" (parsed by the build)
+    sides = [size] if isinstance(size, int) else list(size) if isinstance(size, (tuple, list)) else \
+        [int(side) for side in str(size).lower().split("x") if side.strip().isdigit()]
+    checks = [("image_size_px", side, 32) for side in sides]
+    for name, value, minimum in (*checks, ("batch_size", config.batch_size, 1), ("check_images", config.check_images, 1)):
         if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {value}")
     if config.max_train_images is not None and config.max_train_images < 2:

@@ -42,7 +42,7 @@ def test_a_file_may_give_only_some_options(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("image_size: 96\n", "unknown build option 'image_size'; did you mean 'image_size_px'"),
-    ("image_size_px: big\n", "image_size_px: expected int, got 'big'"),
+    ("seed: big\n", "seed: expected int, got 'big'"),
     ("random_weights: 1\n", "random_weights: expected bool, got 1"),
     ("method_params: 3\n", "method_params: expected a mapping"),
     ("- method\n", "expected a mapping of build options"),
