@@ -287,6 +287,7 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
                             probe_method, config.blur_sigma, geometry=geometry, tiling=tiling)
         refuse_unfit_architecture(probe, target, precision, config.precision == "auto")
     tic = time.perf_counter()
+    method.log = log  # a method that changes the backbone says what it decided (REB: fine-tune kept or not)
     with StepProgress(progress_factory, "finetune") as prepare_progress:
         # methods that change the backbone (REB's fine-tuning) do it here, before any feature is extracted
         backbone = method.prepare_backbone(

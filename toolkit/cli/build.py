@@ -59,7 +59,9 @@ def parse_params(pairs: tuple[str, ...]) -> dict:
 @click.option("--refine", default=None, metavar="SPEC",
               help="Drop suspected defects from the training images before the fit: sroc:R (drop the top R "
                    "fraction as scored by this method), sroc:R:DETECTOR (scored by DETECTOR, e.g. "
-                   "sroc:0.2:mahalanobis) or paire (PaIRE's iterative trimming). Kept/dropped images are "
+                   "sroc:0.2:mahalanobis), paire (PaIRE's iterative trimming) or auto[:DETECTOR] (each image "
+                   "scored by a detector fitted without it; the outliers of the score distribution are dropped, so "
+                   "no rate is needed). Kept/dropped images are "
                    "written to ARTEFACT.training.json.")
 @click.option("--defects-from-test", "defects_from_test", default=None, metavar="TYPES",
               help="Comma-separated test/<type> folders whose images and masks methods that learn from labelled "
