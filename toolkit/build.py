@@ -78,6 +78,7 @@ class BuildResult:
     fit_samples: list[Sample]
     calibration_samples: list[Sample]
     timings_s: dict[str, float]
+    method: object = None  # the AnomalyMethod instance that was fitted (benches read its reports)
 
 
 def split_training_set(samples, calib_fraction: float, max_train_images: int | None, seed: int):
@@ -391,7 +392,7 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
     if refinement is not None:
         write_training_list(refinement, candidates, artefact)
     timings["compile"] = time.perf_counter() - tic
-    return BuildResult(artefact, manifest, graph, fit_samples, calib_samples, timings)
+    return BuildResult(artefact, manifest, graph, fit_samples, calib_samples, timings, method)
 
 
 def build_ensemble(config: BuildConfig, choices, geometry: Geometry, index: DatasetIndex, fit_samples, calib_samples,

@@ -78,6 +78,7 @@ class REB(LDKNN):
         self.validate = bool(validate)
         self._params = {"preset": preset, **self._params, "validate": self.validate}
         self.finetune_report: dict | None = None
+        self.finetuned_backbone = None
 
     def prepare_backbone(self, backbone, preprocess, images, make_backbone, progress=None):
         # private helpers of backbones.py: the stage list of the full network and the weights hash
@@ -94,6 +95,7 @@ class REB(LDKNN):
         finetuned = copy.deepcopy(backbone)
         copy_shared_weights(deep.model, finetuned.model)
         finetuned.eval()
+        self.finetuned_backbone = finetuned  # the candidate, kept or not (bench/reb_ablation.py scores both)
         if len(heldout):
             embedding = self.embedding(tuple(backbone.channels)).eval()
             validation = validate_finetune(backbone, finetuned, embedding, preprocess,
