@@ -7,12 +7,18 @@ rarely knows R. Here instead:
 
     cross-fitted scores: the images are split into `folds` seeded folds; each fold is scored by the detector
                          fitted on the other folds, so no image is scored by a model that saw it
-    contamination:       the images whose score is an outlier of the score distribution are dropped. The bulk
-                         (good images) sets the scale: robust z = (s - median) / (1.4826 x MAD) of log scores,
-                         dropped when z > `z_threshold`. Capped at `max_fraction` so a wide good distribution
-                         cannot empty the training set.
+    contamination:       estimated from the score distribution: in log space the good images' scores form a
+                         bulk that is roughly symmetric about its median, defects add mass to the upper tail
+                         only. The estimate is the largest excess of the upper tail over the mirrored lower
+                         tail, over thresholds of 1..3 robust standard deviations (1.4826 x MAD).
+    drop:                the highest-scoring SAFETY_FACTOR x estimate x N images, at most MAX_FRACTION of them.
+                         Why more than the estimate: small defects score inside the good bulk (on magnetic-tile
+                         a cross-fitted PaDiM ranks only 62% of the injected 10% above the rest), and a kept
+                         defect teaches the model that defects are normal while a dropped good image only
+                         shrinks a training set of hundreds. An estimate of zero drops nothing.
 
-With clean data few or no images are dropped; with a polluted set the count follows the data, not a guess.
+With clean data the estimate stays near zero and (nearly) nothing is dropped; with a polluted set the count
+follows the data, not a guess of the user's.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_FOLDS = 2
-DEFAULT_Z = 3.0
+SAFETY_FACTOR = 2.0
+TAIL_THRESHOLDS = (1.0, 1.5, 2.0, 2.5, 3.0)  # robust standard deviations from the median
 MAX_FRACTION = 0.3  # never drop more than this share of the training images
 MIN_FOLD_IMAGES = 4  # a fold's complement must be able to fit a detector
 
@@ -49,32 +56,46 @@ def crossfit_scores(features: np.ndarray, fit_and_score: Callable[[np.ndarray, n
 @dataclass(frozen=True)
 class ContaminationEstimate:
     dropped: np.ndarray  # int64, indices of the images judged defective, ascending
-    threshold: float  # the score above which an image is dropped
-    fraction: float  # dropped / N: the estimated contamination rate
+    fraction: float  # the estimated contamination rate (tail excess / N)
+    threshold: float  # the lowest dropped score (inf when nothing is dropped)
     capped: bool  # True when MAX_FRACTION limited the count
 
     def as_dict(self) -> dict:
-        return {"estimated_contamination": round(self.fraction, 4), "score_threshold": self.threshold,
-                "capped_at_max_fraction": self.capped}
+        return {"estimated_contamination": round(self.fraction, 4), "safety_factor": SAFETY_FACTOR,
+                "dropped_fraction_cap": MAX_FRACTION, "capped": self.capped,
+                "score_threshold": None if not np.isfinite(self.threshold) else self.threshold}
 
 
-def estimate_contamination(scores: np.ndarray, z_threshold: float = DEFAULT_Z,
-                           max_fraction: float = MAX_FRACTION) -> ContaminationEstimate:
-    """Outliers of the score distribution (robust z of the log scores above `z_threshold`), at most
-    max_fraction of the images (the highest-scoring ones when capped)."""
+def tail_excess(scores: np.ndarray) -> float:
+    """Estimated contamination: the largest significant (upper-tail count - mirrored lower-tail count) / N of the
+    log scores (0 when no threshold shows a significant excess)."""
     scores = np.asarray(scores, dtype=np.float64)
-    # log: anomaly scores are distances (positive, right-skewed); shifted so that negative scores (LDKNN) work
+    # log: anomaly scores are distances (positive, right-skewed); shifted when some are <= 0 (LDKNN's can be)
     shift = 0.0 if scores.min() > 0 else 1e-3 * (float(np.ptp(scores)) or 1.0) - float(scores.min())
     values = np.log(scores + shift)
     median = np.median(values)
     spread = 1.4826 * np.median(np.abs(values - median))
-    if spread <= 0:
-        return ContaminationEstimate(np.array([], dtype=np.int64), float(scores.max()), 0.0, False)
-    outliers = np.flatnonzero((values - median) / spread > z_threshold)
+    if spread <= 0 or len(values) == 0:
+        return 0.0
+    significant = [0]
+    for t in TAIL_THRESHOLDS:
+        upper, lower = int((values > median + t * spread).sum()), int((values < median - t * spread).sum())
+        # counted only where the tails differ by more than two standard deviations of their (Poisson) noise,
+        # so a clean, symmetric bulk does not produce an estimate from sampling noise alone
+        if upper - lower > 2.0 * np.sqrt(upper + lower):
+            significant.append(upper - lower)
+    return float(max(significant)) / len(values)
+
+
+def estimate_contamination(scores: np.ndarray, safety_factor: float = SAFETY_FACTOR,
+                           max_fraction: float = MAX_FRACTION) -> ContaminationEstimate:
+    """The tail-excess estimate, and the highest-scoring round(safety_factor x estimate x N) images to drop."""
+    scores = np.asarray(scores, dtype=np.float64)
+    fraction = tail_excess(scores)
+    count = int(round(safety_factor * fraction * len(scores)))
     cap = int(np.floor(max_fraction * len(scores)))
-    capped = len(outliers) > cap
-    if capped:
-        outliers = np.argsort(-scores, kind="stable")[:cap]
-    dropped = np.sort(outliers).astype(np.int64)
-    threshold = float(scores[dropped].min()) if len(dropped) else float("inf")
-    return ContaminationEstimate(dropped, threshold, len(dropped) / max(len(scores), 1), capped)
+    capped = count > cap
+    count = min(count, cap)
+    dropped = np.sort(np.argsort(-scores, kind="stable")[:count]).astype(np.int64)
+    threshold = float(scores[dropped].min()) if count else float("inf")
+    return ContaminationEstimate(dropped, fraction, threshold, capped)
