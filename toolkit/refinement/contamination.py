@@ -10,7 +10,8 @@ rarely knows R. Here instead:
     contamination:       estimated from the score distribution: in log space the good images' scores form a
                          bulk that is roughly symmetric about its median, defects add mass to the upper tail
                          only. The estimate is the largest excess of the upper tail over the mirrored lower
-                         tail, over thresholds of 1..3 robust standard deviations (1.4826 x MAD).
+                         tail, over thresholds of 1..3 robust standard deviations (1.4826 x MAD), where that
+                         excess is significant, or the excess beyond 4 robust standard deviations.
     drop:                the highest-scoring SAFETY_FACTOR x estimate x N images, at most MAX_FRACTION of them.
                          Why more than the estimate: small defects score inside the good bulk (on magnetic-tile
                          a cross-fitted PaDiM ranks only 62% of the injected 10% above the rest), and a kept
@@ -31,6 +32,7 @@ import numpy as np
 DEFAULT_FOLDS = 2
 SAFETY_FACTOR = 2.0
 TAIL_THRESHOLDS = (1.0, 1.5, 2.0, 2.5, 3.0)  # robust standard deviations from the median
+FAR_OUTLIER = 4.0  # beyond this many robust standard deviations an image counts as contamination outright
 MAX_FRACTION = 0.3  # never drop more than this share of the training images
 MIN_FOLD_IMAGES = 4  # a fold's complement must be able to fit a detector
 
@@ -80,10 +82,12 @@ def tail_excess(scores: np.ndarray) -> float:
     significant = [0]
     for t in TAIL_THRESHOLDS:
         upper, lower = int((values > median + t * spread).sum()), int((values < median - t * spread).sum())
-        # counted only where the tails differ by more than two standard deviations of their (Poisson) noise,
-        # so a clean, symmetric bulk does not produce an estimate from sampling noise alone
-        if upper - lower > 2.0 * np.sqrt(upper + lower):
+        # counted only where the tails differ by more than three standard deviations of their (Poisson) noise
+        # (three, as five thresholds are tried), so a clean bulk gives no estimate from sampling noise alone
+        if upper - lower > 3.0 * np.sqrt(upper + lower):
             significant.append(upper - lower)
+    # far outliers count without the noise test: a handful of them in a small set is evidence, not noise
+    significant.append(int((values > median + FAR_OUTLIER * spread).sum() - (values < median - FAR_OUTLIER * spread).sum()))
     return float(max(significant)) / len(values)
 
 
