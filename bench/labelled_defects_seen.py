@@ -49,18 +49,14 @@ def seen_type_split(defects: list, seed: int) -> tuple[list, list]:
     return fit, test
 
 
-def run(cache: Path, coreset_ratio: float, max_train_images: int, seed: int, log) -> dict:
+def run(cache: Path, coreset_ratio: float, max_train_images: int, seed: int, log, names=COLUMNS) -> dict:
     from adtk.toolkit.build import split_training_set
-    from adtk.toolkit.data import index_dataset
     from adtk.toolkit.evaluation.metrics import image_auroc
     from adtk.toolkit.labelled_defects import LabelledFeatures, patch_masks
     from adtk.toolkit.methods.registry import create_method
     from adtk.toolkit.postprocess import AnomalyMapSmoother
 
-    meta, stages, all_masks = feature_cache.load(cache)
-    index = index_dataset(meta["data"])
-    train_row = {str(s.path): i for i, s in enumerate(index.train)}
-    test_row = {str(s.path): i for i, s in enumerate(index.test)}
+    meta, stages, all_masks, index, train_row, test_row = feature_cache.load_indexed(cache)
     smoother = AnomalyMapSmoother((meta["image_size_px"],) * 2, sigma=4.0)
     fit_samples, _ = split_training_set(index.train, 0.1, max_train_images, seed)
     good_rows = [train_row[str(s.path)] for s in fit_samples]
@@ -74,12 +70,15 @@ def run(cache: Path, coreset_ratio: float, max_train_images: int, seed: int, log
     methods = {"semlp": create_method("semlp"),
                "labeled_patchcore": create_method("labeled_patchcore", coreset_ratio=coreset_ratio, seed=seed),
                "patchcore": create_method("patchcore", coreset_ratio=coreset_ratio, seed=seed)}
+    methods = {name: method for name, method in methods.items() if name in names}
     features = {}
     for name in ("semlp", "patchcore"):  # semlp and labeled_patchcore share anomalib's (nearest) embedding
-        features[name] = (embed(methods[name], meta["channels"], [m[good_rows] for m in stages["train"]]),
-                          embed(methods[name], meta["channels"], stages["test"]))
-    features["labeled_patchcore"] = features["semlp"]
-    grid = features["semlp"][0].shape[-2:]
+        if name in methods or (name == "semlp" and "labeled_patchcore" in methods):
+            embedder = create_method(name)
+            features[name] = (embed(embedder, meta["channels"], [m[good_rows] for m in stages["train"]]),
+                              embed(embedder, meta["channels"], stages["test"]))
+    features["labeled_patchcore"] = features.get("semlp")
+    grid = next(f for f in features.values() if f is not None)[0].shape[-2:]
     row = {"seed": seed, "num_fit_good": len(good_rows), "num_fit_defects": len(fit_defects),
            "num_test": len(evaluation), "num_test_defective": int(labels.sum())}
     for name, method in methods.items():
@@ -105,16 +104,17 @@ def table(rows: list[dict]) -> str:
     def cell(values):
         return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1) if len(values) > 1 else 0:.1f}"
 
-    kinds = sorted(rows[0]["patchcore"]["per_type_image_auroc"])
+    present = [c for c in COLUMNS if c in rows[0]]
+    kinds = sorted(rows[0][present[0]]["per_type_image_auroc"])
     lines = ["| method | image AUROC | pixel AUROC | " + " | ".join(f"{k} (image)" for k in kinds) + " |",
              "|---|---|---|" + "---|" * len(kinds)]
-    for name in COLUMNS:
+    for name in present:
         per = " | ".join(cell([r[name]["per_type_image_auroc"][k] for r in rows]) for k in kinds)
         lines.append(f"| {name} | {cell([r[name]['image_auroc'] for r in rows])} | "
                      f"{cell([r[name]['pixel_auroc'] for r in rows])} | {per} |")
     lines.append("\nPaired per seed (image AUROC, method - patchcore): " + "; ".join(
         f"{name}: " + ", ".join(f"{100 * (r[name]['image_auroc'] - r['patchcore']['image_auroc']):+.1f}" for r in rows)
-        for name in COLUMNS[:2]))
+        for name in COLUMNS[:2] if name in rows[0] and "patchcore" in rows[0]))
     return "\n".join(lines)
 
 
@@ -125,12 +125,14 @@ def main() -> None:
     parser.add_argument("--max-train-images", type=int, default=200)
     parser.add_argument("--coreset-ratio", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--methods", nargs="+", default=list(COLUMNS), choices=COLUMNS)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "labelled_defects_seen")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started, rows = time.perf_counter(), []
     for seed in args.seeds:
-        rows.append(run(args.cache, args.coreset_ratio, args.max_train_images, seed, lambda m: print(m, flush=True)))
+        rows.append(run(args.cache, args.coreset_ratio, args.max_train_images, seed, lambda m: print(m, flush=True),
+                        args.methods))
         header = {"date": str(date.today()), "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
                   "shared with other jobs (timings not meaningful)",
                   "args": {k: str(v) for k, v in vars(args).items()}, "elapsed_s": round(time.perf_counter() - started)}
