@@ -115,3 +115,15 @@ def reseal_with_manifest_edit(artefact_bytes: bytes, edit) -> bytes:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     return seal(model.SerializeToString())
+
+
+def write_tight_target(folder: Path, budget_ms: float) -> Path:
+    """orin_nano_8gb as a YAML file in `folder` with another frame budget (sizing and --method auto tests)."""
+    from adtk.export.targets import targets_dir
+
+    text = (targets_dir() / "orin_nano_8gb.yaml").read_text()
+    lines = [f"frame_budget_ms: {{value: {budget_ms}, source: test}}" if line.startswith("frame_budget_ms:") else line
+             for line in text.splitlines()]
+    path = Path(folder) / "tight_orin.yaml"
+    path.write_text("\n".join(lines).replace("name: orin_nano_8gb", "name: tight_orin") + "\n")
+    return path

@@ -67,6 +67,8 @@ class BuildConfig:
     # Further backbones, each "NAME" or "NAME:STAGE,STAGE": an ensemble of (backbone, stages) members scored by the
     # same method, standardised on held-out good images and averaged in one artefact (toolkit/ensemble.py).
     ensemble: tuple[str, ...] = ()
+    records: dict[str, Any] = field(default_factory=dict)  # facts recorded under the manifest's "training" (e.g. how
+    # --method auto chose this recipe: toolkit/recipe_search.py)
     defects_from_test: tuple[str, ...] = ()  # test/<type> folders whose images (and masks) methods may learn from
 
 
@@ -353,7 +355,7 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
         log(f"threshold {calibration.threshold:.4f} ({calibration.method})")
 
         timings["total_before_export"] = time.perf_counter() - started
-        training_records = {}
+        training_records = dict(config.records)
         if refinement is not None:
             training_records["refinement"] = manifest_entry(refinement, candidates, config.out)
         if "defects" in fit_inputs:

@@ -26,7 +26,9 @@ def parse_params(pairs: tuple[str, ...]) -> dict:
 
 
 @click.command("build")
-@click.option("--method", "method", default="patchcore", show_default=True, help="Detector (see `adtk build --help`).")
+@click.option("--method", "method", default="patchcore", show_default=True,
+              help="Detector (see `adtk build --help`), or `auto`: choose method, backbone, stages, size and bank "
+                   "size on synthetic defects in held-out good images, within --target's frame budget.")
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="MVTec-style folder (train/good, ...) or a plain folder of good images.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Artefact to write (.onnx).")
@@ -104,7 +106,14 @@ def command(method, data, out, backbones, stages, weights, random_weights, image
     )
     if engine and not target:
         raise ConfigError("--engine needs --target (the engine is built for one device)")
-    result = build(config, log=lambda m: click.echo(m, err=True), progress_factory=progress_factory)
+    if method == "auto":
+        from adtk.toolkit.recipe_search import search_and_build
+
+        result = search_and_build(config, log=lambda m: click.echo(m, err=True), progress_factory=progress_factory)
+        click.echo(f"candidates: {result.artefact}.candidates.md (and .json); chosen: "
+                   f"{result.manifest['training']['recipe_search']['chosen']}")
+    else:
+        result = build(config, log=lambda m: click.echo(m, err=True), progress_factory=progress_factory)
     size_mb = result.artefact.stat().st_size / 1e6
     fit = result.manifest["method"]["fit"]
     click.echo(f"wrote {result.artefact} ({size_mb:.1f} MB; {fit}); "
