@@ -178,7 +178,7 @@ def render(rows: dict, timing: dict, settings: dict) -> str:
         recipe = row["method"] + (f" {row.get('backbone', '')} {row.get('model_size_px', '')} "
                                   f"{row.get('precision', '')}" if row["tool"] == "adtk" else "")
         lines.append(f"| {name} | {recipe} | {row['train_images']} | {row['image_auroc']:.4f} | {row['pixel_auroc']:.4f} | "
-                     f"{row['au_pro']:.4f} | {timing.get(name, {}).get('median_ms', float('nan')):.1f} | "
+                     f"{row['au_pro']:.4f} | {format(timing[name]['median_ms'], '.1f') if name in timing else 'not timed'} | "
                      f"{row['build_s']:.0f} | {row['peak_rss_mb']:.0f} | {row['bytes'] / 1e6:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -214,21 +214,31 @@ def main() -> None:
     if any(ROWS[n]["tool"] == "anomalib" for n in names):
         anomalib_python = ensure_anomalib_venv(args.anomalib_venv, log)
         export_weights(weights)
-    rows = {}
+    rows: dict = {}
+
+    def write_record(timing: dict) -> None:  # after every row: a run cut short still leaves what it measured
+        settings["load_average_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text(render(rows, timing, settings))
+        args.record.with_suffix(".json").write_text(json.dumps({"settings": settings, "rows": rows, "latency": timing},
+                                                               indent=1, default=str))
+
     for name in names:
+        saved = workdir / f"{name}.row.json"  # a finished row of an earlier run in this workdir is reused
+        if saved.exists():
+            rows[name] = json.loads(saved.read_text())
+            log(f"[{name}] reusing {saved}")
+            continue
         try:
             rows[name] = run_row(name, ROWS[name], index, workdir, anomalib_python, weights, args.seed, log)
+            saved.write_text(json.dumps(rows[name], default=str))
         except SystemExit as failed:  # one failing row is a result to record, not a reason to lose the others
             rows[name] = {"error": str(failed).splitlines()[0][:200]}
             log(f"[{name}] failed: {failed}")
+        write_record({})
     width, height = (int(v) for v in args.frame.lower().split("x"))
     frame = camera_frame(index.test[0].path, height, width)
-    timing = latency({n: r for n, r in rows.items() if "error" not in r}, frame)
-    settings["load_average_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    args.record.parent.mkdir(parents=True, exist_ok=True)
-    args.record.write_text(render(rows, timing, settings))
-    args.record.with_suffix(".json").write_text(json.dumps({"settings": settings, "rows": rows, "latency": timing},
-                                                           indent=1, default=str))
+    write_record(latency({n: r for n, r in rows.items() if "error" not in r}, frame))
     print(args.record.read_text())
 
 

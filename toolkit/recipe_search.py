@@ -69,10 +69,9 @@ SEARCH_SPACE = SearchSpace(
         Architecture("tf_efficientnet_lite0", ("blocks.1", "blocks.2", "blocks.4"), 256),  # + a stride-4 stage
         Architecture("mobilenetv2_100", None, 256),  # the other backbone with real weights offline
     ),
-    recipes=(
-        Recipe("patchcore", 10.0), Recipe("patchcore", 50.0),
-        Recipe("ldknn", 10.0), Recipe("ldknn", 50.0),
-    ),
+    # LDKNN's fit grows faster with the bank than PatchCore's (densities over the bank's neighbours): its larger
+    # bank is left out to keep the search near its 10-minute budget on 2 cores.
+    recipes=(Recipe("patchcore", 10.0), Recipe("patchcore", 40.0), Recipe("ldknn", 10.0)),
 )
 
 
