@@ -21,6 +21,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "magnetic-tile"
@@ -34,7 +35,12 @@ def main() -> None:
     parser.add_argument("--target", default="x86_cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--record", type=Path, default=REPO / "bench" / "results" / "recipe_rank.md")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="bench/feature_cache.py folder: rank bank sizes and methods of its one architecture "
+                             "on its cached train/test stage maps instead of the whole search space")
     args = parser.parse_args()
+    if args.cache is not None:
+        return cached_ranking(args)
 
     from scipy.stats import spearmanr
 
@@ -78,6 +84,87 @@ def main() -> None:
     args.record.with_suffix(".json").write_text(json.dumps(
         {"spearman_rho": rho, "p_value": p_value, "rows": [r.as_dict() for r in rows]}, indent=1))
     print(text)
+
+
+CACHED_RECIPES = (("patchcore", 2.0), ("patchcore", 5.0), ("patchcore", 10.0), ("patchcore", 20.0),
+                  ("patchcore", 40.0), ("ldknn", 5.0), ("ldknn", 10.0))
+
+
+@torch.no_grad()
+def _embed(embedding, stage_maps, rows, batch: int = 32) -> np.ndarray:
+    out = []
+    for start in range(0, len(rows), batch):
+        picked = rows[start:start + batch]
+        out.append(embedding([torch.from_numpy(np.asarray(m[picked])) for m in stage_maps]).numpy())
+    return np.concatenate(out)
+
+
+def cached_ranking(args) -> None:
+    """One architecture (the cache's), more bank sizes and both methods: the same split, subsample and synthetic
+    validation as the search (toolkit/recipe_search.py), train/test features from the cached stage maps."""
+    from scipy.stats import spearmanr
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from feature_cache import load
+
+    from adtk.toolkit.backbones import create_backbone
+    from adtk.toolkit.build import FeatureExtractorPipeline, split_training_set
+    from adtk.toolkit.data import index_dataset
+    from adtk.toolkit.evaluation.metrics import image_auroc
+    from adtk.toolkit.methods.registry import create_method
+    from adtk.toolkit.preprocess import FramePreprocess
+    from adtk.toolkit.recipe_search import SEARCH_SPACE, _frame_features, _image_scores, _subset
+    from adtk.toolkit.validation import load_good_images, synthetic_validation
+
+    load_start = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    started = time.perf_counter()
+    meta, stages, _ = load(args.cache)
+    index = index_dataset(args.data)
+    fit, calib = split_training_set(index.train, 0.1, args.max_train_images, args.seed)
+    row_of = {entry["path"]: i for i, entry in enumerate(meta["splits"]["train"])}
+    subsample = [row_of[str(s.path)] for s in _subset(fit, SEARCH_SPACE.fit_images, args.seed)]
+    goods = load_good_images(_subset(calib, SEARCH_SPACE.validation_images, args.seed), skip_bad=False)
+    validation = synthetic_validation(goods, seed=args.seed)
+    backbone = create_backbone(meta["backbone"], stages=tuple(meta["stages"]))
+    preprocess = FramePreprocess(meta["image_size_px"], backbone.mean, backbone.std)
+    embedding = create_method("patchcore").embedding(tuple(backbone.channels)).eval()
+    fit_features = _embed(embedding, stages["train"], subsample)
+    test_features = _embed(embedding, stages["test"], list(range(len(meta["splits"]["test"]))))
+    test_labels = np.asarray([entry["label"] for entry in meta["splits"]["test"]])
+    val_features = _frame_features(FeatureExtractorPipeline(preprocess, backbone, embedding, 4), validation.frames)
+    patches = fit_features.shape[-2] * fit_features.shape[-1]
+    results = []
+    for method_name, rows_per_image in CACHED_RECIPES:
+        tic = time.perf_counter()
+        method = create_method(method_name, coreset_ratio=rows_per_image / patches, seed=args.seed)
+        method.embedding(tuple(backbone.channels))
+        head = method.head(method.fit(fit_features)).eval()
+        val = image_auroc(_image_scores(head, val_features), validation.labels)
+        test = image_auroc(_image_scores(head, test_features), test_labels)
+        results.append({"method": method_name, "bank_rows_per_image": rows_per_image, "validation_auroc": val,
+                        "test_auroc": test, "fit_s": time.perf_counter() - tic})
+        print(json.dumps(results[-1]), flush=True)
+    rho, p_value = spearmanr([r["validation_auroc"] for r in results], [r["test_auroc"] for r in results])
+    pick = max(results, key=lambda r: r["validation_auroc"])
+    best = max(results, key=lambda r: r["test_auroc"])
+    lines = [f"# Recipe ranking on cached features: synthetic-defect validation vs real test AUROC ({date.today()})", "",
+             f"Architecture: {meta['backbone']} {meta['stages']} @ {meta['image_size_px']} px (cache {args.cache}); "
+             f"{len(subsample)} fit images (seeded subsample of the {len(fit)}-image fit split, as the search); "
+             f"validation: {validation.description}; test: all {len(test_labels)} real test images (read by this "
+             f"bench only). Machine shared, not quiet (load average {load_start} at start, "
+             f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at end); {time.perf_counter() - started:.0f} s.", "",
+             f"Command: `python bench/recipe_rank.py {' '.join(sys.argv[1:])}`", "",
+             f"**Spearman rank correlation over {len(results)} recipes: rho = {rho:.3f} (p = {p_value:.3g}).** "
+             f"Validation's pick: {pick['method']} {pick['bank_rows_per_image']:g} rows/img (test "
+             f"{pick['test_auroc']:.4f}); test's best: {best['method']} {best['bank_rows_per_image']:g} rows/img "
+             f"({best['test_auroc']:.4f}).", "",
+             "| method | bank rows/img | validation AUROC | test AUROC | fit s |", "|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['bank_rows_per_image']:g} | {r['validation_auroc']:.4f} | {r['test_auroc']:.4f} | "
+              f"{r['fit_s']:.0f} |" for r in results]
+    args.record.write_text("\n".join(lines) + "\n")
+    args.record.with_suffix(".json").write_text(json.dumps({"spearman_rho": rho, "p_value": p_value,
+                                                            "rows": results}, indent=1))
+    print(args.record.read_text())
 
 
 if __name__ == "__main__":
