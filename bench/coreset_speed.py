@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from feature_cache import DEFAULT_DATA, extract, load  # noqa: E402
+from measure import append_record  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,9 +137,7 @@ def main() -> None:
                      f"{100 * (r['pixel_auroc'] - base['pixel_auroc']):+.2f} |")
     lines += ["", "Scoring: nearest-row L2 (faiss), image score = max patch score (no neighbour re-weighting), "
               "map upsampled and blurred as in the artefact; the same for every sampler.", ""]
-    header = "" if args.record.exists() else ("# Coreset samplers side by side (bench/coreset_speed.py)\n\n")
-    with args.record.open("a") as f:
-        f.write(header + "\n".join(lines) + "\n")
+    append_record(args.record, "Coreset samplers side by side (bench/coreset_speed.py)", lines)
     print("\n".join(lines))
 
 

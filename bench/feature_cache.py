@@ -74,6 +74,18 @@ def load(folder: Path) -> tuple[dict, dict[str, list[np.ndarray]], np.ndarray]:
     return meta, stages, np.load(folder / "test_masks.npy")
 
 
+def load_indexed(folder: Path):
+    """load() plus the data set's index and path -> cache row maps:
+    (meta, stages, masks, index, train_row, test_row)."""
+    from adtk.toolkit.data import index_dataset
+
+    meta, stages, masks = load(folder)
+    index = index_dataset(meta["data"])
+    train_row = {str(s.path): i for i, s in enumerate(index.train)}
+    test_row = {str(s.path): i for i, s in enumerate(index.test)}
+    return meta, stages, masks, index, train_row, test_row
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)

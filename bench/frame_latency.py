@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import append_record  # noqa: E402
 from vs_anomalib import ort_session  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,9 +159,7 @@ def main() -> None:
         lines.append(f"| {r['batch']} | {r['load_avg']} | " + " | ".join(
             f"{r['adtk ' + n]['median_ms']:.2f} | {r['adtk ' + n]['frames_per_s']:.1f}" for n in adtk) + " |")
     lines.append("")
-    header = "" if args.record.exists() else "# Frame latency at camera sizes and batch throughput (bench/frame_latency.py)\n\n"
-    with args.record.open("a") as f:
-        f.write(header + "\n".join(lines) + "\n")
+    append_record(args.record, "Frame latency at camera sizes and batch throughput (bench/frame_latency.py)", lines)
     print("\n".join(lines))
 
 

@@ -41,3 +41,10 @@ def run_measured(cmd: list[str], log_path: Path, env: dict | None = None) -> dic
         raise SystemExit(f"{' '.join(map(str, cmd[:5]))} failed (exit {code}); log {log_path}:\n" + "\n".join(tail))
     return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024.0, "inherited_floor_mb": floor_mb,
             "load_average_at_end": " ".join(f"{x:.1f}" for x in os.getloadavg())}
+
+
+def append_record(path: Path, title: str, lines: list[str]) -> None:
+    """Append one run's lines to a bench/results file, with the file's `# title` first when it is new."""
+    header = "" if path.exists() else f"# {title}\n\n"
+    with path.open("a") as f:
+        f.write(header + "\n".join(lines) + "\n\n")

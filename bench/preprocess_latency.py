@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from adtk.export.formats import export_onnx_bytes
 from adtk.toolkit.preprocess import FramePreprocess
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import append_record  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SIZES = ((256, 256), (300, 300), (1024, 1280), (1080, 1920), (2048, 2448), (1250, 500))
 
@@ -77,9 +80,7 @@ def main() -> None:
     for height, width, load, t, diff in rows:
         lines.append(f"| {height} x {width} | {load:.1f} | {t['former'][0]:.2f} ({t['former'][1]:.2f}) | "
                      f"{t['current'][0]:.2f} ({t['current'][1]:.2f}) | {t['current'][1] / t['former'][1]:.2f}x | {diff:.1e} |")
-    header = "" if args.record.exists() else "# Frame preprocessing in onnxruntime, former vs current graph (bench/preprocess_latency.py)\n\n"
-    with args.record.open("a") as f:
-        f.write(header + "\n".join(lines) + "\n\n")
+    append_record(args.record, "Frame preprocessing in onnxruntime, former vs current graph (bench/preprocess_latency.py)", lines)
     print("\n".join(lines))
 
 

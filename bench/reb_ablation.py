@@ -11,7 +11,10 @@ on one backbone):
     ldknn                ImageNet weights, LDKNN (K=5, alpha=1)
     dm + patchcore       DefectMaker fine-tuned weights, adtk's PatchCore head
     dm + knn (a=0)       fine-tuned weights, squared L2 pooled (the paper's "DefectMaker" row)
-    reb                  fine-tuned weights + LDKNN (= the built artefact's scores)
+    dm + ldknn           fine-tuned weights + LDKNN (the paper's REB; what `--method reb` shipped before the
+                         keep-or-revert check)
+    reb                  what `adtk build --method reb` ships: dm + ldknn if the check on held-out synthetic
+                         defects kept the fine-tuned weights, else ldknn (ImageNet weights)
 
 Scores come from the torch heads (the artefact reproduces them: see the parity line). Image AUROC and
 pixel AUROC (all test pixels at 256 x 256, masks resized with nearest) use toolkit/evaluation/metrics.py.
@@ -34,7 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = (REPO / ".." / "shared" / "data" / "magnetic-tile").resolve()
 NOTES_HEADING = "## Notes"
-ROWS = ("patchcore", "knn (ldknn a=0)", "ldknn", "dm + patchcore", "dm + knn (a=0)", "reb")
+ROWS = ("patchcore", "knn (ldknn a=0)", "ldknn", "dm + patchcore", "dm + knn (a=0)", "dm + ldknn", "reb")
 
 
 @torch.no_grad()
@@ -148,15 +151,17 @@ def run_seed(args, seed, index, fit_samples, test_samples, masks, imagenet_maps,
     result = build(config, log=lambda m: print(f"  [build seed {seed}] {m}", flush=True), index=index)
     build_s = time.perf_counter() - tic
     assert [s.path for s in result.fit_samples] == [s.path for s in fit_samples]  # same bank rows for every row
+    finetune = result.manifest["method"]["fit"]["finetune"]
     info = {"seed": seed, "build_s": round(build_s, 1),
             "timings_s": {k: round(v, 1) for k, v in result.timings_s.items()},
-            "finetune": result.manifest["method"]["fit"]["finetune"]}
+            "finetune": finetune}
     if seed == args.seeds[0]:
         info["parity_max_abs_pred_score"] = parity(result, test_samples)
     print(f"seed {seed}: build {build_s:.0f} s {info}", flush=True)
 
-    backbone = result.graph.backbone
+    backbone = result.method.finetuned_backbone  # the fine-tune's candidate, whether the build kept it or not
     preprocess = result.graph.preprocess
+    kept = finetune.get("validation", {}).get("kept", "finetuned")
     key = f"ft_{args.preset}_seed{seed}_n{len(fit_samples)}"
     ft_maps = {split: cached_maps(args.cache / f"{key}_{split}.npz",
                                   lambda s=samples: stage_maps(backbone, preprocess, s))
@@ -170,17 +175,17 @@ def run_seed(args, seed, index, fit_samples, test_samples, masks, imagenet_maps,
         state_ld = create_method("ldknn", **common).fit(fit_features)
         del fit_features
         names = {"patchcore": "patchcore", "knn": "knn (ldknn a=0)", "ldknn": "ldknn"} if backbone_kind == "imagenet" \
-            else {"patchcore": "dm + patchcore", "knn": "dm + knn (a=0)", "ldknn": "reb"}
+            else {"patchcore": "dm + patchcore", "knn": "dm + knn (a=0)", "ldknn": "dm + ldknn"}
         for kind, (image_scores, anomaly_maps) in score_rows(state_pc, state_ld, embedding, smoother,
                                                              maps["test"]).items():
             name = names[kind]
             row = {"seed": seed, "row": name, "image_auroc": image_auroc(image_scores, labels_of(test_samples)),
                    "pixel_auroc": pixel_auroc(anomaly_maps, masks), "bank_rows": int(state_ld.memory_bank.shape[0])}
-            if name == "reb":
-                row.update(info)
-            print(json.dumps(row), flush=True)
-            with rows_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            shipped = kind == "ldknn" and (backbone_kind == "finetuned") == (kept == "finetuned")
+            for written in [row] + ([{**row, "row": "reb", "kept": kept, **info}] if shipped else []):
+                print(json.dumps(written), flush=True)
+                with rows_path.open("a") as f:
+                    f.write(json.dumps(written) + "\n")
 
 
 def labels_of(samples) -> np.ndarray:
@@ -228,7 +233,7 @@ def table(rows_path: Path) -> str:
     for r in rows:
         if r["row"] == "reb":
             lines.append(f"\nreb build seed {r['seed']}: {r['build_s']} s in all; phases {r['timings_s']}; "
-                         f"fine-tune {r['finetune']}"
+                         f"fine-tune {r['finetune']}; weights shipped: {r['kept']}"
                          + (f"; parity max |pred_score diff| on 20 real images {r['parity_max_abs_pred_score']:.2e}"
                             if "parity_max_abs_pred_score" in r else ""))
     return "\n".join(lines)
@@ -242,7 +247,7 @@ def main() -> None:
     parser.add_argument("--max-train-images", type=int, default=250)
     parser.add_argument("--coreset-ratio", type=float, default=0.1)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/reb_ablation_cache"))
-    parser.add_argument("--rows", type=Path, default=Path("/tmp/reb_ablation_rows.jsonl"))
+    parser.add_argument("--rows", type=Path, default=Path("/tmp/reb_ablation_rows_validated.jsonl"))
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     if not args.table_only:

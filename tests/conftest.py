@@ -20,20 +20,7 @@ def require_magnetic_tile() -> Path:
 
 def reseal_with_note(artefact_bytes: bytes, note: str) -> bytes:
     """The same network with a manifest note added, sealed again: a different, fully valid artefact."""
-    import json
-
-    onnx = pytest.importorskip("onnx")
-    from adtk.runtime.artefact import INTEGRITY_KEY, MANIFEST_KEY, seal
-
-    model = onnx.load_from_string(artefact_bytes)
-    props = [(p.key, p.value) for p in model.metadata_props if p.key != INTEGRITY_KEY]
-    del model.metadata_props[:]
-    for key, value in props:
-        if key == MANIFEST_KEY:
-            value = json.dumps({**json.loads(value), "note": note})
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    return seal(model.SerializeToString())
+    return reseal_with_manifest_edit(artefact_bytes, lambda manifest: manifest.update(note=note))
 
 
 def assert_parity(result, samples, check_map: bool = True) -> None:
@@ -115,3 +102,15 @@ def reseal_with_manifest_edit(artefact_bytes: bytes, edit) -> bytes:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     return seal(model.SerializeToString())
+
+
+def write_tight_target(folder: Path, budget_ms: float) -> Path:
+    """orin_nano_8gb as a YAML file in `folder` with another frame budget (sizing and --method auto tests)."""
+    from adtk.export.targets import targets_dir
+
+    text = (targets_dir() / "orin_nano_8gb.yaml").read_text()
+    lines = [f"frame_budget_ms: {{value: {budget_ms}, source: test}}" if line.startswith("frame_budget_ms:") else line
+             for line in text.splitlines()]
+    path = Path(folder) / "tight_orin.yaml"
+    path.write_text("\n".join(lines).replace("name: orin_nano_8gb", "name: tight_orin") + "\n")
+    return path

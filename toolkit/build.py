@@ -68,6 +68,8 @@ class BuildConfig:
     # Further backbones, each "NAME" or "NAME:STAGE,STAGE": an ensemble of (backbone, stages) members scored by the
     # same method, standardised on held-out good images and averaged in one artefact (toolkit/ensemble.py).
     ensemble: tuple[str, ...] = ()
+    records: dict[str, Any] = field(default_factory=dict)  # facts recorded under the manifest's "training" (e.g. how
+    # --method auto chose this recipe: toolkit/recipe_search.py)
     defects_from_test: tuple[str, ...] = ()  # test/<type> folders whose images (and masks) methods may learn from
     # index_dataset's layout options: anomalib Folder (normal_dir, abnormal_dir, mask_dir, normal_test_dir) or
     # VisA's category (toolkit/data_layouts.py); empty for MVTec, MVTec LOCO and plain folders (found by content)
@@ -82,6 +84,7 @@ class BuildResult:
     fit_samples: list[Sample]
     calibration_samples: list[Sample]
     timings_s: dict[str, float]
+    method: object = None  # the AnomalyMethod instance that was fitted (benches read its reports)
 
 
 def split_training_set(samples, calib_fraction: float, max_train_images: int | None, seed: int):
@@ -293,6 +296,7 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
                             probe_method, config.blur_sigma, geometry=geometry, tiling=tiling)
         refuse_unfit_architecture(probe, target, precision, config.precision == "auto")
     tic = time.perf_counter()
+    method.log = log  # a method that changes the backbone says what it decided (REB: fine-tune kept or not)
     with StepProgress(progress_factory, "finetune") as prepare_progress:
         # methods that change the backbone (REB's fine-tuning) do it here, before any feature is extracted
         backbone = method.prepare_backbone(
@@ -357,7 +361,7 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
         log(f"threshold {calibration.threshold:.4f} ({calibration.method})")
 
         timings["total_before_export"] = time.perf_counter() - started
-        training_records = {}
+        training_records = dict(config.records)
         if refinement is not None:
             training_records["refinement"] = manifest_entry(refinement, candidates, config.out)
         if "defects" in fit_inputs:
@@ -400,7 +404,7 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
     if refinement is not None:
         write_training_list(refinement, candidates, artefact)
     timings["compile"] = time.perf_counter() - tic
-    return BuildResult(artefact, manifest, graph, fit_samples, calib_samples, timings)
+    return BuildResult(artefact, manifest, graph, fit_samples, calib_samples, timings, method)
 
 
 def build_ensemble(config: BuildConfig, choices, geometry: Geometry, index: DatasetIndex, fit_samples, calib_samples,

@@ -154,7 +154,8 @@ def validate_build_config(config) -> None:
     from adtk.export.targets import load_target
     from adtk.toolkit.methods.registry import method_class
 
-    method_class(config.method)  # UnknownMethodError (a ConfigError) with suggestions
+    if config.method != "auto":  # auto: toolkit/recipe_search.py picks a registered method
+        method_class(config.method)  # UnknownMethodError (a ConfigError) with suggestions
     if config.target is not None:
         try:
             load_target(config.target)

@@ -9,26 +9,8 @@ Pinning the threshold at 1 MB keeps large arrays mmap-backed. Python has no API 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-
-M_TRIM_THRESHOLD = -1  # glibc malloc.h
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 1 << 20
-
-
-def release_large_blocks_promptly() -> bool:
-    """-> True when glibc accepted the setting (setting it also stops the threshold from growing)."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_BYTES))
+# one definition, in the runtime (the scoring daemon uses it too); re-exported for the build
+from adtk.runtime.memory import release_large_blocks_promptly  # noqa: F401
 
 
 def skip_gpu_kernel_compiler_without_gpu() -> bool:

@@ -96,7 +96,7 @@ canvas{width:100%;height:220px;display:block}
 <span>threshold <b>score 0.5</b> (raw <span id="raw"></span>)</span><span id="last"></span></header>
 <main>
 <section style="grid-column:1/-1" id="refused"><h2>Model update refused</h2><p id="refused-now"></p>
-<p>The model above is still being served. Earlier refusals:</p><ul id="refused-list"></ul></section>
+<p>The model above is still being served.</p><div id="refused-earlier"><p>Earlier refusals:</p><ul id="refused-list"></ul></div></section>
 <section><h2>Scores (last frames; dashed line = threshold 0.5)</h2><canvas id="timeline" width="900" height="220"></canvas></section>
 <section><h2>Counters</h2><table id="counters"></table><h2>Model</h2><table id="model"></table></section>
 <section style="grid-column:1/-1"><h2>Last anomalous frames</h2><div id="frames"><p>none yet</p></div></section>
@@ -142,6 +142,7 @@ function render(state) {
   refused.style.display = update ? "block" : "none"; list.replaceChildren();
   document.getElementById("refused-now").textContent = update ? `${update.at}: ${update.reason}` : "";
   for (const r of state.refused.slice().reverse()) if (!update || r.reason !== update.reason) list.append(el("li", r.reason));
+  document.getElementById("refused-earlier").style.display = list.children.length ? "block" : "none";
   const frames = document.getElementById("frames");
   if (state.anomalous.length) {
     const wanted = new Set(state.anomalous.map(a => a.frame_id));

@@ -16,8 +16,9 @@ Limits, as nginx sets them (HttpLimits; `adtk serve --http-*` options):
   * connections: at most `max_connections` at once; one more is answered 503 and closed on the
     listener's thread, so a flood costs no thread and no buffer.
   * time: `header_timeout_s` to send the request line and headers, `body_timeout_s` for the whole body,
-    `idle_timeout_s` between keep-alive requests. These are deadlines for the whole phase, not per read,
-    so a client dripping one byte a second is cut off too; a reaper thread shuts such sockets down.
+    `idle_timeout_s` (+ the header time) for the next request on a kept-alive connection. These are
+    deadlines for the whole phase, not per read, so a client dripping one byte a second is cut off too;
+    a reaper thread shuts such sockets down.
   * bodies: at most `max_body_bytes` (413 before a byte of it is read); read in 64 KB chunks, so memory
     follows what actually arrived, never the Content-Length a client claims; no chunked uploads (411).
   * memory: `max_concurrent_predictions` frames are decoded and scored at once (each bounded by the pixel
@@ -269,9 +270,13 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
 
     def handle_one_request(self):
-        self.server.set_deadline(self.request, self.api.limits.header_timeout_s)  # request line + headers
+        # the first request line + headers within header_timeout_s of connecting; on a kept-alive connection
+        # the next one within idle_timeout_s of the last answer (the deadline set below, left running)
+        if not getattr(self, "_answered_one", False):
+            self.server.set_deadline(self.request, self.api.limits.header_timeout_s)
         super().handle_one_request()
-        self.server.set_deadline(self.request, self.api.limits.idle_timeout_s)  # until the next request
+        self._answered_one = True
+        self.server.set_deadline(self.request, self.api.limits.idle_timeout_s + self.api.limits.header_timeout_s)
 
     def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
         pass  # request logs would dominate the daemon's output; /metrics counts what matters

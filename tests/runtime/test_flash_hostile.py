@@ -16,17 +16,7 @@ from adtk.runtime.artefact import _encode_varint, seal, verify_file
 from adtk.runtime.flash import flash, parse_destination, rollback
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.cli.main import cli
-from tests.conftest import reseal_with_note
-from tests.runtime.test_flash import listing, sshd  # noqa: F401 - sshd is a fixture (a real sshd on loopback)
-
-
-@pytest.fixture(scope="module")
-def versions(tiny_build, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("versions_hostile")
-    v1, v2 = folder / "v1.onnx", folder / "v2.onnx"
-    v1.write_bytes(tiny_build.artefact.read_bytes())
-    v2.write_bytes(reseal_with_note(v1.read_bytes(), "v2"))
-    return v1, v2
+from tests.runtime.test_flash import listing, sshd, versions  # noqa: F401 - fixtures: a real sshd, v1 and v2
 
 
 @pytest.mark.parametrize("bad", [

@@ -13,6 +13,7 @@ from adtk.export.targets import load_target
 from adtk.runtime.errors import TargetError
 from adtk.toolkit.methods.registry import create_method
 from adtk.toolkit.sizing import plan_for_target, resolve_precision
+from tests.conftest import write_tight_target
 
 
 @pytest.fixture(scope="module")
@@ -85,17 +86,6 @@ def test_int8_is_tried_only_when_no_knob_reaches_the_budget_at_the_default(fp32,
     assert "int8" not in str(refused.value)
 
 
-def _write_target(tmp_path, budget_ms: float):
-    from adtk.export.targets import targets_dir
-
-    text = (targets_dir() / "orin_nano_8gb.yaml").read_text()
-    lines = [f"frame_budget_ms: {{value: {budget_ms}, source: test}}" if line.startswith("frame_budget_ms:") else line
-             for line in text.splitlines()]
-    path = tmp_path / "tight_orin.yaml"
-    path.write_text("\n".join(lines).replace("name: orin_nano_8gb", "name: tight_orin") + "\n")
-    return path
-
-
 def _target_build_config(tiny_dataset, out, target):
     from adtk.toolkit.build import BuildConfig
 
@@ -111,7 +101,7 @@ def test_a_target_build_ends_with_a_smaller_fp16_bank_that_fits(fp32, tiny_build
 
     tight, estimate = _tight_target(fp32, "fp16", 0.5)
     out = tmp_path / "model.onnx"
-    result = build(_target_build_config(tiny_dataset, out, _write_target(tmp_path, tight.frame_budget_ms)),
+    result = build(_target_build_config(tiny_dataset, out, write_tight_target(tmp_path, tight.frame_budget_ms)),
                    log=lambda message: None, index=tiny_dataset)
     target = result.manifest["target"]
     assert out.is_file() and target["precision"] == "fp16" and target["cost"]["fits"]
@@ -131,6 +121,6 @@ def test_a_backbone_over_budget_is_refused_before_any_feature_extraction(tiny_da
     monkeypatch.setattr(build_module.FeatureExtractorPipeline, "feature_batches", no_extraction)
     out = tmp_path / "model.onnx"
     with pytest.raises(TargetError, match="nothing was fitted"):
-        build_module.build(_target_build_config(tiny_dataset, out, _write_target(tmp_path, 0.001)),
+        build_module.build(_target_build_config(tiny_dataset, out, write_tight_target(tmp_path, 0.001)),
                            log=lambda message: None, index=tiny_dataset)
     assert not out.exists()

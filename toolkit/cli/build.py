@@ -39,7 +39,9 @@ CLI_ONLY = frozenset({"config_file", "print_config", "as_json", "engine", "param
 @click.option("--print-config", is_flag=True, help="Print the resolved build options as YAML and exit.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the result as one JSON document on stdout (logs and progress stay on stderr).")
-@click.option("--method", "method", default="patchcore", show_default=True, help="Detector (see `adtk build --help`).")
+@click.option("--method", "method", default="patchcore", show_default=True,
+              help="Detector (see `adtk build --help`), or `auto`: choose method, backbone, stages, size and bank "
+                   "size on synthetic defects in held-out good images, within --target's frame budget.")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="MVTec-style folder (train/good, ...) or a plain folder of good images.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Artefact to write (.onnx).")
@@ -73,7 +75,9 @@ CLI_ONLY = frozenset({"config_file", "print_config", "as_json", "engine", "param
 @click.option("--refine", default=None, metavar="SPEC",
               help="Drop suspected defects from the training images before the fit: sroc:R (drop the top R "
                    "fraction as scored by this method), sroc:R:DETECTOR (scored by DETECTOR, e.g. "
-                   "sroc:0.2:mahalanobis) or paire (PaIRE's iterative trimming). Kept/dropped images are "
+                   "sroc:0.2:mahalanobis), paire (PaIRE's iterative trimming) or auto[:DETECTOR] (each image "
+                   "scored by a detector fitted without it; the outliers of the score distribution are dropped, so "
+                   "no rate is needed). Kept/dropped images are "
                    "written to ARTEFACT.training.json.")
 @click.option("--defects-from-test", "defects_from_test", default=None, metavar="TYPES",
               help="Comma-separated test/<type> folders whose images and masks methods that learn from labelled "
@@ -126,7 +130,14 @@ def command(ctx, config_file, print_config, as_json, method, data, out, backbone
     if engine and not config.target:
         raise ConfigError("--engine needs --target (the engine is built for one device)")
     say = log_info if as_json else click.echo  # with --json, stdout holds only the JSON document
-    result = build(config, log=log_info, progress_factory=progress_factory)
+    if config.method == "auto":
+        from adtk.toolkit.recipe_search import search_and_build
+
+        result = search_and_build(config, log=log_info, progress_factory=progress_factory)
+        say(f"candidates: {result.artefact}.candidates.md (and .json); chosen: "
+            f"{result.manifest['training']['recipe_search']['chosen']}")
+    else:
+        result = build(config, log=log_info, progress_factory=progress_factory)
     size_mb = result.artefact.stat().st_size / 1e6
     fit = result.manifest["method"]["fit"]
     say(f"wrote {result.artefact} ({size_mb:.1f} MB; {fit}); "

@@ -89,6 +89,9 @@ def command(model, source, sinks, http_bind, token_file, queue_capacity, pace_fp
     from adtk.runtime.daemon.service import ScoringService, ServiceConfig
     from adtk.runtime.daemon.sinks import open_sink
     from adtk.runtime.daemon.sources import open_source
+    from adtk.runtime.memory import release_large_blocks_promptly
+
+    release_large_blocks_promptly(arena_max=2)  # frames of any size, decoded on several threads (runtime/memory.py)
 
     config = ServiceConfig(model=model, model_dir=model_dir, watch=not no_watch, queue_capacity=queue_capacity,
                            backend=backend, max_pixels=max_pixels, public_key=public_key)

@@ -47,6 +47,8 @@ class AnomalyMethod:
     # True for methods that learn from labelled defect images (seed 003): the build then calls
     # fit(features, progress, defects=LabelledFeatures(...)) (toolkit/labelled_defects.py).
     uses_labelled_defects: bool = False
+    log: Callable[[str], None] | None = None  # the build's log, for decisions a method makes while it prepares
+
 
     def params(self) -> dict[str, Any]:
         """The constructor keyword arguments, as recorded in the artefact manifest."""

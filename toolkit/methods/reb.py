@@ -7,7 +7,12 @@ fine-tuning of the backbone, then LDKNN on the fine-tuned features (spec §1).
                       weights_sha256 is that of the fine-tuned weights.
     fit / head:       LDKNN (toolkit/methods/ldknn.py), unchanged.
 
-The fit report records the preset, the final proxy loss and accuracy, and the device.
+The fit report records the preset, the final proxy loss and accuracy, the device, and the keep-or-revert
+check (training/proxy_validation.py): a few fit images are held out of the fine-tune, DefectMaker defects
+are pasted into them, and LDKNN scores them once with the fine-tuned and once with the starting weights.
+Unless the fine-tuned weights score higher, the artefact keeps the starting (ImageNet) weights, so
+`--method reb` is then exactly LDKNN, and the build says so (log line, manifest `fit.finetune.validation`,
+weights_source). `validate=False` keeps the fine-tuned weights unchecked (the ablation bench uses it).
 
 Differences from the spec, on purpose: images are resized with the artefact's own preprocessing
 (FramePreprocess: bilinear, the backbone's mean/std) instead of PIL bicubic + ImageNet statistics, so the
@@ -17,6 +22,8 @@ paper's (training/finetune.py says why), `preset="paper"` runs the spec's schedu
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -28,6 +35,7 @@ from adtk.toolkit.methods.ldknn import LDKNN, LDKNNState
 from adtk.toolkit.methods.registry import register_method
 from adtk.toolkit.preprocess import RESIZE_ALIGN_CORNERS, RESIZE_ANTIALIAS, RESIZE_MODE
 from adtk.toolkit.training.finetune import PRESETS, finetune_backbone
+from adtk.toolkit.training.proxy_validation import split_heldout, validate_finetune
 
 
 def frames_at_model_size(images, size_hw: tuple[int, int]) -> np.ndarray:
@@ -60,15 +68,17 @@ class REB(LDKNN):
 
     def __init__(self, preset: str = "fast", coreset_ratio: float = 0.1, num_neighbors: int = 5,
                  alpha: float = 1.0, distance: str = "squared", image_score: str = "pooled",
-                 embed_dim: int | None = None, projection_dim: int = 128, seed: int = 0):
+                 embed_dim: int | None = None, projection_dim: int = 128, seed: int = 0, validate: bool = True):
         if preset not in PRESETS:
             raise ConfigError(f"reb: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         super().__init__(coreset_ratio=coreset_ratio, num_neighbors=num_neighbors, alpha=alpha,
                          distance=distance, image_score=image_score, embed_dim=embed_dim,
                          projection_dim=projection_dim, seed=seed)
         self.preset = preset
-        self._params = {"preset": preset, **self._params}
+        self.validate = bool(validate)
+        self._params = {"preset": preset, **self._params, "validate": self.validate}
         self.finetune_report: dict | None = None
+        self.finetuned_backbone = None
 
     def prepare_backbone(self, backbone, preprocess, images, make_backbone, progress=None):
         # private helpers of backbones.py: the stage list of the full network and the weights hash
@@ -77,14 +87,35 @@ class REB(LDKNN):
         deepest_stage = _feature_info(_resolve_spec(backbone.name).timm_name)[-1]["module"]
         deep = make_backbone(stages=(deepest_stage,), trainable=True)
         frames = frames_at_model_size(images, preprocess.image_size_px)
-        report = finetune_backbone(deep, deep.channels[-1], frames, preprocess, self.preset,
-                                   seed=self._params["seed"], progress=progress)
-        copy_shared_weights(deep.model, backbone.model)
-        backbone.eval()
-        backbone.weights_source = f"finetuned(reb:{self.preset}) from {backbone.weights_source}"
-        backbone.weights_sha256 = _state_dict_sha256(backbone.model)
+        seed = self._params["seed"]
+        tuned, heldout = split_heldout(len(frames), seed) if self.validate else (np.arange(len(frames)), [])
+        report = finetune_backbone(deep, deep.channels[-1], frames[tuned], preprocess, self.preset,
+                                   seed=seed, progress=progress, first_tap=backbone.stages[0])
         self.finetune_report = report.as_dict()
-        return backbone
+        finetuned = copy.deepcopy(backbone)
+        copy_shared_weights(deep.model, finetuned.model)
+        finetuned.eval()
+        self.finetuned_backbone = finetuned  # the candidate, kept or not (bench/reb_ablation.py scores both)
+        if len(heldout):
+            embedding = self.embedding(tuple(backbone.channels)).eval()
+            validation = validate_finetune(backbone, finetuned, embedding, preprocess,
+                                           lambda features: self.head(self.fit(features)),
+                                           frames[tuned], frames[heldout], seed)
+            self.finetune_report["validation"] = validation.as_dict()
+            self._say(f"reb: {validation.summary()}")
+            if validation.kept != "finetuned":
+                backbone.weights_source = f"{backbone.weights_source} (reb:{self.preset} fine-tune rejected)"
+                return backbone
+        elif self.validate:
+            self._say(f"reb: only {len(frames)} fit images, none held out: the fine-tuned weights are kept "
+                      "unchecked")
+        finetuned.weights_source = f"finetuned(reb:{self.preset}) from {backbone.weights_source}"
+        finetuned.weights_sha256 = _state_dict_sha256(finetuned.model)
+        return finetuned
+
+    def _say(self, message: str) -> None:
+        if self.log is not None:
+            self.log(message)
 
     def fit_report(self, state: LDKNNState) -> dict:
         return {**super().fit_report(state), "finetune": self.finetune_report}

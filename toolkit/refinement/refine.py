@@ -13,28 +13,37 @@ import torch
 
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.methods.registry import canonical_name, create_method, method_class
+from adtk.toolkit.refinement.contamination import DEFAULT_FOLDS, crossfit_scores, estimate_contamination
 
 SCORE_BATCH = 32
 
 
 @dataclass(frozen=True)
 class RefineSpec:
-    strategy: str  # "sroc" or "paire"
+    strategy: str  # "sroc", "paire" or "auto"
     ratio: float | None = None  # SROC's refinement ratio r (fraction of the training images dropped)
-    detector: str | None = None  # SROC's refining detector; None = the build's own method
+    detector: str | None = None  # SROC's / auto's refining detector; None = the build's own method
 
     def __str__(self) -> str:
         if self.strategy == "paire":
             return "paire"
+        if self.strategy == "auto":
+            return "auto" + (f":{self.detector}" if self.detector else "")
         return f"sroc:{self.ratio:g}" + (f":{self.detector}" if self.detector else "")
 
 
 def parse_refine(text: str) -> RefineSpec:
-    """'sroc:0.2', 'sroc:0.2:mahalanobis' or 'paire' -> RefineSpec (ConfigError with the accepted forms)."""
-    forms = "expected sroc:R (0 <= R < 1), sroc:R:DETECTOR (e.g. sroc:0.2:mahalanobis) or paire"
+    """'sroc:0.2', 'sroc:0.2:mahalanobis', 'paire', 'auto' or 'auto:padim' -> RefineSpec (ConfigError with the
+    accepted forms)."""
+    forms = ("expected sroc:R (0 <= R < 1), sroc:R:DETECTOR (e.g. sroc:0.2:mahalanobis), paire, auto or "
+             "auto:DETECTOR (e.g. auto:padim)")
     parts = [p.strip() for p in str(text).split(":")]
     if parts == ["paire"]:
         return RefineSpec("paire")
+    if parts[0] == "auto":
+        if len(parts) > 2:
+            raise ConfigError(f"--refine {text!r}: {forms}")
+        return RefineSpec("auto", detector=method_class(parts[1]).name if len(parts) == 2 else None)
     if parts[0] != "sroc" or len(parts) not in (2, 3):
         raise ConfigError(f"--refine {text!r}: {forms}")
     try:
@@ -69,16 +78,23 @@ def head_image_scores(method, state, features: np.ndarray) -> np.ndarray:
     return torch.cat(scores).double().numpy()
 
 
-def refine(spec: RefineSpec, detector, features: np.ndarray, log=None) -> RefinementResult:
+def refine(spec: RefineSpec, detector, features: np.ndarray, log=None, seed: int = 0) -> RefinementResult:
     """Fit `detector` (a method whose embedding() produced `features`) and choose the images to keep."""
     num_images = len(features)
-    state = detector.fit(features)
-    scores = head_image_scores(detector, state, features)
     details: dict = {}
-    if spec.strategy == "paire":
+    if spec.strategy == "auto":  # contamination.py: cross-fitted scores, outliers of their distribution dropped
+        scores = crossfit_scores(features, lambda fit, held: head_image_scores(detector, detector.fit(fit), held),
+                                 folds=DEFAULT_FOLDS, seed=seed)
+        estimate = estimate_contamination(scores)
+        kept = np.setdiff1d(np.arange(num_images), estimate.dropped).astype(np.int64)
+        details.update(estimate.as_dict(), folds=DEFAULT_FOLDS)
+    elif spec.strategy == "paire":
+        state = detector.fit(features)
+        scores = head_image_scores(detector, state, features)
         kept = np.sort(np.asarray(state.clean, dtype=np.int64))
         details["rounds"] = list(state.rounds)
     else:
+        scores = head_image_scores(detector, detector.fit(features), features)
         num_dropped = int(round(spec.ratio * num_images))  # spec P-A3: round(), as the pollution count
         num_dropped = min(num_dropped, num_images - 2)  # a detector needs images to fit
         order = np.argsort(-scores, kind="stable")
@@ -91,7 +107,7 @@ def refine(spec: RefineSpec, detector, features: np.ndarray, log=None) -> Refine
 
 def refiner_for(spec: RefineSpec, method):
     """The detector that refines: the build's own method (same parameters) unless the spec names one."""
-    name = "paire" if spec.strategy == "paire" else (spec.detector or method.name)
+    name = "paire" if spec.strategy == "paire" else (spec.detector or method.name)  # sroc and auto
     if canonical_name(name) == method.name:
         return create_method(method.name, **method.params())
     return create_method(name)

@@ -42,6 +42,11 @@ class FinetunePreset:
     # few noisy DefectMaker mixes. Measured (bench/results/reb_ablation.md, seed 0): with live statistics
     # REB scored 0.891 image AUROC, with them frozen 0.944 (ImageNet PatchCore: 0.941).
     freeze_batchnorm_stats: bool = False
+    # Parameters up to and including the first tapped stage (e.g. tf_efficientnet_lite0's blocks.0-2, the
+    # stride-8 features) never train: only the stages between the taps and after them do (see prepare_backbone
+    # in methods/reb.py, which names the stage).
+    freeze_through_first_tap: bool = False
+    backbone_lr_scale: float = 1.0  # the backbone's learning rate = learning_rate x this; the head's is learning_rate
 
     @property
     def images_per_update(self) -> int:
@@ -94,7 +99,10 @@ class ProxyTrainer:
 
     def __init__(self, classifier: ProxyClassifier, preset: FinetunePreset, device: torch.device):
         self.classifier, self.preset, self.device = classifier.to(device), preset, device
-        self.optimiser = torch.optim.SGD(classifier.parameters(), lr=preset.learning_rate,
+        groups = [{"params": [p for p in classifier.head.parameters()], "lr": preset.learning_rate},
+                  {"params": [p for p in classifier.backbone.parameters() if p.requires_grad],
+                   "lr": preset.learning_rate * preset.backbone_lr_scale}]
+        self.optimiser = torch.optim.SGD([g for g in groups if g["params"]], lr=preset.learning_rate,
                                          momentum=preset.momentum, weight_decay=preset.weight_decay)
         self.schedule = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
             self.optimiser, T_0=max(1, int(preset.updates * preset.restart_factor)), T_mult=1,
@@ -151,19 +159,46 @@ def _source_stream(num_images: int, rng: np.random.Generator):
         yield from rng.permutation(num_images).tolist()
 
 
-def finetune_backbone(deep_backbone: nn.Module, channels: int, frames: np.ndarray,
-                      normalise: Callable[[torch.Tensor], torch.Tensor], preset: FinetunePreset | str,
-                      seed: int = 0, device: str | None = None,
-                      progress: Callable[[int, int, str], None] | None = None) -> FinetuneReport:
-    """Fine-tune `deep_backbone` in place on DefectMaker batches made from `frames`.
-
-    frames: uint8 [N, S, S, 3] training images at the model size; normalise: uint8 NHWC tensor ->
-    normalised float NCHW (the artefact's preprocessing). progress(update, updates, "loss 0.123").
-    """
+def resolve_preset(preset: FinetunePreset | str) -> FinetunePreset:
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ConfigError(f"unknown fine-tuning preset {preset!r}; choose one of {', '.join(PRESETS)}")
         preset = PRESETS[preset]
+    return preset
+
+
+def freeze_through(model: nn.Module, module_name: str) -> list[str]:
+    """Stop gradients for every parameter registered before or inside `module_name` (registration order is
+    forward order for timm's CNNs) -> the frozen parameter names."""
+    frozen, inside = [], False
+    for name, parameter in model.named_parameters():
+        in_module = name.startswith(module_name + ".")
+        if inside and not in_module:
+            break
+        inside = inside or in_module
+        parameter.requires_grad_(False)
+        frozen.append(name)
+    if not inside:
+        raise ConfigError(f"fine-tuning: the backbone has no module {module_name!r} to freeze through")
+    return frozen
+
+
+def finetune_backbone(deep_backbone: nn.Module, channels: int, frames: np.ndarray,
+                      normalise: Callable[[torch.Tensor], torch.Tensor], preset: FinetunePreset | str,
+                      seed: int = 0, device: str | None = None,
+                      progress: Callable[[int, int, str], None] | None = None,
+                      first_tap: str | None = None) -> FinetuneReport:
+    """Fine-tune `deep_backbone` in place on DefectMaker batches made from `frames`.
+
+    frames: uint8 [N, S, S, 3] training images at the model size; normalise: uint8 NHWC tensor ->
+    normalised float NCHW (the artefact's preprocessing). progress(update, updates, "loss 0.123").
+    first_tap: the module name of the scoring graph's first tapped stage (presets that freeze through it).
+    """
+    preset = resolve_preset(preset)
+    if preset.freeze_through_first_tap:
+        if first_tap is None:
+            raise ConfigError(f"fine-tuning preset {preset.name!r} needs the first tapped stage's module name")
+        freeze_through(deep_backbone.model, first_tap)
     if len(frames) < 1:
         raise ConfigError("fine-tuning needs at least one training image")
     device_t = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

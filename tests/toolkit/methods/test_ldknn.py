@@ -138,7 +138,10 @@ def tiny_reb_build(tiny_dataset, tmp_path_factory):
                                                                  accumulation=1, frozen_updates=1))
     try:
         config = BuildConfig(data=tiny_dataset.root, out=tmp_path_factory.mktemp("reb") / "reb.onnx", method="reb",
-                             method_params={"preset": "tiny", "coreset_ratio": 0.25}, random_weights=True,
+                             # validate=False: this build checks the fine-tuned weights' artefact, whatever the
+                             # keep-or-revert check would say (tested below)
+                             method_params={"preset": "tiny", "coreset_ratio": 0.25, "validate": False},
+                             random_weights=True,
                              image_size_px=64, calib_fraction=0.25)
         notes = []
 
@@ -186,3 +189,41 @@ def test_reb_artefact_matches_its_torch_reference(tiny_reb_build, tiny_dataset):
             reference = tiny_reb_build.graph(torch.from_numpy(image)[None])
         prediction = detector.predict(image[None])
         assert abs(float(reference.pred_score[0]) - float(prediction.pred_score[0])) <= 1e-4
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reb_keeps_the_fine_tuned_weights_only_when_held_out_synthetic_defects_say_so(seed):
+    """prepare_backbone with the keep-or-revert check: whichever weights it returns, the report, the log line,
+    the weights source and hash agree with the decision."""
+    import functools
+
+    from adtk.toolkit.backbones import create_backbone
+    from adtk.toolkit.preprocess import FramePreprocess
+    from adtk.toolkit.training import finetune
+
+    mp = pytest.MonkeyPatch()
+    mp.setitem(finetune.PRESETS, "tiny", finetune.FinetunePreset("tiny", updates=2, sources_per_pass=1,
+                                                                 accumulation=1, frozen_updates=1))
+    try:
+        method = create_method("reb", preset="tiny", coreset_ratio=0.5, seed=seed)
+        lines = []
+        method.log = lines.append
+        make = functools.partial(create_backbone, "tf_efficientnet_lite0", random_weights=True, seed=0)
+        backbone = make()
+        start_sha = backbone.weights_sha256
+        frames = np.random.default_rng(seed).integers(100, 140, size=(12, 48, 48, 3), dtype=np.uint8)
+        chosen = method.prepare_backbone(backbone, FramePreprocess(48, backbone.mean, backbone.std), iter(frames), make)
+    finally:
+        mp.undo()
+    validation = method.finetune_report["validation"]
+    assert validation["heldout_good_images"] == 4 and validation["bank_images"] == 8
+    assert len(lines) == 1 and lines[0].startswith("reb: held-out synthetic defects")
+    if validation["kept"] == "finetuned":
+        assert chosen is method.finetuned_backbone and chosen.weights_sha256 != start_sha
+        assert chosen.weights_source == "finetuned(reb:tiny) from random(seed=0)"
+    else:
+        assert chosen is backbone and chosen.weights_sha256 == start_sha
+        assert chosen.weights_source.endswith("(reb:tiny fine-tune rejected)")
+    better = (validation["finetuned"]["image_auroc"], validation["finetuned"]["pixel_auroc"]) > \
+        (validation["imagenet"]["image_auroc"], validation["imagenet"]["pixel_auroc"])
+    assert (validation["kept"] == "finetuned") == better

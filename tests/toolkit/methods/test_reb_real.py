@@ -22,9 +22,22 @@ def test_reb_artefact_matches_torch_reference_on_real_images(tmp_path):
 
     config = BuildConfig(data=root, out=tmp_path / "reb.onnx", method="reb", method_params={"coreset_ratio": 0.1},
                          max_train_images=40, calib_fraction=0.2, seed=0)
-    result = build(config, log=lambda message: None)
-    assert result.manifest["backbone"]["weights_source"].startswith("finetuned(reb:fast) from ")
-    assert result.manifest["method"]["fit"]["finetune"]["updates"] == 24
+    lines = []
+    result = build(config, log=lines.append)
+    finetune = result.manifest["method"]["fit"]["finetune"]
+    assert finetune["updates"] == 24
+    # the keep-or-revert check on held-out synthetic defects decides which weights the artefact carries, and
+    # the build says which
+    validation = finetune["validation"]
+    assert validation["heldout_good_images"] >= 4 and validation["heldout_defect_images"] == 6 * validation["heldout_good_images"]
+    assert any(line.startswith("reb: held-out synthetic defects") for line in lines)
+    source = result.manifest["backbone"]["weights_source"]
+    if validation["kept"] == "finetuned":
+        assert source.startswith("finetuned(reb:fast) from ")
+    else:
+        from adtk.toolkit.backbones import create_backbone
+        assert source.endswith("(reb:fast fine-tune rejected)")
+        assert result.manifest["backbone"]["weights_sha256"] == create_backbone("tf_efficientnet_lite0").weights_sha256
     # the fine-tuning runs on CUDA when present (issue 5); the artefact must match either way
     assert result.manifest["method"]["fit"]["finetune"]["device"].startswith("cuda" if torch.cuda.is_available() else "cpu")
     index = index_dataset(root)

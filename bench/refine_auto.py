@@ -1,0 +1,83 @@
+"""Issue 13 item 6: refiners on a polluted training set (sroc protocol), from cached stage maps.
+
+For each seed: the sroc-polluted training set (toolkit/evaluation/pollution.py); each refiner NAME:MODE scores
+the training images, MODE "in" = in-sample (as SROC), "cvK" = K-fold cross-fitted (as `--refine auto`);
+reported: the recall of the injected defects among the top R = rate scores, what `--refine auto`'s
+contamination estimate (toolkit/refinement/contamination.py) drops and finds; then each FINAL method is fitted
+on the images auto kept and scored on the sroc test set (image / pixel AUROC, AU-PRO).
+
+    nice -n 5 .venv/bin/python bench/refine_auto.py CACHE SEEDS RATE REFINERS FINALS
+    nice -n 5 .venv/bin/python bench/refine_auto.py /tmp/adtk_mt_lite0_256 0 0.1 padim:cv2,patchcore:cv2 padim
+
+Rows are appended to /tmp/reb/refine_auto_rows_<cache name>.jsonl (the scores saved beside them).
+"""
+import json, sys, time
+from pathlib import Path
+import numpy as np, torch
+torch.set_num_threads(1)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import feature_cache  # noqa: E402
+from pollution_table import embed, evaluate  # noqa: E402
+from adtk.toolkit.evaluation.pollution import pollute, refinement_quality
+from adtk.toolkit.methods.registry import create_method
+from adtk.toolkit.postprocess import AnomalyMapSmoother
+from adtk.toolkit.refinement.refine import head_image_scores
+from adtk.toolkit.refinement.contamination import crossfit_scores, estimate_contamination
+
+def main() -> None:
+    cache = Path(sys.argv[1]); seeds = [int(x) for x in sys.argv[2].split(",")]; rate = float(sys.argv[3])
+    refiners = sys.argv[4].split(","); finals = sys.argv[5].split(",")
+    PARAMS = {"patchcore": {"coreset_ratio": 0.0025}, "padim": {}, "paire": {}, "knn": {}, "mahalanobis": {}, "softcore": {"coreset_ratio": 0.0025}}
+    meta, stages, all_masks, index, train_row, test_row = feature_cache.load_indexed(cache)
+    smoother = AnomalyMapSmoother((meta["image_size_px"],) * 2, sigma=4.0)
+    feats = {}
+    def F(name):
+        if name not in feats:
+            m = create_method(name, **PARAMS[name])
+            feats[name] = (embed(m, meta["channels"], stages["train"]), embed(m, meta["channels"], stages["test"]))
+        return feats[name]
+    out = open("/tmp/reb/refine_auto_rows_%s.jsonl" % cache.name, "a")
+    for seed in seeds:
+        split = pollute(index.train, index.test, rate, "sroc", seed)
+        good = np.array([train_row[str(s.path)] for s in split.train if s.label == 0])
+        inj = np.array([test_row[str(s.path)] for s in split.injected], dtype=np.int64)
+        paths = [str(s.path) for s in split.train if s.label == 0] + [str(s.path) for s in split.injected]
+        rows_test = np.array([test_row[str(s.path)] for s in split.test])
+        labels = np.array([s.label for s in split.test]); masks = all_masks[rows_test]
+        for ref in refiners:
+            t = time.perf_counter()
+            name, mode = ref.split(":")
+            tr, te = F(name)
+            X = np.concatenate([tr[good], te[inj]])
+            m = create_method(name, **PARAMS[name]); m.embedding(tuple(meta["channels"]))
+            if mode == "in":
+                scores = head_image_scores(m, m.fit(X), X)
+            else:
+                k = int(mode[2:])
+                def fs(a, b):
+                    mm = create_method(name, **PARAMS[name]); mm.embedding(tuple(meta["channels"]))
+                    return head_image_scores(mm, mm.fit(a), b)
+                scores = crossfit_scores(X, fs, folds=k, seed=seed)
+            is_inj = np.zeros(len(X), bool); is_inj[len(good):] = True
+            order = np.argsort(-scores)
+            rec_at_R = is_inj[order[:len(inj)]].mean()
+            est = estimate_contamination(scores)
+            hits = is_inj[est.dropped].sum()
+            res = {"seed": seed, "rate": rate, "refiner": ref, "recall_at_R": round(float(rec_at_R), 3),
+                   "auto_dropped": int(len(est.dropped)), "auto_recall": round(float(hits / max(len(inj), 1)), 3),
+                   "s": round(time.perf_counter() - t, 1)}
+            res["estimated_contamination"] = round(est.fraction, 4)
+            Path("/tmp/reb").mkdir(exist_ok=True)
+            np.save(f"/tmp/reb/{cache.name}_scores_{ref.replace(':','_')}_s{seed}_r{rate}.npy", scores)
+            for fin in finals:
+                ftr, fte = F(fin)
+                Xf = np.concatenate([ftr[good], fte[inj]])
+                kept = np.setdiff1d(np.arange(len(Xf)), est.dropped)
+                fm = create_method(fin, **PARAMS[fin]); fm.embedding(tuple(meta["channels"]))
+                met = evaluate(fm, fm.fit(np.ascontiguousarray(Xf[kept])), fte[rows_test], labels, masks, smoother)
+                res[f"final_{fin}"] = {k: round(v, 4) for k, v in met.items()}
+            print(json.dumps(res), flush=True); out.write(json.dumps(res) + "\n"); out.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""`--refine auto` (refinement/contamination.py): cross-fitted scores never come from a model that saw the
+image, and the contamination count follows the data (none on clean data, the outliers on polluted data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adtk.toolkit.methods.registry import create_method
+from adtk.toolkit.refinement import RefineSpec, parse_refine, refine
+from adtk.toolkit.refinement.contamination import (MAX_FRACTION, SAFETY_FACTOR, crossfit_scores,
+                                                   estimate_contamination)
+
+from .test_refinement import clusters_with_outliers
+
+
+def test_parse_auto_forms():
+    assert parse_refine("auto") == RefineSpec("auto")
+    assert parse_refine("auto:PaDiM") == RefineSpec("auto", detector="padim")
+    assert str(parse_refine("auto:padim")) == "auto:padim"
+    with pytest.raises(Exception):
+        parse_refine("auto:padim:0.1")
+
+
+def test_crossfit_never_scores_an_image_with_a_model_fitted_on_it():
+    features = np.arange(20, dtype=np.float64)[:, None]
+    seen = []
+
+    def fit_and_score(fit, held):
+        overlap = set(fit[:, 0].tolist()) & set(held[:, 0].tolist())
+        seen.append(len(overlap))
+        return held[:, 0] * 2
+
+    scores = crossfit_scores(features, fit_and_score, folds=3, seed=0)
+    assert seen == [0, 0, 0] and np.array_equal(scores, features[:, 0] * 2)
+
+
+def test_contamination_estimate_is_zero_on_clean_scores_and_follows_the_outliers():
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # clean, right-skewed or log-symmetric: noise alone gives no estimate
+        assert len(estimate_contamination(rng.gamma(20, 1.0, size=500)).dropped) == 0
+        assert len(estimate_contamination(rng.lognormal(0, 0.3, size=500)).dropped) == 0
+    clean = rng.gamma(20, 1.0, size=500)
+    polluted = np.concatenate([clean, rng.gamma(20, 1.0, size=50) * 6])
+    estimate = estimate_contamination(polluted)
+    assert 0.05 <= estimate.fraction <= 50 / 550 + 0.02
+    # twice the estimate is dropped, the highest scores first: every outlier, and some of the good tail
+    assert len(estimate.dropped) == round(SAFETY_FACTOR * estimate.fraction * 550)
+    assert set(range(500, 550)) <= set(estimate.dropped.tolist())
+    many = np.concatenate([clean, np.full(400, 1e3)])  # more outliers than the cap allows
+    capped = estimate_contamination(many)
+    assert capped.capped and len(capped.dropped) == int(MAX_FRACTION * 900) and capped.dropped.min() >= 500
+    assert len(estimate_contamination(np.ones(10)).dropped) == 0  # no spread: nothing is an outlier
+
+
+def test_auto_refinement_drops_the_outliers_without_being_told_how_many():
+    rng = np.random.default_rng(1)
+    features, outliers = clusters_with_outliers(rng, n_good=60, n_bad=6)
+    method = create_method("knn")
+    method.embedding((8,))
+    result = refine(RefineSpec("auto"), method, features)
+    assert set(outliers.tolist()) <= set(result.dropped.tolist()) and len(result.dropped) <= 2 * len(outliers) + 2
+    assert result.details["folds"] == 2 and result.details["estimated_contamination"] > 0
