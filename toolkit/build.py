@@ -423,6 +423,7 @@ def build_ensemble(config: BuildConfig, choices, geometry: Geometry, index: Data
         backbone = create_backbone(choice.name, stages=choice.stages, random_weights=config.random_weights,
                                    seed=config.seed)
         preprocess = FramePreprocess(geometry.model_hw, backbone.mean, backbone.std)
+        method.log = log  # REB says whether it keeps its fine-tuned weights
         with StepProgress(progress_factory, f"finetune {choice.name}") as prepare_progress:
             backbone = method.prepare_backbone(
                 backbone, preprocess, (image for _, image in iter_images(fit_samples, config.skip_bad, warn)),
