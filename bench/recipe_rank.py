@@ -87,7 +87,7 @@ def main() -> None:
 
 
 CACHED_RECIPES = (("patchcore", 2.0), ("patchcore", 5.0), ("patchcore", 10.0), ("patchcore", 20.0),
-                  ("patchcore", 40.0), ("ldknn", 5.0), ("ldknn", 10.0))
+                  ("ldknn", 5.0), ("ldknn", 10.0))
 
 
 @torch.no_grad()
