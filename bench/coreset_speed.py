@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from feature_cache import DEFAULT_DATA, extract, load  # noqa: E402
 from measure import append_record  # noqa: E402
+from adtk.toolkit.methods.base import FitInputs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,7 +108,7 @@ def main() -> None:
         load_before = os.getloadavg()[0]
         tic = time.perf_counter()
         if method.sampler == "online":
-            bank = method.fit(fit).memory_bank
+            bank = method.fit(FitInputs(fit)).memory_bank
         else:
             bank = np.ascontiguousarray(fit.transpose(0, 2, 3, 1).reshape(-1, fit.shape[1])[method.coreset.select(fit)])
         seconds = time.perf_counter() - tic

@@ -1,5 +1,5 @@
-"""Issue 4 acceptance bench: the leave-one-defect-type-out table (`adtk eval --protocol known-anomalies`,
-toolkit/evaluation/known_anomalies.py) for semlp, labeled-patchcore and patchcore on magnetic-tile.
+"""Issue 4 acceptance bench: the leave-one-defect-type-out table (`adtk research known-anomalies`,
+toolkit/research/known_anomalies.py) for semlp, labeled-patchcore and patchcore on magnetic-tile.
 
 For every defect type T: the methods that learn from defects fit on the good training images plus the
 first half (by file name) of every other type's test images with their masks; all methods are scored
@@ -48,8 +48,9 @@ def metrics_of(method, state, features, labels, masks, smoother) -> dict:
 def run(cache: Path, coreset_ratio: float, max_train_images: int, seed: int, log, on_row) -> None:
     from adtk.toolkit.build import split_training_set
     from adtk.toolkit.data import index_dataset
-    from adtk.toolkit.evaluation.known_anomalies import leave_one_type_out_splits
+    from adtk.toolkit.research.known_anomalies import leave_one_type_out_splits
     from adtk.toolkit.labelled_defects import LabelledFeatures, patch_masks
+    from adtk.toolkit.methods.base import FitInputs
     from adtk.toolkit.methods.registry import create_method
     from adtk.toolkit.postprocess import AnomalyMapSmoother
 
@@ -73,10 +74,10 @@ def run(cache: Path, coreset_ratio: float, max_train_images: int, seed: int, log
     features["labeled_patchcore"] = features["labeled_patchcore (paper_compat)"] = features["semlp"]
     grid = features["semlp"][0].shape[-2:]
     tic = time.perf_counter()
-    patchcore_state = methods["patchcore"].fit(features["patchcore"][0])
-    good_state = methods["labeled_patchcore"].good_patchcore.fit(features["labeled_patchcore"][0])
+    patchcore_state = methods["patchcore"].fit(FitInputs(features["patchcore"][0], tuple(meta["channels"])))
+    good_bank, good_neighbours = methods["labeled_patchcore"].good_bank(features["labeled_patchcore"][0])
     log(f"good banks fitted in {time.perf_counter() - tic:.0f} s: patchcore "
-        f"{patchcore_state.memory_bank.shape}, labeled {good_state.memory_bank.shape}")
+        f"{patchcore_state.memory_bank.shape}, labeled {good_bank.shape}")
     for held_out, (train_defects, evaluation) in splits.items():
         defect_rows = np.array([test_row[str(s.path)] for s in train_defects])
         eval_rows = np.array([test_row[str(s.path)] for s in evaluation])
@@ -91,9 +92,9 @@ def run(cache: Path, coreset_ratio: float, max_train_images: int, seed: int, log
             if name == "patchcore":
                 state = patchcore_state
             elif name.startswith("labeled_patchcore"):
-                state = method.with_defect_bank(good_state.memory_bank, good_state.bank_neighbours, defects)
+                state = method.with_defect_bank(good_bank, good_neighbours, defects)
             else:
-                state = method.fit(train, defects=defects)
+                state = method.fit(FitInputs(train, tuple(meta["channels"]), defects=defects))
             row[name] = {**metrics_of(method, state, test[eval_rows], labels, masks, smoother),
                          "fit": method.fit_report(state), "seconds": round(time.perf_counter() - tic, 1)}
             row["num_defective_patches"] = defects.num_defective_patches

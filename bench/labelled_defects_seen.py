@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import feature_cache  # noqa: E402
 from known_anomalies import metrics_of  # noqa: E402
 from pollution_table import embed, score  # noqa: E402
+from adtk.toolkit.methods.base import FitInputs  # noqa: E402
 
 COLUMNS = ("semlp", "labeled_patchcore", "patchcore")
 
@@ -86,10 +87,10 @@ def run(cache: Path, coreset_ratio: float, max_train_images: int, seed: int, log
         train, test = features[name]
         if method.uses_labelled_defects:
             defects = LabelledFeatures(test[defect_rows], patch_masks(all_masks[defect_rows], grid))
-            state = method.fit(train, defects=defects)
+            state = method.fit(FitInputs(train, defects=defects))
             row["num_defective_patches"] = defects.num_defective_patches
         else:
-            state = method.fit(train)
+            state = method.fit(FitInputs(train, tuple(meta["channels"])))
         metrics = metrics_of(method, state, test[eval_rows], labels, masks, smoother)
         scores, _ = score(method, state, test[eval_rows], smoother, batch=4)
         per_type = {kind: float(image_auroc(scores[(types == "good") | (types == kind)],

@@ -4,7 +4,7 @@ For each method x seed x pollution rate in {0, 10, 20}%, fit on the polluted tra
 image AUROC, pixel AUROC and AU-PRO (FPR <= 0.3) on the seed's reduced test set; at 10% and 20% also
 fit after `--refine sroc:R` with R = the rate (the method refining itself) and after
 `sroc:R:mahalanobis`, and report the refiners' recall of the injected defects (= precision = F1 at
-R = rate, spec A4). Mean +- std over the seeds. Protocol: toolkit/evaluation/pollution.py ("sroc").
+R = rate, spec A4). Mean +- std over the seeds. Protocol: toolkit/research/pollution.py ("sroc").
 
 CPU economy: the frozen backbone's stage maps come from bench/feature_cache.py (extracted once with the
 build's own preprocess + backbone); each method's embedding, fit, exported head (torch) and map
@@ -74,7 +74,8 @@ def run(cache: Path, methods: list[str], seeds: list[int], rates: list[float], l
         maha_refiner: bool = False, done: frozenset = frozenset()) -> list[dict]:
     """Every (method, seed, rate, refine) row; keys in `done` are skipped (resuming a run)."""
     from adtk.toolkit.data import index_dataset
-    from adtk.toolkit.evaluation.pollution import pollute, refinement_quality
+    from adtk.toolkit.research.pollution import pollute, refinement_quality
+    from adtk.toolkit.methods.base import FitInputs
     from adtk.toolkit.methods.registry import create_method
     from adtk.toolkit.postprocess import AnomalyMapSmoother
     from adtk.toolkit.refinement import RefineSpec, refine
@@ -121,15 +122,13 @@ def run(cache: Path, methods: list[str], seeds: list[int], rates: list[float], l
                     kept, quality = np.arange(len(features)), None
                     if spec is not None:
                         detector = create_method(spec.detector or name, **({} if spec.detector else METHOD_PARAMS[name]))
-                        detector.embedding(tuple(meta["channels"]))  # sets the level sizes / channel subset
                         detector_features = refiner_features if spec.detector else features
-                        result = refine(spec, detector, detector_features)
+                        result = refine(spec, detector, detector_features, tuple(meta["channels"]))
                         kept = result.kept
                         quality = refinement_quality([paths[i] for i in result.dropped],
                                                      [str(s.path) for s in split.injected])
                     fit_method = create_method(name, **METHOD_PARAMS[name])
-                    fit_method.embedding(tuple(meta["channels"]))
-                    state = fit_method.fit(np.ascontiguousarray(features[kept]))
+                    state = fit_method.fit(FitInputs(np.ascontiguousarray(features[kept]), tuple(meta["channels"])))
                     metrics = evaluate(fit_method, state, test_features, labels, masks, smoother)
                     row = {"method": name, "seed": seed, "rate": rate, "refine": variant, **metrics,
                            "refiner_recall": quality["recall"] if quality else None,
@@ -152,6 +151,7 @@ def check_artefact_path(cache: Path, methods: list[str], log, num_train: int = 6
     from adtk.runtime.detector import Detector
     from adtk.toolkit.build import BuildConfig, build
     from adtk.toolkit.data import DatasetIndex, index_dataset, read_image
+    from adtk.toolkit.methods.base import FitInputs
     from adtk.toolkit.methods.registry import create_method
     from adtk.toolkit.postprocess import AnomalyMapSmoother
 
@@ -175,7 +175,7 @@ def check_artefact_path(cache: Path, methods: list[str], log, num_train: int = 6
         fit_rows = [train_row[str(s.path)] for s in result.fit_samples]
         train = embed(method, meta["channels"], [m[fit_rows] for m in stages["train"]])
         test = embed(method, meta["channels"], [m[test_rows] for m in stages["test"]])
-        bench_scores, bench_maps = score(method, method.fit(train), test, smoother)
+        bench_scores, bench_maps = score(method, method.fit(FitInputs(train, tuple(meta["channels"]))), test, smoother)
         artefact_scores = np.array([float(p.raw_score[0]) for p in predictions])
         artefact_maps = np.stack([p.raw_anomaly_map[0] for p in predictions])
         check = {"method": name, "fit_images": len(fit_rows), "test_images": num_test,

@@ -85,7 +85,8 @@ def score_rows(patchcore_state, ldknn_state, embedding, smoother, maps, batch: i
     alpha x density, pooled. The first batch is checked against the real heads (PatchCoreHead, LDKNNHead).
     """
     from adtk.toolkit.methods.ldknn import LDKNNHead, LDKNNState, pool_image_score
-    from adtk.toolkit.methods.patchcore import PatchCoreHead, squared_distances
+    from adtk.toolkit.methods.patchcore import PatchCoreHead
+    from adtk.toolkit.search import squared_distances
 
     assert np.array_equal(patchcore_state.memory_bank, ldknn_state.memory_bank)
     bank = torch.from_numpy(ldknn_state.memory_bank)
@@ -141,6 +142,7 @@ def run_seed(args, seed, index, fit_samples, test_samples, masks, imagenet_maps,
     from adtk.toolkit.build import BuildConfig, build
     from adtk.toolkit.evaluation.metrics import image_auroc, pixel_auroc
     from adtk.toolkit.features import PatchEmbedding
+    from adtk.toolkit.methods.base import FitInputs
     from adtk.toolkit.methods.registry import create_method
     from adtk.toolkit.postprocess import AnomalyMapSmoother
 
@@ -171,8 +173,8 @@ def run_seed(args, seed, index, fit_samples, test_samples, masks, imagenet_maps,
     common = {"coreset_ratio": args.coreset_ratio, "seed": seed}
     for backbone_kind, maps in (("imagenet", imagenet_maps), ("finetuned", ft_maps)):
         fit_features = embed(embedding, maps["fit"])
-        state_pc = create_method("patchcore", **common).fit(fit_features)
-        state_ld = create_method("ldknn", **common).fit(fit_features)
+        state_pc = create_method("patchcore", **common).fit(FitInputs(fit_features))
+        state_ld = create_method("ldknn", **common).fit(FitInputs(fit_features))
         del fit_features
         names = {"patchcore": "patchcore", "knn": "knn (ldknn a=0)", "ldknn": "ldknn"} if backbone_kind == "imagenet" \
             else {"patchcore": "dm + patchcore", "knn": "dm + knn (a=0)", "ldknn": "dm + ldknn"}

@@ -111,6 +111,7 @@ def cached_ranking(args) -> None:
     from adtk.toolkit.build import FeatureExtractorPipeline, split_training_set
     from adtk.toolkit.data import index_dataset
     from adtk.toolkit.evaluation.metrics import image_auroc
+    from adtk.toolkit.methods.base import FitInputs
     from adtk.toolkit.methods.registry import create_method
     from adtk.toolkit.preprocess import FramePreprocess
     from adtk.toolkit.recipe_search import SEARCH_SPACE, _frame_features, _image_scores, _subset
@@ -138,7 +139,7 @@ def cached_ranking(args) -> None:
         tic = time.perf_counter()
         method = create_method(method_name, coreset_ratio=rows_per_image / patches, seed=args.seed)
         method.embedding(tuple(backbone.channels))
-        head = method.head(method.fit(fit_features)).eval()
+        head = method.head(method.fit(FitInputs(fit_features))).eval()
         val = image_auroc(_image_scores(head, val_features), validation.labels)
         test = image_auroc(_image_scores(head, test_features), test_labels)
         results.append({"method": method_name, "bank_rows_per_image": rows_per_image, "validation_auroc": val,

@@ -18,11 +18,12 @@ torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import feature_cache  # noqa: E402
 from pollution_table import embed, evaluate  # noqa: E402
-from adtk.toolkit.evaluation.pollution import pollute, refinement_quality
+from adtk.toolkit.research.pollution import pollute, refinement_quality
 from adtk.toolkit.methods.registry import create_method
 from adtk.toolkit.postprocess import AnomalyMapSmoother
 from adtk.toolkit.refinement.refine import head_image_scores
 from adtk.toolkit.refinement.contamination import crossfit_scores, estimate_contamination
+from adtk.toolkit.methods.base import FitInputs  # noqa: E402
 
 def main() -> None:
     cache = Path(sys.argv[1]); seeds = [int(x) for x in sys.argv[2].split(",")]; rate = float(sys.argv[3])
@@ -56,7 +57,7 @@ def main() -> None:
                 k = int(mode[2:])
                 def fs(a, b):
                     mm = create_method(name, **PARAMS[name]); mm.embedding(tuple(meta["channels"]))
-                    return head_image_scores(mm, mm.fit(a), b)
+                    return head_image_scores(mm, mm.fit(FitInputs(a, tuple(meta["channels"]))), b)
                 scores = crossfit_scores(X, fs, folds=k, seed=seed)
             is_inj = np.zeros(len(X), bool); is_inj[len(good):] = True
             order = np.argsort(-scores)
@@ -74,7 +75,7 @@ def main() -> None:
                 Xf = np.concatenate([ftr[good], fte[inj]])
                 kept = np.setdiff1d(np.arange(len(Xf)), est.dropped)
                 fm = create_method(fin, **PARAMS[fin]); fm.embedding(tuple(meta["channels"]))
-                met = evaluate(fm, fm.fit(np.ascontiguousarray(Xf[kept])), fte[rows_test], labels, masks, smoother)
+                met = evaluate(fm, fm.fit(FitInputs(np.ascontiguousarray(Xf[kept]), tuple(meta["channels"]))), fte[rows_test], labels, masks, smoother)
                 res[f"final_{fin}"] = {k: round(v, 4) for k, v in met.items()}
             print(json.dumps(res), flush=True); out.write(json.dumps(res) + "\n"); out.flush()
 

@@ -1,7 +1,7 @@
 """Issue 4 acceptance bench: SoftCore vs PatchCore on magnetic-tile with 10% of the training images replaced
 by defective test images, under seed 002's two protocols (spec softcore_semlp_labeled_patchcore.md A.7):
 
-* no overlap: the injected defects are not scored -> toolkit/evaluation/pollution.py "sroc" (its draw is
+* no overlap: the injected defects are not scored -> toolkit/research/pollution.py "sroc" (its draw is
   stratified by type and removes a 20% pool from the test set, not just the injected images);
 * overlap: the injected defects stay in the test set -> pollution.py "paire" (uniform draw, test unchanged).
 Both protocols *swap* good training images for defects (N stays fixed) where seed 002 *adds* them
@@ -58,7 +58,8 @@ def run(cache: Path, methods: list[str], protocols: list[str], seeds: list[int],
     """Every (protocol, method, seed) row; keys (protocol name, method, seed) in `done` are skipped."""
     from adtk.toolkit.build import split_training_set
     from adtk.toolkit.data import index_dataset
-    from adtk.toolkit.evaluation.pollution import pollute
+    from adtk.toolkit.research.pollution import pollute
+    from adtk.toolkit.methods.base import FitInputs
     from adtk.toolkit.methods.registry import create_method
     from adtk.toolkit.postprocess import AnomalyMapSmoother
 
@@ -86,7 +87,7 @@ def run(cache: Path, methods: list[str], protocols: list[str], seeds: list[int],
             for name in todo:
                 tic = time.perf_counter()
                 method = create_method(name, **params[name])
-                state = method.fit(features)
+                state = method.fit(FitInputs(features))
                 fit_s = time.perf_counter() - tic
                 metrics = evaluate(method, state, test_all[rows_test], labels, all_masks[rows_test], smoother)
                 row = {"method": name, "params": params[name], "protocol": PROTOCOL_NAMES[protocol],

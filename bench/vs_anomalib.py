@@ -94,7 +94,7 @@ def link_dataset(root: Path, train, test) -> Path:
 def training_sets(data: Path, size: int | None, pollution: list[float], seed: int):
     """-> {rate: (train samples, test samples)}; the seed-000 protocol (defects move from test to train)."""
     from adtk.toolkit.data import index_dataset
-    from adtk.toolkit.evaluation.pollution import pollute
+    from adtk.toolkit.research.pollution import pollute
 
     index = index_dataset(data)
     train = list(index.train)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from adtk.runtime.errors import ArtefactError
 from adtk.runtime.manifest import INPUT_NAME, OUTPUT_NAMES, SCHEMA_VERSION, validate_manifest
+from adtk.runtime.protobuf_wire import (WIRE_32BIT, WIRE_64BIT, WIRE_LEN, WIRE_VARINT, encode_varint,
+                                        top_level_fields)
 
 __all__ = ["MANIFEST_KEY", "INTEGRITY_KEY", "INPUT_NAME", "OUTPUT_NAMES", "SCHEMA_VERSION", "VerifiedArtefact",
            "encode_metadata_entry", "seal", "verify_bytes", "read_artefact"]
@@ -31,69 +33,11 @@ INTEGRITY_KEY = "adtk.sha256"
 MAX_ARTEFACT_BYTES = 2 * 1024**3  # protobuf's 2 GB limit: one file, no external data
 
 _METADATA_PROPS_FIELD = 14  # ModelProto.metadata_props (repeated StringStringEntryProto)
-_WIRE_VARINT, _WIRE_64BIT, _WIRE_LEN, _WIRE_32BIT = 0, 1, 2, 5
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= len(data):
-            raise ArtefactError("truncated protobuf varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise ArtefactError("malformed protobuf varint")
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _top_level_fields(data: bytes):
-    """Yield (field_number, wire_type, start, end, payload) for each top-level field of a message; payload is
-    the value for a varint, the bytes (a slice of `data`: pass a memoryview to avoid copies) for a
-    length-delimited field, b"" for fixed-width ones."""
-    pos = 0
-    while pos < len(data):
-        start = pos
-        key, pos = _read_varint(data, pos)
-        field, wire = key >> 3, key & 7
-        if wire == _WIRE_VARINT:
-            payload, pos = _read_varint(data, pos)  # the value itself (an int)
-        elif wire == _WIRE_64BIT:
-            pos += 8
-            payload = b""
-        elif wire == _WIRE_32BIT:
-            pos += 4
-            payload = b""
-        elif wire == _WIRE_LEN:
-            length, pos = _read_varint(data, pos)
-            payload = data[pos:pos + length]
-            pos += length
-        else:
-            raise ArtefactError(f"unsupported protobuf wire type {wire}")
-        if pos > len(data) or field == 0:
-            raise ArtefactError("the file ends inside a protobuf field")
-        yield field, wire, start, pos, payload
-
-
 def _string_entry(payload: bytes) -> tuple[str, str]:
     """Decode a StringStringEntryProto (key = 1, value = 2)."""
     entry = {1: "", 2: ""}
-    for field, wire, _, _, value in _top_level_fields(payload):
-        if wire == _WIRE_LEN and field in entry:
+    for field, wire, _, _, value in top_level_fields(payload):
+        if wire == WIRE_LEN and field in entry:
             entry[field] = value.decode("utf-8", errors="strict")
     return entry[1], entry[2]
 
@@ -101,10 +45,10 @@ def _string_entry(payload: bytes) -> tuple[str, str]:
 def encode_metadata_entry(key: str, value: str) -> bytes:
     """The bytes of one top-level ModelProto.metadata_props entry."""
     body = b"".join(
-        bytes([(number << 3) | _WIRE_LEN]) + _encode_varint(len(raw)) + raw
+        bytes([(number << 3) | WIRE_LEN]) + encode_varint(len(raw)) + raw
         for number, raw in ((1, key.encode()), (2, value.encode()))
     )
-    return _encode_varint((_METADATA_PROPS_FIELD << 3) | _WIRE_LEN) + _encode_varint(len(body)) + body
+    return encode_varint((_METADATA_PROPS_FIELD << 3) | WIRE_LEN) + encode_varint(len(body)) + body
 
 
 def seal(model_bytes: bytes) -> bytes:
@@ -168,18 +112,18 @@ def _scan(reader: _Reader, size: int) -> tuple[str | None, str | None, str, str]
         if field == 0:
             raise ArtefactError("field number 0")
         length = 0
-        if wire == _WIRE_VARINT:
+        if wire == WIRE_VARINT:
             reader.varint(header)
-        elif wire in (_WIRE_64BIT, _WIRE_32BIT):
-            length = 8 if wire == _WIRE_64BIT else 4
-        elif wire == _WIRE_LEN:
+        elif wire in (WIRE_64BIT, WIRE_32BIT):
+            length = 8 if wire == WIRE_64BIT else 4
+        elif wire == WIRE_LEN:
             length = reader.varint(header)
         else:
             raise ArtefactError(f"unsupported protobuf wire type {wire}")
         if reader.pos + length > size:
             raise ArtefactError("the file ends inside a protobuf field")
         whole.update(header)
-        if field == _METADATA_PROPS_FIELD and wire == _WIRE_LEN:
+        if field == _METADATA_PROPS_FIELD and wire == WIRE_LEN:
             if length > MAX_METADATA_ENTRY_BYTES:
                 raise ArtefactError(f"a metadata entry of {length} bytes (over {MAX_METADATA_ENTRY_BYTES})")
             payload = bytes(reader.take(length))

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from adtk.runtime.artefact import _WIRE_LEN, _WIRE_VARINT, _read_varint, _top_level_fields
+from adtk.runtime.protobuf_wire import WIRE_LEN, WIRE_VARINT, read_varint, top_level_fields
 from adtk.runtime.errors import ArtefactError
 
 _MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5  # ModelProto.graph, GraphProto.initializer
@@ -52,21 +52,21 @@ MAX_VALUES = 64  # only small tensors are decoded; big ones (weights) are just s
 def _tensor(payload) -> tuple[str, list[int], np.ndarray | None]:
     """A TensorProto -> (name, dims, values or None when large or of another type)."""
     name, dims, data_type, raw, floats = "", [], 0, None, []
-    for field, wire, _, _, value in _top_level_fields(payload):
-        if field == _TENSOR_NAME and wire == _WIRE_LEN:
+    for field, wire, _, _, value in top_level_fields(payload):
+        if field == _TENSOR_NAME and wire == WIRE_LEN:
             name = bytes(value).decode("utf-8", errors="replace")
-        elif field == _TENSOR_DIMS and wire == _WIRE_VARINT:
+        elif field == _TENSOR_DIMS and wire == WIRE_VARINT:
             dims.append(value)
-        elif field == _TENSOR_DIMS and wire == _WIRE_LEN:  # packed
+        elif field == _TENSOR_DIMS and wire == WIRE_LEN:  # packed
             pos = 0
             while pos < len(value):
-                dim, pos = _read_varint(value, pos)
+                dim, pos = read_varint(value, pos)
                 dims.append(dim)
-        elif field == _TENSOR_TYPE and wire == _WIRE_VARINT:
+        elif field == _TENSOR_TYPE and wire == WIRE_VARINT:
             data_type = value
-        elif field == _TENSOR_RAW and wire == _WIRE_LEN:
+        elif field == _TENSOR_RAW and wire == WIRE_LEN:
             raw = value
-        elif field == _TENSOR_FLOATS and wire == _WIRE_LEN:
+        elif field == _TENSOR_FLOATS and wire == WIRE_LEN:
             floats.append(bytes(value))
     dtype = _NUMPY_TYPES.get(data_type)
     count = math.prod(dims) if dims else 1
@@ -84,11 +84,11 @@ def graph_values(model_bytes) -> dict[str, tuple[list[int], np.ndarray | None]]:
     wanted = set(EXPECTED_FROM_MANIFEST) | set(SIZE_OPERATORS)
     found = {}
     model = memoryview(model_bytes)
-    for field, wire, _, _, graph in _top_level_fields(model):
-        if field != _MODEL_GRAPH or wire != _WIRE_LEN:
+    for field, wire, _, _, graph in top_level_fields(model):
+        if field != _MODEL_GRAPH or wire != WIRE_LEN:
             continue
-        for graph_field, graph_wire, _, _, payload in _top_level_fields(graph):
-            if graph_field == _GRAPH_INITIALIZER and graph_wire == _WIRE_LEN:
+        for graph_field, graph_wire, _, _, payload in top_level_fields(graph):
+            if graph_field == _GRAPH_INITIALIZER and graph_wire == WIRE_LEN:
                 name, dims, values = _tensor(payload)
                 if name in wanted:
                     found[name] = (dims, values)

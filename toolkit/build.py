@@ -1,14 +1,27 @@
-"""`adtk build`: fit a method on a data folder and compile it into one artefact.
+"""`adtk build`: fit a method on a data folder and compile it into one artefact, as a recipe of four steps.
 
-    index -> split train/good into fit and calibration images (seeded)
-          -> features of the fit images through preprocess + backbone + the method's embedding
-          -> method.fit -> head -> scoring graph -> calibrate on held-out images -> manifest -> .onnx
+    build(config)
+      1. prepare_inputs     config -> BuildInputs: the method (built once, config errors first), the seeded
+                            fit/calibration split, labelled defects, the target and precision, the input geometry
+                            (--size, --tile: toolkit/geometry.py); several backbones go to build_ensemble instead
+      2. extract_features   -> ExtractedFeatures: the method prepares the backbone (REB fine-tunes it), the fit
+                            images go through preprocess + backbone + the method's embedding (the very modules
+                            the artefact contains); a streaming method fits here; --refine drops images
+      3. fit_for_target     -> FittedModel: fit -> head -> scoring graph -> calibrate on held-out images ->
+                            manifest -> fp32 ONNX; with --target, the cost model may ask to lower a sizing knob,
+                            and the same features are fitted again by the method with that knob changed
+      4. compile_and_write  -> the artefact: precision passes and target checks (export/compiler.py), sealed and
+                            written atomically, with the refinement's image list beside it
+
+Each step is a function of the previous steps' typed results; BuildSteps carries what all of them share
+(logging, progress bars, timings).
 """
 
 from __future__ import annotations
 
 import functools
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,22 +32,25 @@ import torch
 from adtk.export.compose import EnsembleGraph, ScoringGraph
 from adtk.export.compiler import CompileOptions, compile_model
 from adtk.export.formats import check_output_path, export_model, write_artefact
-from adtk.export.targets import load_target
-from adtk.runtime.manifest import build_manifest
+from adtk.export.targets import Target, load_target
 from adtk.runtime.errors import ConfigError, DataError, TargetError
+from adtk.runtime.manifest import build_manifest
 from adtk.toolkit.backbones import create_backbone
 from adtk.toolkit.build_config import config_to_dict, validate_build_config
 from adtk.toolkit.calibration import Calibration, calibrate
-from adtk.toolkit.ensemble import backbone_choices, geometry_stride, member_statistics
 from adtk.toolkit.data import DatasetIndex, Sample, index_dataset, iter_images, training_list_sha256
-from adtk.toolkit.geometry import Geometry, make_smoother, make_tiling, median_aspect_hw, parse_size, parse_tile, \
-    resolve_geometry
-from adtk.toolkit.labelled_defects import defects_manifest_entry, extract_labelled_features, labelled_defect_samples
+from adtk.toolkit.ensemble import backbone_choices, geometry_stride, member_statistics
+from adtk.toolkit.geometry import Geometry, make_tiling, median_aspect_hw, parse_size, parse_tile, resolve_geometry
+from adtk.toolkit.labelled_defects import (LabelledFeatures, defects_manifest_entry, extract_labelled_features,
+                                           labelled_defect_samples)
 from adtk.toolkit.memory import release_large_blocks_promptly, skip_gpu_kernel_compiler_without_gpu
+from adtk.toolkit.methods.base import AnomalyMethod, FitInputs
 from adtk.toolkit.methods.registry import create_method
 from adtk.toolkit.postprocess import ScoreNormaliser
 from adtk.toolkit.preprocess import FramePreprocess
-from adtk.toolkit.refinement import manifest_entry, parse_refine, refine_training_set, write_training_list
+from adtk.toolkit.refinement import (RefinementResult, RefineSpec, manifest_entry, parse_refine,
+                                     refine_training_set, write_training_list)
+from adtk.toolkit.scoring import backbone_inputs, scoring_graph
 from adtk.toolkit.sizing import (MAX_SIZING_ROUNDS, compile_check_data, plan_for_target, probe_model,
                                  refuse_unfit_architecture, resolve_precision)
 
@@ -87,6 +103,256 @@ class BuildResult:
     method: object = None  # the AnomalyMethod instance that was fitted (benches read its reports)
 
 
+@dataclass
+class BuildInputs:
+    """Step 1's result: everything chosen before any image is read."""
+
+    method: AnomalyMethod
+    index: DatasetIndex
+    fit_samples: list[Sample]
+    calibration_samples: list[Sample]
+    defect_samples: list[Sample]  # labelled defects, for methods that learn from them (else empty)
+    refine_spec: RefineSpec | None
+    target: Target | None
+    precision: str  # resolved: fp32 | fp16 | int8
+    geometry: Geometry  # the input geometry: model size and tiles (toolkit/geometry.py)
+    backbone_choices: list  # ensemble.BackboneChoice per (backbone, stages); more than one = an ensemble
+
+
+@dataclass
+class ExtractedFeatures:
+    """Step 2's result: the modules of the scoring graph up to the head, and the fit images' features."""
+
+    preprocess: FramePreprocess
+    backbone: torch.nn.Module
+    embedding: torch.nn.Module
+    tiling: torch.nn.Module | None  # geometry.Tiling, or None: the frame is the backbone's one input
+    backbone_report: dict  # how the method prepared the backbone (e.g. REB's fine-tuning), for the manifest
+    fit_samples: list[Sample]  # the images fitted on: decoded, and kept by --refine
+    candidate_samples: list[Sample]  # the decoded images before --refine (its list is written beside the artefact)
+    features: np.ndarray | None  # float32 [N, D, h, w]; None when a streaming fit consumed them
+    streamed_state: Any = None  # the state of a streaming fit (fitted during the extraction)
+    defects: LabelledFeatures | None = None
+    refinement: RefinementResult | None = None
+
+
+@dataclass
+class FittedModel:
+    """Step 3's result: the fitted method's scoring graph, calibrated, as a manifest and an fp32 ONNX model."""
+
+    method: AnomalyMethod  # the method as finally fitted (a sizing round may have lowered a knob)
+    graph: ScoringGraph
+    manifest: dict
+    fp32_model: Any  # onnx ModelProto, not sealed yet
+    precision: str  # the target's plan may move to int8
+
+
+class BuildSteps:
+    """What every step shares: the log, progress bars, and the timings recorded in the manifest."""
+
+    def __init__(self, log=print, progress_factory=None):
+        self.log, self.progress_factory = log, progress_factory
+        self.timings: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    def warn(self, message: str) -> None:
+        self.log(f"warning: {message}")
+
+    @contextmanager
+    def timed(self, name: str):
+        tic = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - tic
+
+    def bar(self, total: int, label: str):
+        """A progress bar over `total` items (a context manager with .update(n))."""
+        return self.progress_factory(total, label) if self.progress_factory else _NullBar()
+
+    def step_progress(self, label: str) -> "StepProgress":
+        """A progress(done, total, note) callback for a method's fit or fine-tuning."""
+        return StepProgress(self.progress_factory, label)
+
+
+def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetIndex | None = None) -> BuildResult:
+    """Fit and compile. `progress_factory(total, label)` returns a context manager with .update(n)."""
+    validate_build_config(config)  # every option, before any image is read
+    release_large_blocks_promptly()  # the build's peak RSS (toolkit/memory.py)
+    skip_gpu_kernel_compiler_without_gpu()
+    steps = BuildSteps(log, progress_factory)
+    inputs = prepare_inputs(config, index, steps)
+    if len(inputs.backbone_choices) > 1:  # an ensemble of backbones: its own recipe (toolkit/ensemble.py)
+        return build_ensemble(config, inputs.backbone_choices, inputs.geometry, inputs.index, inputs.fit_samples,
+                              inputs.calibration_samples, log, progress_factory, inputs.method)
+    extracted = extract_features(config, inputs, steps)
+    fitted = fit_for_target(config, inputs, extracted, steps)
+    artefact, manifest = compile_and_write(config, inputs, extracted, fitted, steps)
+    return BuildResult(artefact, manifest, fitted.graph, extracted.fit_samples, inputs.calibration_samples,
+                       steps.timings, fitted.method)
+
+
+def prepare_inputs(config: BuildConfig, index: DatasetIndex | None, steps: BuildSteps) -> BuildInputs:
+    """Step 1: the method, the seeded split and the labelled defects; every config error before any image is read."""
+    method = create_method(config.method, **config.method_params)
+    check_output_path(config.out)  # an unwritable -o is found now, not after the whole fit
+    choices = check_geometry_request(config, method)
+    refine_spec = parse_refine(config.refine) if config.refine else None
+    target = load_target(config.target) if config.target else None
+    precision = resolve_precision(config.precision, target)
+    index = index or index_dataset(config.data, **config.data_layout)
+    fit_samples, calibration_samples = split_training_set(index.train, config.calib_fraction,
+                                                          config.max_train_images, config.seed)
+    # labelled defects (seed 003) are chosen before any image is read, so a wrong type fails fast
+    defect_samples = []
+    if method.uses_labelled_defects:
+        defect_samples = labelled_defect_samples(index, config.defects_from_test, steps.warn)
+    elif config.defects_from_test:
+        steps.warn(f"--defects-from-test is ignored: {method.name} does not learn from labelled defects")
+    geometry = build_geometry(config, geometry_stride(choices), index.train, steps.log)
+    return BuildInputs(method, index, fit_samples, calibration_samples, defect_samples, refine_spec, target,
+                       precision, geometry, choices)
+
+
+def extract_features(config: BuildConfig, inputs: BuildInputs, steps: BuildSteps) -> ExtractedFeatures:
+    """Step 2: backbone (prepared by the method), then the fit images' features (+ labelled defects, --refine)."""
+    method = inputs.method
+    make_backbone = functools.partial(create_backbone, config.backbone, weights=config.weights,
+                                      random_weights=config.random_weights, seed=config.seed)
+    backbone = make_backbone(stages=config.stages)
+    preprocess = FramePreprocess(inputs.geometry.model_hw, backbone.mean, backbone.std)
+    tiling = make_tiling(inputs.geometry)
+    if inputs.target is not None:  # refuse an architecture that cannot fit before any image is read or fitted
+        probe = probe_model(preprocess, backbone, method.embedding(tuple(backbone.channels)).eval(),
+                            method.with_params(), config.blur_sigma,  # a copy: the probe's fit leaves no trace
+                            geometry=inputs.geometry, tiling=tiling)
+        refuse_unfit_architecture(probe, inputs.target, inputs.precision, config.precision == "auto")
+    with steps.timed("prepare_backbone"), steps.step_progress("finetune") as progress:
+        # methods that change the backbone (REB's fine-tuning) do it here, before any feature is extracted
+        fit_images = (image for _, image in iter_images(inputs.fit_samples, config.skip_bad, steps.warn))
+        method.log = steps.log  # a method that changes the backbone says what it decided (REB: fine-tune kept or not)
+        prepared = method.prepare_backbone(backbone, preprocess, fit_images, make_backbone, progress=progress)
+    backbone = prepared.backbone
+    embedding = method.embedding(tuple(backbone.channels)).eval()
+    pipeline = FeatureExtractorPipeline(preprocess, backbone, embedding, config.batch_size, tiling)
+    steps.log(f"{method.name}: {len(inputs.fit_samples)} images to fit, {len(inputs.calibration_samples)} held out "
+              f"to calibrate; backbone {backbone.name} {list(backbone.stages)} ({backbone.weights_source})")
+
+    # A method that fits from a stream (patchcore sampler=online) is fed batch by batch, so the fit features are
+    # never all held; --refine and --target fit again on the same features, so with those they are held.
+    streaming = method.fits_streaming() and not method.uses_labelled_defects
+    if streaming and (inputs.refine_spec is not None or inputs.target is not None):
+        steps.log(f"{method.name}: --refine/--target refit on the same features, so they are held in memory "
+                  "(no streaming fit)")
+        streaming = False
+    features = streamed_state = defects = None
+    with steps.timed("features_and_fit" if streaming else "features"):
+        with steps.bar(len(inputs.fit_samples), "stream fit" if streaming else "features") as bar:
+            if streaming:  # the fit runs here, interleaved with the extraction
+                streamed_state, fit_samples = fit_streaming(method, pipeline, inputs.fit_samples, config.skip_bad,
+                                                            bar.update, steps.warn)
+            else:
+                features, fit_samples = pipeline.features(inputs.fit_samples, config.skip_bad, bar.update,
+                                                          steps.warn)
+        if method.uses_labelled_defects:  # seed 003: labelled defects with patch masks (toolkit/labelled_defects.py)
+            defects = extract_labelled_features(pipeline, inputs.defect_samples, config.skip_bad, steps.warn)
+            steps.log(f"{method.name}: {len(inputs.defect_samples)} labelled defect images, "
+                      f"{defects.num_defective_patches} defective patches")
+
+    extracted = ExtractedFeatures(preprocess, backbone, embedding, tiling, prepared.report, fit_samples,
+                                  fit_samples, features, streamed_state, defects)
+    if inputs.refine_spec is not None:  # toolkit/refinement: fit a detector, score the fit images, drop some
+        with steps.timed("refine"):
+            candidates = extracted.candidate_samples
+
+            def refiner_features(other_embedding):  # one more backbone pass, only for a different refiner
+                other = FeatureExtractorPipeline(preprocess, backbone, other_embedding, config.batch_size, tiling)
+                return other.features(candidates, config.skip_bad)[0]
+
+            extracted.features, extracted.fit_samples, extracted.refinement = refine_training_set(
+                inputs.refine_spec, method, tuple(backbone.channels), features, candidates, refiner_features,
+                steps.log)
+    return extracted
+
+
+def fit_for_target(config: BuildConfig, inputs: BuildInputs, extracted: ExtractedFeatures,
+                   steps: BuildSteps) -> FittedModel:
+    """Step 3: fit, compose, calibrate, describe and export in fp32; with --target, lower a sizing knob and fit the
+    same features again until the cost model predicts the artefact fits (toolkit/sizing.py)."""
+    method, precision = inputs.method, inputs.precision
+    for _ in range(MAX_SIZING_ROUNDS):
+        if extracted.streamed_state is not None:  # fitted during the extraction; no sizing round (no --target)
+            state = extracted.streamed_state
+        else:
+            with steps.timed("fit"), steps.step_progress("fit") as progress:
+                state = method.fit(FitInputs(extracted.features, tuple(extracted.backbone.channels),
+                                             defects=extracted.defects, progress=progress, log=steps.log))
+        graph = scoring_graph(extracted.preprocess, extracted.backbone, extracted.embedding, method.head(state),
+                              inputs.geometry, config.blur_sigma, extracted.tiling)
+        with steps.timed("calibrate"):
+            calibration = calibrate_graph(graph, inputs.calibration_samples, inputs.index.defects, config.skip_bad,
+                                          steps.warn)
+        steps.log(f"threshold {calibration.threshold:.4f} ({calibration.method})")
+        steps.timings["total_before_export"] = time.perf_counter() - steps.started
+        manifest = make_manifest(config, method, extracted.backbone, extracted.preprocess, calibration,
+                                 extracted.fit_samples, inputs.calibration_samples,
+                                 {**method.fit_report(state), **extracted.backbone_report}, steps.timings,
+                                 training_records(config, inputs, extracted), inputs.geometry)
+        if inputs.target is None:  # no sizing round will refit: free the features before the export's peak
+            extracted.features = extracted.defects = None
+        with steps.timed("export"), steps.bar(1, "export") as bar:  # one step: torch's exporter reports no progress
+            fp32_model = export_model(graph, manifest, inputs.geometry.model_hw)
+            bar.update(1)
+        if inputs.target is None:
+            return FittedModel(method, graph, manifest, fp32_model, precision)
+        # --target: size the head from the cost model; a knob change refits on the same features
+        plan = plan_for_target(fp32_model, inputs.target, precision, method, config.precision == "auto")
+        steps.log(f"sizing for {inputs.target.name}: {plan.message}")
+        precision = plan.precision
+        if plan.fits:
+            extracted.features = extracted.defects = None  # no more refits: free them before the compile's peak
+            return FittedModel(method, graph, manifest, fp32_model, precision)
+        # sizing knobs size the head (bank rows), never the embedding, so the features stay valid
+        method = method.with_params(**plan.params)
+    raise TargetError(f"{inputs.target.name}: no fit after {MAX_SIZING_ROUNDS} sizing rounds; lower the knobs by hand")
+
+
+def compile_and_write(config: BuildConfig, inputs: BuildInputs, extracted: ExtractedFeatures, fitted: FittedModel,
+                      steps: BuildSteps) -> tuple[Path, dict]:
+    """Step 4: precision passes and target checks on the fp32 model, then seal and write (and the image list)."""
+    with steps.timed("compile"):
+        check_data = None
+        if fitted.precision != "fp32":
+            check_data = compile_check_data(inputs.index, extracted.fit_samples, inputs.calibration_samples,
+                                            config.check_images, config.seed, config.skip_bad, steps.warn)
+        options = CompileOptions(fitted.precision, inputs.target, config.max_auroc_drop)
+        with steps.bar(1, "compile") as bar:
+            model, manifest, _ = compile_model(fitted.fp32_model, fitted.manifest, options, check_data, steps.log)
+            bar.update(1)
+        artefact = write_artefact(model, manifest, config.out)
+        if extracted.refinement is not None:
+            write_training_list(extracted.refinement, extracted.candidate_samples, artefact)
+    return artefact, manifest
+
+
+def calibrate_graph(graph, calib_samples, defect_samples, skip_bad: bool, warn) -> Calibration:
+    """Threshold and normalisation constants from held-out images, set into the graph's normalisers."""
+    good_scores, good_map_max, good_map_min = raw_image_scores(graph, calib_samples, skip_bad, warn)
+    defect_scores = raw_image_scores(graph, defect_samples, skip_bad, warn)[0] if defect_samples else None
+    calibration = calibrate(good_scores, defect_scores, good_map_max=good_map_max, good_map_min=good_map_min)
+    graph.normaliser = ScoreNormaliser(calibration.threshold, calibration.score_min, calibration.score_max)
+    graph.map_normaliser = ScoreNormaliser(calibration.map_threshold, calibration.map_min, calibration.map_max)
+    return calibration
+
+
+def training_records(config: BuildConfig, inputs: BuildInputs, extracted: ExtractedFeatures) -> dict:
+    """How the training list was chosen, for the manifest's "training" section."""
+    records = dict(config.records)  # facts the caller adds (e.g. how --method auto chose this recipe)
+    if extracted.refinement is not None:
+        records["refinement"] = manifest_entry(extracted.refinement, extracted.candidate_samples, config.out)
+    if extracted.defects is not None:
+        records["labelled_defects"] = defects_manifest_entry(inputs.defect_samples, extracted.defects)
+    return records
+
+
 def split_training_set(samples, calib_fraction: float, max_train_images: int | None, seed: int):
     """Seeded split of the good training images into (fit, calibration); optional size cap first."""
     samples = list(samples)
@@ -117,8 +383,7 @@ class FeatureExtractorPipeline:
         self.batch_size = batch_size
 
     def inputs(self, frames: torch.Tensor) -> torch.Tensor:
-        images = self.preprocess(frames)
-        return self.tiling(images) if self.tiling is not None else images
+        return backbone_inputs(self.preprocess, self.tiling, frames)
 
     def features(self, samples, skip_bad: bool, progress=None, on_warning=None):
         """-> (float32 [N * T, ...] features (T tiles per image, 1 without tiling), the samples that decoded)."""
@@ -204,25 +469,6 @@ def make_manifest(config: BuildConfig, method, backbone, preprocess, calibration
     ) | {"build_config": config_to_dict(config)}  # every option, so `adtk inspect --config` can re-run the build
 
 
-@torch.no_grad()
-def head_grid_hw(pipeline: FeatureExtractorPipeline, head) -> tuple[int, int]:
-    """The head's patch-score grid (h, w) of one backbone input (frame or tile), from one blank frame at the model
-    size: the smoother's matrices are sized by it before export (toolkit/postprocess.py)."""
-    frame = torch.zeros((1, *pipeline.preprocess.image_size_px, 3), dtype=torch.uint8)
-    patch_scores = head(pipeline.embedding(pipeline.backbone(pipeline.inputs(frame)))).patch_scores
-    return int(patch_scores.shape[-2]), int(patch_scores.shape[-1])
-
-
-def calibrate_graph(graph, calib_samples, defect_samples, skip_bad: bool, warn) -> Calibration:
-    """Threshold and normalisation constants from held-out images, set into the graph's normalisers."""
-    good_scores, good_map_max, good_map_min = raw_image_scores(graph, calib_samples, skip_bad, warn)
-    defect_scores = raw_image_scores(graph, defect_samples, skip_bad, warn)[0] if defect_samples else None
-    calibration = calibrate(good_scores, defect_scores, good_map_max=good_map_max, good_map_min=good_map_min)
-    graph.normaliser = ScoreNormaliser(calibration.threshold, calibration.score_min, calibration.score_max)
-    graph.map_normaliser = ScoreNormaliser(calibration.map_threshold, calibration.map_min, calibration.map_max)
-    return calibration
-
-
 def check_geometry_request(config: BuildConfig, method) -> list:
     """--size / --tile / --backbone errors that need no data, before the data set is even indexed -> the backbone
     choices (ensemble.BackboneChoice, the first is --backbone/--stages)."""
@@ -236,8 +482,6 @@ def check_geometry_request(config: BuildConfig, method) -> list:
     parse_size(config.image_size_px)
     if parse_tile(config.tile) is None:
         return choices
-    if parse_tile(config.tile) is None:
-        return
     if config.refine:
         raise ConfigError("--refine with --tile is not supported: refinement drops whole training images, but a "
                           "tiled fit sees tiles; refine without --tile, or tile without --refine")
@@ -262,153 +506,8 @@ def build_geometry(config: BuildConfig, stride: int, training_samples, log) -> G
     return geometry
 
 
-def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetIndex | None = None) -> BuildResult:
-    """Fit and compile. `progress_factory(total, label)` returns a context manager with .update(n)."""
-    validate_build_config(config)  # every option, before any image is read
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    release_large_blocks_promptly()  # the build's peak RSS (toolkit/memory.py)
-    skip_gpu_kernel_compiler_without_gpu()
-    method = create_method(config.method, **config.method_params)  # config errors before any data is read
-    check_output_path(config.out)  # an unwritable -o is found now, not after the whole fit
-    choices = check_geometry_request(config, method)
-    refine_spec = parse_refine(config.refine) if config.refine else None
-    index = index or index_dataset(config.data, **config.data_layout)
-    fit_samples, calib_samples = split_training_set(index.train, config.calib_fraction,
-                                                    config.max_train_images, config.seed)
-    warn = (lambda message: log(f"warning: {message}"))
-    # labelled defects (seed 003) are chosen before any image is read, so a wrong type fails fast
-    defect_samples = labelled_defect_samples(index, config.defects_from_test, warn) if method.uses_labelled_defects else []
-    if config.defects_from_test and not method.uses_labelled_defects:
-        warn(f"--defects-from-test is ignored: {method.name} does not learn from labelled defects")
-    geometry = build_geometry(config, geometry_stride(choices), index.train, log)
-    if len(choices) > 1:
-        return build_ensemble(config, choices, geometry, index, fit_samples, calib_samples, log, progress_factory)
-    backbone = create_backbone(config.backbone, stages=config.stages, weights=config.weights,
-                               random_weights=config.random_weights, seed=config.seed)
-    preprocess = FramePreprocess(geometry.model_hw, backbone.mean, backbone.std)
-    tiling = make_tiling(geometry)
-    target = load_target(config.target) if config.target else None
-    precision = resolve_precision(config.precision, target)
-    if target is not None:  # refuse an architecture that cannot fit before any image is read or fitted
-        probe_method = create_method(config.method, **config.method_params)
-        probe = probe_model(preprocess, backbone, probe_method.embedding(tuple(backbone.channels)).eval(),
-                            probe_method, config.blur_sigma, geometry=geometry, tiling=tiling)
-        refuse_unfit_architecture(probe, target, precision, config.precision == "auto")
-    tic = time.perf_counter()
-    method.log = log  # a method that changes the backbone says what it decided (REB: fine-tune kept or not)
-    with StepProgress(progress_factory, "finetune") as prepare_progress:
-        # methods that change the backbone (REB's fine-tuning) do it here, before any feature is extracted
-        backbone = method.prepare_backbone(
-            backbone, preprocess, (image for _, image in iter_images(fit_samples, config.skip_bad, warn)),
-            functools.partial(create_backbone, config.backbone, weights=config.weights,
-                              random_weights=config.random_weights, seed=config.seed),
-            progress=prepare_progress)
-    timings["prepare_backbone"] = time.perf_counter() - tic
-    embedding = method.embedding(tuple(backbone.channels)).eval()
-    pipeline = FeatureExtractorPipeline(preprocess, backbone, embedding, config.batch_size, tiling)
-    log(f"{method.name}: {len(fit_samples)} images to fit, {len(calib_samples)} held out to calibrate; "
-        f"backbone {backbone.name} {list(backbone.stages)} ({backbone.weights_source})")
-
-    tic = time.perf_counter()
-    # A method that fits from a stream (patchcore sampler=online) is fed batch by batch, so the fit features are
-    # never all held; --refine and --target fit again on the same features, so with those they are held.
-    streaming = method.fits_streaming() and not method.uses_labelled_defects
-    if streaming and (refine_spec is not None or config.target):
-        log(f"{method.name}: --refine/--target refit on the same features, so they are held in memory "
-            "(no streaming fit)")
-        streaming = False
-    streamed_state = None
-    with _progress(progress_factory, len(fit_samples), "stream fit" if streaming else "features") as bar:
-        if streaming:  # the fit runs here, interleaved with the extraction
-            features = None
-            streamed_state, fit_samples = fit_streaming(method, pipeline, fit_samples, config.skip_bad,
-                                                        bar.update, warn)
-        else:
-            features, fit_samples = pipeline.features(fit_samples, config.skip_bad, bar.update, warn)
-    fit_inputs = {}
-    if method.uses_labelled_defects:  # seed 003: labelled defects with patch masks (toolkit/labelled_defects.py)
-        fit_inputs["defects"] = extract_labelled_features(pipeline, defect_samples, config.skip_bad, warn)
-        log(f"{method.name}: {len(defect_samples)} labelled defect images, "
-            f"{fit_inputs['defects'].num_defective_patches} defective patches")
-    timings["features_and_fit" if streaming else "features"] = time.perf_counter() - tic
-
-    refinement, candidates = None, fit_samples
-    if refine_spec is not None:  # toolkit/refinement: fit a detector, score the fit images, drop some
-        tic = time.perf_counter()
-        features, fit_samples, refinement = refine_training_set(
-            refine_spec, method, tuple(backbone.channels), features, candidates,
-            lambda other: FeatureExtractorPipeline(preprocess, backbone, other, config.batch_size).features(
-                candidates, config.skip_bad)[0], log)
-        timings["refine"] = time.perf_counter() - tic
-
-    for sizing_round in range(MAX_SIZING_ROUNDS):
-        tic = time.perf_counter()
-        if streamed_state is not None:  # fitted during the extraction; no sizing round (no --target)
-            state = streamed_state
-        else:
-            with StepProgress(progress_factory, "fit") as fit_progress:
-                state = method.fit(features, progress=fit_progress, **fit_inputs)
-            timings["fit"] = time.perf_counter() - tic
-
-        head = method.head(state)
-        smoother = make_smoother(geometry, config.blur_sigma, head_grid_hw(pipeline, head))
-        graph = ScoringGraph(preprocess, backbone, embedding, head, smoother, ScoreNormaliser(), tiling=tiling).eval()
-
-        tic = time.perf_counter()
-        calibration = calibrate_graph(graph, calib_samples, index.defects, config.skip_bad, warn)
-        timings["calibrate"] = time.perf_counter() - tic
-        log(f"threshold {calibration.threshold:.4f} ({calibration.method})")
-
-        timings["total_before_export"] = time.perf_counter() - started
-        training_records = dict(config.records)
-        if refinement is not None:
-            training_records["refinement"] = manifest_entry(refinement, candidates, config.out)
-        if "defects" in fit_inputs:
-            training_records["labelled_defects"] = defects_manifest_entry(defect_samples, fit_inputs["defects"])
-        manifest = make_manifest(config, method, backbone, preprocess, calibration, fit_samples, calib_samples,
-                                 method.fit_report(state), timings, training_records, geometry)
-        if target is None:
-            features = fit_inputs = None  # no sizing round will refit: free them before the export's peak
-        tic = time.perf_counter()
-        with _progress(progress_factory, 1, "export") as bar:  # one step: torch's exporter reports no progress
-            fp32_model = export_model(graph, manifest, preprocess.image_size_px)
-            bar.update(1)
-        timings["export"] = time.perf_counter() - tic
-        if target is None:
-            break
-        # --target: size the head from the cost model; a knob change refits on the same features (export/...)
-        plan = plan_for_target(fp32_model, target, precision, method, config.precision == "auto")
-        log(f"sizing for {target.name}: {plan.message}")
-        precision = plan.precision
-        if plan.fits:
-            break
-        method = create_method(config.method, **{**method.params(), **plan.params})
-        # Sizing knobs size the head (bank rows), never the embedding: the features stay valid, but the
-        # new instance still needs its embedding set up (e.g. a seeded channel subset) before fit.
-        method.embedding(tuple(backbone.channels))
-    else:
-        raise TargetError(f"{target.name}: no fit after {MAX_SIZING_ROUNDS} sizing rounds; lower the knobs by hand")
-    del features
-
-    tic = time.perf_counter()
-    data = None
-    if precision != "fp32":
-        data = compile_check_data(index, fit_samples, calib_samples, config.check_images, config.seed,
-                                  config.skip_bad, warn)
-    with _progress(progress_factory, 1, "compile") as bar:
-        model, manifest, _ = compile_model(fp32_model, manifest,
-                                           CompileOptions(precision, target, config.max_auroc_drop), data, log)
-        bar.update(1)
-    artefact = write_artefact(model, manifest, config.out)
-    if refinement is not None:
-        write_training_list(refinement, candidates, artefact)
-    timings["compile"] = time.perf_counter() - tic
-    return BuildResult(artefact, manifest, graph, fit_samples, calib_samples, timings, method)
-
-
 def build_ensemble(config: BuildConfig, choices, geometry: Geometry, index: DatasetIndex, fit_samples, calib_samples,
-                   log, progress_factory) -> BuildResult:
+                   log, progress_factory, method) -> BuildResult:
     """One artefact from several (backbone, stages) members (toolkit/ensemble.py): each member is the single-backbone
     build's graph (prepare, features, fit, head, smoother), then standardised on the held-out good images; the
     ensemble is calibrated and compiled like one graph. Members are fitted one after the other, so only one
@@ -416,31 +515,32 @@ def build_ensemble(config: BuildConfig, choices, geometry: Geometry, index: Data
     timings: dict[str, float] = {}
     started = time.perf_counter()
     warn = (lambda message: log(f"warning: {message}"))
-    members, backbones, methods, states, statistics = [], [], [], [], []
+    steps = BuildSteps(log, progress_factory)
+    members, backbones, methods, states, statistics, reports = [], [], [], [], [], []
     for choice in choices:
         tic = time.perf_counter()
-        method = create_method(config.method, **config.method_params)
+        method = method.with_params()  # one method object per member (each keeps its own fit facts)
         backbone = create_backbone(choice.name, stages=choice.stages, random_weights=config.random_weights,
                                    seed=config.seed)
         preprocess = FramePreprocess(geometry.model_hw, backbone.mean, backbone.std)
         method.log = log  # REB says whether it keeps its fine-tuned weights
         with StepProgress(progress_factory, f"finetune {choice.name}") as prepare_progress:
-            backbone = method.prepare_backbone(
+            prepared = method.prepare_backbone(
                 backbone, preprocess, (image for _, image in iter_images(fit_samples, config.skip_bad, warn)),
                 functools.partial(create_backbone, choice.name, random_weights=config.random_weights,
                                   seed=config.seed), progress=prepare_progress)
+        backbone = prepared.backbone
+        reports.append(prepared.report)
         embedding = method.embedding(tuple(backbone.channels)).eval()
         pipeline = FeatureExtractorPipeline(preprocess, backbone, embedding, config.batch_size, make_tiling(geometry))
         log(f"ensemble member {choice.name} {list(backbone.stages)} ({backbone.weights_source})")
-        with _progress(progress_factory, len(fit_samples), f"features {choice.name}") as bar:
+        with steps.bar(len(fit_samples), f"features {choice.name}") as bar:
             features, used = pipeline.features(fit_samples, config.skip_bad, bar.update, warn)
-        with StepProgress(progress_factory, f"fit {choice.name}") as fit_progress:
-            state = method.fit(features, progress=fit_progress)
+        with steps.step_progress(f"fit {choice.name}") as fit_progress:
+            state = method.fit(FitInputs(features, tuple(backbone.channels), progress=fit_progress, log=log))
         del features
-        head = method.head(state)
-        smoother = make_smoother(geometry, config.blur_sigma, head_grid_hw(pipeline, head))
-        member = ScoringGraph(preprocess, backbone, embedding, head, smoother, ScoreNormaliser(),
-                              tiling=pipeline.tiling).eval()
+        member = scoring_graph(preprocess, backbone, embedding, method.head(state), geometry, config.blur_sigma,
+                               pipeline.tiling)
         statistics.append(member_statistics(member, calib_samples, config.skip_bad, warn))
         members.append(member), backbones.append(backbone), methods.append(method), states.append(state)
         timings[f"member_{choice.name}"] = time.perf_counter() - tic
@@ -455,8 +555,9 @@ def build_ensemble(config: BuildConfig, choices, geometry: Geometry, index: Data
     ensemble_record = {"combine": "mean over members of (raw - mean) / std, constants from the held-out good images",
                        "members": [{"backbone": {"name": b.name, "stages": list(b.stages), "strides": list(b.strides),
                                                  "weights_source": b.weights_source, "weights_sha256": b.weights_sha256},
-                                    "fit": m.fit_report(st), "standardisation": stats}
-                                   for b, m, st, stats in zip(backbones, methods, states, statistics)]}
+                                    "fit": {**m.fit_report(st), **report}, "standardisation": stats}
+                                   for b, m, st, stats, report in zip(backbones, methods, states, statistics,
+                                                                      reports)]}
     manifest = make_manifest(config, methods[0], backbones[0], members[0].preprocess, calibration, fit_samples,
                              calib_samples, {"members": [m["fit"] for m in ensemble_record["members"]]}, timings,
                              geometry=geometry)
@@ -485,10 +586,6 @@ class _NullBar:
 
     def update(self, n=1):
         pass
-
-
-def _progress(factory, total, label):
-    return factory(total, label) if factory else _NullBar()
 
 
 class StepProgress:

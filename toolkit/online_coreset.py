@@ -19,10 +19,12 @@ the block), not cdist, which also takes square roots over the whole [n, M] matri
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 
-from adtk.runtime.errors import ConfigError
+from adtk.runtime.errors import ConfigError, DataError
 from adtk.toolkit.coreset import ApproximateGreedyCoreset
 
 JL_EPS = 0.9
@@ -94,3 +96,37 @@ class OnlineGreedyCoreset:
     def bank(self) -> np.ndarray:
         """[M, D] the stored rows, in the order they were added."""
         return np.concatenate(self.rows) if self.rows else np.zeros((0, 0), np.float32)
+
+
+def online_coreset_bank(batches: Iterable[np.ndarray], ratio: float, seed: int, images_per_step: int,
+                        num_images: int, progress=None) -> np.ndarray:
+    """Feature batches [b, D, h, w] of any sizes -> the online coreset's bank [M, D], holding one group of
+    `images_per_step` images at a time (the released code's 8, spec B.5).
+
+    The batches are regrouped into `images_per_step` images per sampler step whatever batch size the backbone
+    ran at, so the bank does not depend on it. Patch rows go in (image, y, x) order, as the offline coreset
+    reads them. progress(done_images, num_images) after each step; an empty stream is a DataError."""
+    sampler = OnlineGreedyCoreset(ratio, seed=seed)
+    pending: list[np.ndarray] = []
+    held = done = 0
+
+    def add_group(group: np.ndarray) -> None:
+        nonlocal done
+        sampler.add(np.ascontiguousarray(group.transpose(0, 2, 3, 1).reshape(-1, group.shape[1])))
+        done += len(group)
+        if progress is not None:
+            progress(done, max(num_images, done))
+
+    for batch in batches:
+        pending.append(batch)
+        held += len(batch)
+        while held >= images_per_step:
+            joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            add_group(joined[:images_per_step])
+            rest = joined[images_per_step:]
+            pending, held = ([rest] if len(rest) else []), len(rest)
+    if held:
+        add_group(np.concatenate(pending))
+    if done == 0:
+        raise DataError("no training features to fit (the image stream was empty)")
+    return sampler.bank()

@@ -173,6 +173,7 @@ def validate_candidates(config, rows: list[CandidateRow], fit_samples, validatio
     """Fit every candidate in `rows` on a shared subsample's features and fill in its validation AUROC.
     extra_sets: name -> (frames, labels), scored with the same heads (benches compare rankings on them)."""
     from adtk.toolkit.build import FeatureExtractorPipeline
+    from adtk.toolkit.methods.base import FitInputs
     from adtk.toolkit.evaluation.metrics import image_auroc
 
     subsample = _subset(fit_samples, space.fit_images, config.seed)
@@ -193,8 +194,7 @@ def validate_candidates(config, rows: list[CandidateRow], fit_samples, validatio
         for row in arch_rows:
             tic = time.perf_counter()
             method = _method(row.recipe, row.coreset_ratio, config.seed)
-            method.embedding(tuple(backbone.channels))
-            head = method.head(method.fit(fit_features)).eval()
+            head = method.head(method.fit(FitInputs(fit_features, tuple(backbone.channels)))).eval()
             for name, (_, labels) in sets.items():
                 value = image_auroc(_image_scores(head, set_features[name]), labels)
                 if name == "validation":

@@ -1,8 +1,24 @@
-"""Exact nearest-neighbour search at fit time (faiss IndexFlatL2; squared L2 distances)."""
+"""Nearest rows of a memory bank, the building block every bank method shares (PatchCore, KNN, LDKNN, SoftCore,
+Labeled PatchCore): exact search at fit time (faiss), and the search the exported heads run (torch, traced into
+the artefact).
+
+Fit time (numpy in, numpy out; faiss IndexFlatL2, squared L2 distances):
+    nearest_neighbours(bank, queries, k) -> (squared distances [Q, k], indices [Q, k])
+    bank_neighbours(bank, k)             -> [M, k] each row's k nearest rows, itself first (PatchCore's N_b)
+    patch_rows(maps, rows)               -> rows of the patch matrix of feature maps [N, D, h, w], gathered
+
+In a head (torch; what the compiler exports and the graph passes find by structure, export/passes/graph.py):
+    register_search_bank(head, bank)     the bank stored as -2 * bank^T [D, M] and |m|^2 [M] buffers
+    partial_sq_distances(q, ...)         |m|^2 - 2 q.m: one GEMM with a bias
+    nearest_bank_rows(q, ...)            (squared distance to the nearest row, its index)
+    squared_distances(q, bank, norms)    the full [B, P, M] matrix, for heads that read more than the nearest row
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch import nn
 
 
 def nearest_neighbours(bank: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -14,3 +30,65 @@ def nearest_neighbours(bank: np.ndarray, queries: np.ndarray, k: int) -> tuple[n
     k = min(int(k), bank.shape[0])
     sq_dists, indices = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     return sq_dists, indices.astype(np.int64)
+
+
+def bank_neighbours(memory_bank: np.ndarray, num_neighbors: int) -> np.ndarray:
+    """[M, k] nearest bank rows of every bank row, the row itself first (PatchCore's N_b(m*)); k = 0 when
+    num_neighbors <= 1 (no re-weighting)."""
+    rows = memory_bank.shape[0]
+    if num_neighbors <= 1:
+        return np.zeros((rows, 0), dtype=np.int64)
+    _, found = nearest_neighbours(memory_bank, memory_bank, num_neighbors + 1)
+    own_row = np.arange(rows)[:, None]
+    # Duplicate rows can push a row's own index out of first place: drop it wherever it is, put it first.
+    others_first = np.argsort(found == own_row, axis=1, kind="stable")
+    others = np.take_along_axis(found, others_first, axis=1)[:, : num_neighbors - 1]
+    return np.concatenate([own_row, others], axis=1)
+
+
+def patch_rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows of the patch matrix of feature maps [N, D, h, w] (row r = image r // (h*w), position r % (h*w)),
+    gathered without building the matrix -> float32 [len(rows), D]."""
+    height, width = features.shape[2:]
+    image, position = np.divmod(np.asarray(rows), height * width)
+    return np.ascontiguousarray(features[image, :, position // width, position % width], dtype=np.float32)
+
+
+def squared_distances(queries: torch.Tensor, bank: torch.Tensor, bank_sq_norms: torch.Tensor) -> torch.Tensor:
+    """queries [B, P, D], bank [M, D] -> squared L2 [B, P, M] as |q|^2 - 2 q.m + |m|^2 (one GEMM), >= 0."""
+    query_sq_norms = (queries * queries).sum(-1, keepdim=True)
+    return (query_sq_norms - 2.0 * torch.matmul(queries, bank.t()) + bank_sq_norms).clamp(min=0.0)
+
+
+def register_search_bank(head: nn.Module, memory_bank: np.ndarray) -> None:
+    """Store a bank on `head` as the searches below read it: buffers bank_t_neg2 = -2 * bank^T [D, M] (scaling by
+    -2 is exact in fp32 and fp16, so rows are recovered exactly as -0.5 * bank_t_neg2.T) and bank_sq_norms [M]."""
+    bank = torch.from_numpy(np.ascontiguousarray(memory_bank, dtype=np.float32))
+    head.register_buffer("bank_t_neg2", (-2.0 * bank).t().contiguous())
+    head.register_buffer("bank_sq_norms", (bank * bank).sum(1))
+
+
+def partial_sq_distances(queries_2d: torch.Tensor, bank_t_neg2: torch.Tensor, bank_sq_norms: torch.Tensor):
+    """queries [N, D] -> |m|^2 - 2 q.m [N, M]: one GEMM with a bias (onnxruntime fuses it into Gemm); add |q|^2
+    to a minimum over the bank to get the squared distance."""
+    return torch.matmul(queries_2d, bank_t_neg2) + bank_sq_norms
+
+
+def nearest_bank_rows(queries: torch.Tensor, bank_t_neg2: torch.Tensor, bank_sq_norms: torch.Tensor):
+    """queries [B, P, D], bank stored as -2 * bank^T [D, M] and |m|^2 [M] -> (squared L2 distance to the
+    nearest row [B, P] (>= 0), that row's index [B, P]).
+
+    One GEMM with a bias (partial_sq_distances), then the min and argmin over the bank: |q|^2 is constant
+    along the bank, so it is added to the [B, P] minima, not to the [B, P, M] matrix, and no elementwise pass
+    runs over that matrix (for the heads whose score needs the nearest row's index:
+    LDKNN's density, SoftCore's soft weight). min(dim) keeps the first index among equal values in torch and
+    in ONNX's ArgMin; torch.topk does not promise it, so a duplicated bank row could pick a different index
+    than the artefact.
+    """
+    batch, patches, dims = queries.shape
+    nearest_partial, nearest_index = partial_sq_distances(queries.reshape(-1, dims), bank_t_neg2,
+                                                          bank_sq_norms).min(dim=-1)
+    nearest_sq = (nearest_partial + (queries * queries).sum(-1).reshape(-1)).clamp(min=0.0)
+    return nearest_sq.view(batch, patches), nearest_index.view(batch, patches)
+
+

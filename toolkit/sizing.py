@@ -111,20 +111,17 @@ def probe_model(preprocess, backbone, embedding, method, blur_sigma: float, num_
     """An fp32 export of the architecture with a head fitted on `num_frames` noise frames: its cost estimate
     costs everything but the head exactly, before any training image is read (refuse-before-the-fit).
     geometry/tiling: the build's input geometry (toolkit/geometry.py); default the preprocess's size, untiled."""
-    from adtk.export.compose import ScoringGraph
     from adtk.export.formats import export_model
-    from adtk.toolkit.build import FeatureExtractorPipeline, head_grid_hw
-    from adtk.toolkit.geometry import Geometry, make_smoother
-    from adtk.toolkit.postprocess import ScoreNormaliser
+    from adtk.toolkit.geometry import Geometry
+    from adtk.toolkit.methods.base import FitInputs
+    from adtk.toolkit.scoring import backbone_inputs, scoring_graph
 
     geometry = geometry if geometry is not None else Geometry(preprocess.image_size_px)
-    pipeline = FeatureExtractorPipeline(preprocess, backbone, embedding, num_frames, tiling)
     rng = np.random.default_rng(0)
     frames = torch.from_numpy(rng.integers(0, 256, (num_frames, *preprocess.image_size_px, 3), dtype=np.uint8))
-    features = embedding(backbone(pipeline.inputs(frames))).numpy()
-    head = method.head(method.fit(features))
-    smoother = make_smoother(geometry, blur_sigma, head_grid_hw(pipeline, head))
-    graph = ScoringGraph(preprocess, backbone, embedding, head, smoother, ScoreNormaliser(), tiling=tiling).eval()
+    features = embedding(backbone(backbone_inputs(preprocess, tiling, frames))).numpy()
+    head = method.head(method.fit(FitInputs(features, tuple(backbone.channels))))
+    graph = scoring_graph(preprocess, backbone, embedding, head, geometry, blur_sigma, tiling)
     return export_model(graph, {"input": preprocess.contract()}, preprocess.image_size_px)
 
 

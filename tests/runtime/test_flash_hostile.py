@@ -12,7 +12,8 @@ import tracemalloc
 import pytest
 from click.testing import CliRunner
 
-from adtk.runtime.artefact import _encode_varint, seal, verify_file
+from adtk.runtime.artefact import seal, verify_file
+from adtk.runtime.protobuf_wire import encode_varint
 from adtk.runtime.flash import flash, parse_destination, rollback
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.cli.main import cli
@@ -101,7 +102,7 @@ def test_flash_streams_a_large_artefact_instead_of_holding_it(versions, tmp_path
     assert seal(unsealed) == body
     padding = b"x" * (64 * 1024 ** 2)
     large = tmp_path / "large.onnx"
-    large.write_bytes(seal(unsealed + _encode_varint((6 << 3) | 2) + _encode_varint(len(padding)) + padding))
+    large.write_bytes(seal(unsealed + encode_varint((6 << 3) | 2) + encode_varint(len(padding)) + padding))
     del padding, body, unsealed
     assert verify_file(large).size > 64 * 1024 ** 2
     tracemalloc.start()

@@ -49,3 +49,12 @@ def test_runtime_verifies_and_scores_without_torch(tiny_build):
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(2,) (2, 64, 64)"
+
+
+def test_the_manifest_schema_needs_only_the_standard_library():
+    result = run_isolated("""
+        from adtk.runtime.manifest import validate_manifest
+        print("ok")
+    """, also_absent=("numpy", "onnxruntime"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

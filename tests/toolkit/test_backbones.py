@@ -13,7 +13,7 @@ timm = pytest.importorskip("timm")
 import torch.nn.functional as F
 
 from adtk.runtime.errors import ConfigError, WeightsError
-from adtk.toolkit import backbones as bb
+from adtk.toolkit.backbones import state_dicts, weight_sources
 from adtk.toolkit.backbones import IMAGENET_MEAN, IMAGENET_STD, SUPPORTED_BACKBONES, create_backbone
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -30,12 +30,12 @@ def offline(monkeypatch, tmp_path):
 
 
 def _has_package(timm_name: str) -> bool:
-    return bb._offline_package_file(timm_name) is not None
+    return weight_sources.offline_package_file(timm_name) is not None
 
 
 def _skip_without_package(timm_name: str) -> None:
     if not _has_package(timm_name):
-        pkg = bb._OFFLINE_PACKAGES[timm_name].pip_name
+        pkg = weight_sources.OFFLINE_PACKAGES[timm_name].pip_name
         pytest.skip(f"offline weight package {pkg} is not installed")
 
 
@@ -281,10 +281,10 @@ def _normalise(x, mean, std):
 
 def _package_classifier(timm_name: str):
     """The FULL classifier with the package weights, through the same in-order remap as create_backbone."""
-    _, path = bb._offline_package_file(timm_name)
+    _, path = weight_sources.offline_package_file(timm_name)
     model = timm.create_model(timm_name, pretrained=False).eval()
     src = torch.load(str(path), map_location="cpu", weights_only=True)
-    bb._load_into(model, bb._remap_in_order(src, bb._full_model_shapes(timm_name), timm_name, str(path)),
+    state_dicts.load_into(model, state_dicts.remap_in_order(src, state_dicts.full_model_shapes(timm_name), timm_name, str(path)),
                   timm_name, str(path))
     return model
 
@@ -293,7 +293,7 @@ def _package_classifier(timm_name: str):
 def test_offline_package_classifies_chelsea_as_cat(offline, timm_name):
     _skip_without_package(timm_name)
     b = create_backbone(timm_name)
-    assert b.weights_source == f"package:{bb._OFFLINE_PACKAGES[timm_name].pip_name}"
+    assert b.weights_source == f"package:{weight_sources.OFFLINE_PACKAGES[timm_name].pip_name}"
     model = _package_classifier(timm_name)
     for k, v in b.model.state_dict().items():  # the extractor holds the very same weights
         assert torch.equal(v, model.state_dict()[k]), k

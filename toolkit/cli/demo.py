@@ -18,7 +18,7 @@ def command(out, backbone, random_weights):
 
     from adtk.runtime.detector import Detector
     from adtk.toolkit.build import BuildConfig, build
-    from adtk.toolkit.cli.evaluate import format_table
+    from adtk.toolkit.cli.tables import format_table
     from adtk.toolkit.demo import make_example_dataset
     from adtk.toolkit.evaluate import evaluate_artefact
 

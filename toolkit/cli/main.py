@@ -71,9 +71,10 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from adtk.toolkit.cli import build, compile, demo, evaluate, export, flash, inspect, predict, serve, sign, targets
+    from adtk.toolkit.cli import (build, compile, demo, evaluate, export, flash, inspect, predict, research, serve,
+                                  sign, targets)
 
-    for module in (build, predict, evaluate, inspect, export, demo, serve, flash, targets, compile, sign):
+    for module in (build, predict, evaluate, inspect, export, demo, serve, flash, targets, compile, sign, research):
         cli.add_command(module.command)
     from adtk.toolkit.cli import defects
 
@@ -84,7 +85,7 @@ _register()
 
 
 # Commands after which the process skips the interpreter's teardown (see main).
-FAST_EXIT_COMMANDS = frozenset({"build", "eval", "demo"})
+FAST_EXIT_COMMANDS = frozenset({"build", "eval", "demo", "research"})
 
 
 def main() -> None:

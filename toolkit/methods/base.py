@@ -1,13 +1,19 @@
 """The small interface every method implements (anomalib's split of fitting and exported head).
 
-    method = create_method("patchcore", coreset_ratio=0.1)
-    embedding = method.embedding(backbone.channels)        # nn.Module: stage maps -> features
-    state = method.fit(features)                           # numpy/faiss allowed; returns a frozen State
-    head = method.head(state)                              # nn.Module, buffers only: what gets exported
+    method = create_method("patchcore", coreset_ratio=0.1)       # one phase: ready to use once built
+    embedding = method.embedding(backbone.channels)              # nn.Module: stage maps -> features (pure)
+    state = method.fit(FitInputs(features, backbone.channels))   # numpy/faiss allowed; returns a frozen State
+    head = method.head(state)                                    # nn.Module, buffers only: what gets exported
 
 `features` is what `embedding` produced for the training images, stacked as a float32 numpy array:
-[N, D, h, w] for patch methods. The head's forward takes the embedding's output and returns
-HeadOutput(patch_scores [B, h, w], image_score [B]); it holds no faiss/numpy and no branch on training.
+[N, D, h, w] for patch methods. `embedding` sets nothing on the method: whatever the fit needs about the
+embedding (a seeded channel subset, the channels per stage) it derives from `FitInputs.channels`, so the calls
+may come in any order and a method object can be fitted again (the build's sizing rounds refit it).
+The head's forward takes the embedding's output and returns HeadOutput(patch_scores [B, h, w],
+image_score [B]); it holds no faiss/numpy and no branch on training.
+
+A method class registers itself with @register_method(name) (below); the decorator also records the
+keyword arguments each instance was constructed with, which `params()` returns for the manifest.
 
 A method whose fit can consume the features a few images at a time says so with fits_streaming(); the build
 then extracts and fits batch by batch (fit_stream) and never holds all the features (bounded memory).
@@ -16,6 +22,8 @@ then extracts and fits batch by batch (fit_stream) and never holds all the featu
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -35,40 +43,77 @@ class SizingKnob:
     integer: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class FitInputs:
+    """Everything a method's fit may use; each method reads the fields it needs."""
+
+    features: np.ndarray  # float32 [N, D, h, w]: the method's embedding of the fit images
+    channels: tuple[int, ...] | None = None  # the backbone's stage channels the embedding was built for (the
+    # methods whose embedding depends on them, Mahalanobis and PaDiM, need them; the others ignore them)
+    defects: Any = None  # LabelledFeatures (toolkit/labelled_defects.py) for methods with uses_labelled_defects
+    progress: Callable[..., None] | None = None  # progress(done, total, note=None)
+    log: Callable[[str], None] | None = None  # one line per notable step (e.g. PaIRE's trimming rounds)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedBackbone:
+    """What prepare_backbone returns: the backbone to extract features with and to export, and facts about
+    how it was prepared, merged into the manifest's method.fit record (e.g. {"finetune": {...}})."""
+
+    backbone: nn.Module
+    report: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 class HeadOutput(NamedTuple):
     patch_scores: torch.Tensor  # [B, h, w], higher = more anomalous
     image_score: torch.Tensor  # [B]
 
 
 class AnomalyMethod:
-    """Base class: holds the constructor parameters so they can be recorded in the manifest."""
+    """Base class of every method; @register_method records the constructor arguments params() returns."""
 
     name: str = ""  # set by @register_method
-    # True for methods that learn from labelled defect images (seed 003): the build then calls
-    # fit(features, progress, defects=LabelledFeatures(...)) (toolkit/labelled_defects.py).
+    # True for methods that learn from labelled defect images (seed 003): the build then fills
+    # FitInputs.defects with LabelledFeatures (toolkit/labelled_defects.py).
     uses_labelled_defects: bool = False
     log: Callable[[str], None] | None = None  # the build's log, for decisions a method makes while it prepares
-
+    _constructor_args: dict[str, Any]  # set by the wrapper register_method puts around __init__
 
     def params(self) -> dict[str, Any]:
-        """The constructor keyword arguments, as recorded in the artefact manifest."""
-        return dict(self._params)
+        """The constructor keyword arguments (defaults filled in), as recorded in the artefact manifest."""
+        return dict(getattr(self, "_constructor_args", {}))
+
+    def with_params(self, **changes) -> "AnomalyMethod":
+        """A new instance of this method with some constructor arguments changed (e.g. a sizing knob lowered).
+        A method keeps nothing but its arguments between fits, so this is all a refit needs."""
+        return type(self)(**{**self.params(), **changes})
+
+    def clean_subset(self, state) -> np.ndarray | None:
+        """Indices of the fit images this method's fit judged clean (a trimming method, e.g. PaIRE), or None:
+        `adtk build --refine paire` keeps exactly these images."""
+        return None
+
+    def clean_subset_record(self, state) -> dict[str, Any]:
+        """How clean_subset was found, for the manifest's refinement record (e.g. per-round counts)."""
+        return {}
 
     def embedding(self, channels: tuple[int, ...]) -> nn.Module:
         raise NotImplementedError
 
     def prepare_backbone(self, backbone: nn.Module, preprocess: nn.Module, images: Iterable[np.ndarray],
-                         make_backbone: Callable[..., nn.Module], progress=None) -> nn.Module:
+                         make_backbone: Callable[..., nn.Module], progress=None) -> PreparedBackbone:
         """Change the backbone before any feature is extracted (e.g. REB's fine-tuning); default: unchanged.
 
         images: the fit images, uint8 [H, W, 3] (lazy: nothing is read unless iterated).
         make_backbone(stages=..., trainable=...): a new backbone with the build's weights, e.g. deeper.
-        progress(done, total, note). The returned module is what the scoring graph (and the artefact)
-        contains; a method that changes weights updates its weights_source / weights_sha256.
+        progress(done, total, note). The returned backbone is what the scoring graph (and the artefact)
+        contains; a method that changes weights updates its weights_source / weights_sha256, and says what it
+        did in the returned report (recorded beside the fit report in the manifest).
         """
-        return backbone
+        return PreparedBackbone(backbone)
 
-    def fit(self, features: np.ndarray, progress=None):
+    def fit(self, inputs: FitInputs):
+        """-> the method's frozen State, from inputs.features (and whichever other inputs it uses)."""
         raise NotImplementedError
 
     def fits_streaming(self) -> bool:
@@ -90,6 +135,48 @@ class AnomalyMethod:
     def fit_report(self, state) -> dict[str, Any]:
         """Facts about the fitted state worth recording (e.g. memory bank rows x dims)."""
         return {}
+
+
+_METHODS: dict[str, type] = {}  # canonical name -> class; read through methods/registry.py
+
+
+def registered_classes() -> dict[str, type]:
+    """The registered method classes by canonical name (the registry reads them; nothing else should)."""
+    return _METHODS
+
+
+def canonical_name(name: str) -> str:
+    """Hyphens and underscores are the same name; case does not matter."""
+    return name.strip().lower().replace("-", "_")
+
+
+def register_method(name: str):
+    """Class decorator: make a method available to create_method() and the CLI (methods/registry.py), and
+    record the keyword arguments every instance is constructed with (its params() for the manifest)."""
+    key = canonical_name(name)
+
+    def decorator(cls):
+        if key in _METHODS:
+            raise ValueError(f"method {key!r} is registered twice ({_METHODS[key].__module__} and {cls.__module__})")
+        original_init = cls.__init__
+        signature = inspect.signature(original_init)
+        keywords = [name for name, p in signature.parameters.items()
+                    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)][1:]  # not self
+
+        @functools.wraps(original_init)
+        def init_recording_arguments(self, *args, **kwargs):
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            original_init(self, *args, **kwargs)
+            # set after the body: a registered subclass's wrapper finishes last, so its own arguments win
+            self._constructor_args = {name: bound.arguments[name] for name in keywords}
+
+        cls.__init__ = init_recording_arguments
+        cls.name = key
+        _METHODS[key] = cls
+        return cls
+
+    return decorator
 
 
 def state_arrays(state) -> dict[str, np.ndarray]:

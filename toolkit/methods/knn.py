@@ -28,9 +28,8 @@ from torch import nn
 
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.grid_features import AlignedStageGrid
-from adtk.toolkit.methods.base import AnomalyMethod, HeadOutput
-from adtk.toolkit.methods.patchcore import squared_distances
-from adtk.toolkit.methods.registry import register_method
+from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, register_method
+from adtk.toolkit.search import squared_distances
 
 MAX_STATE_BYTES = 1_800_000_000  # leaves room for the backbone under the artefact's 2 GB limit
 
@@ -75,13 +74,13 @@ class Knn(AnomalyMethod):
         if map_pool < 1:
             raise ConfigError(f"knn: map_pool must be >= 1, got {map_pool}")
         self.num_neighbors, self.map_pool = int(num_neighbors), int(map_pool)
-        self._params = dict(num_neighbors=self.num_neighbors, map_pool=self.map_pool)
 
     def embedding(self, channels: tuple[int, ...]) -> nn.Module:
         return AlignedStageGrid(channels)
 
-    def fit(self, features: np.ndarray, progress=None) -> KnnState:
-        """features [N, D, h, w] float32 -> KnnState (k clamped to N)."""
+    def fit(self, inputs: FitInputs) -> KnnState:
+        """inputs.features [N, D, h, w] float32 -> KnnState (k clamped to N)."""
+        features = inputs.features
         patch_bank = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
         if self.map_pool > 1:
             patch_bank = F.avg_pool2d(patch_bank, self.map_pool)

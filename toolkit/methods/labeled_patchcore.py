@@ -21,10 +21,9 @@ from torch import nn
 from adtk.runtime.errors import ConfigError, DataError
 from adtk.toolkit.coreset import ApproximateGreedyCoreset
 from adtk.toolkit.features import PatchEmbedding
-from adtk.toolkit.methods.base import AnomalyMethod, HeadOutput
-from adtk.toolkit.methods.patchcore import PatchCore, squared_distances
-from adtk.toolkit.methods.registry import register_method
-from adtk.toolkit.online_coreset import OnlineGreedyCoreset
+from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, register_method
+from adtk.toolkit.online_coreset import online_coreset_bank
+from adtk.toolkit.search import bank_neighbours, patch_rows, squared_distances
 
 RATIO_EPSILON = 1e-12  # s_0 = s_1 = 0 (a patch equal to an entry of both banks) must not give NaN
 
@@ -66,7 +65,6 @@ class LabeledPatchCoreHead(nn.Module):
         self.good = WeightedBankDistance(state.good_bank, state.good_neighbours)
         self.defect = WeightedBankDistance(state.defect_bank, state.defect_neighbours)
         self.paper_compat = bool(paper_compat)
-        self.bank_rows = int(state.good_bank.shape[0] + state.defect_bank.shape[0])
 
     def forward(self, features: torch.Tensor) -> HeadOutput:
         batch, _, height, width = features.shape
@@ -94,49 +92,40 @@ class LabeledPatchCore(AnomalyMethod):
             raise ConfigError(f"labeled_patchcore: good_sampler must be 'greedy' or 'online' (seed 003's "
                               f"Algorithm 2), got {good_sampler!r}")
         self.good_sampler, self.online_batch_images = good_sampler, max(1, int(online_batch_images))
-        self.good_patchcore = PatchCore(coreset_ratio, num_neighbors, embed_dim, projection_dim, seed)
+        self.good_coreset = ApproximateGreedyCoreset(coreset_ratio, projection_dim=projection_dim, seed=seed)
         self.defect_coreset = ApproximateGreedyCoreset(defect_coreset_ratio, projection_dim=projection_dim, seed=seed)
+        self.num_neighbors, self.seed = int(num_neighbors), int(seed)
         self.paper_compat, self.upsample, self.embed_dim = bool(paper_compat), upsample, embed_dim
-        self._params = dict(coreset_ratio=float(coreset_ratio), defect_coreset_ratio=float(defect_coreset_ratio),
-                            num_neighbors=int(num_neighbors), paper_compat=self.paper_compat, upsample=upsample,
-                            good_sampler=good_sampler, online_batch_images=self.online_batch_images,
-                            embed_dim=embed_dim, projection_dim=int(projection_dim), seed=int(seed))
 
     def embedding(self, channels: tuple[int, ...]) -> nn.Module:
         return PatchEmbedding(channels, embed_dim=self.embed_dim, upsample=self.upsample)
 
-    def fit(self, features: np.ndarray, progress=None, defects=None) -> LabeledPatchCoreState:
-        """features [N, D, h, w] of good images; defects: LabelledFeatures -> LabeledPatchCoreState."""
+    def fit(self, inputs: FitInputs) -> LabeledPatchCoreState:
+        """inputs.features [N, D, h, w] of good images, inputs.defects: LabelledFeatures -> LabeledPatchCoreState."""
+        defects = inputs.defects
         if defects is None or defects.num_defective_patches == 0:
             raise DataError("labeled_patchcore needs labelled defect patches for its defect bank (see "
                             "`adtk build --help`: DATA/defects/<type>/ with masks, or --defects-from-test)")
-        if self.good_sampler == "online":
-            good_bank = self._online_good_bank(features, progress)
-            return self.with_defect_bank(good_bank, self.good_patchcore._bank_neighbours(good_bank), defects)
-        good = self.good_patchcore.fit(features, progress=progress)
-        return self.with_defect_bank(good.memory_bank, good.bank_neighbours, defects)
+        return self.with_defect_bank(*self.good_bank(inputs.features, inputs.progress), defects)
 
-    def _online_good_bank(self, features: np.ndarray, progress=None) -> np.ndarray:
-        """Seed 003's batch-wise online coreset over batches of `online_batch_images` images (B.5)."""
-        sampler = OnlineGreedyCoreset(self.good_patchcore.coreset.ratio, seed=self._params["seed"])
-        step = self.online_batch_images
-        for start in range(0, len(features), step):
-            batch = features[start:start + step]
-            sampler.add(np.ascontiguousarray(batch.transpose(0, 2, 3, 1).reshape(-1, batch.shape[1])))
-            if progress is not None:
-                progress(min(start + step, len(features)), len(features))
-        return sampler.bank()
+    def good_bank(self, features: np.ndarray, progress=None) -> tuple[np.ndarray, np.ndarray]:
+        """features [N, D, h, w] of good images -> (good bank [M0, D], each row's b nearest good rows [M0, b]):
+        PatchCore's coreset, or seed 003's online coreset over groups of `online_batch_images` images (B.5)."""
+        if self.good_sampler == "online":
+            step = self.online_batch_images
+            bank = online_coreset_bank((features[i:i + step] for i in range(0, len(features), step)),
+                                       self.good_coreset.ratio, self.seed, step, len(features), progress)
+        else:
+            bank = patch_rows(features, self.good_coreset.select(features, progress=progress))
+        return bank, bank_neighbours(bank, self.num_neighbors)
 
     def with_defect_bank(self, good_bank: np.ndarray, good_neighbours: np.ndarray, defects) -> LabeledPatchCoreState:
         """The state for a fitted good bank and these labelled defects (the good bank can be reused)."""
         defect_patches = defects.defective_patches()
         defect_bank = np.ascontiguousarray(defect_patches[self.defect_coreset.select(defect_patches)])
-        return LabeledPatchCoreState(good_bank, good_neighbours, defect_bank, self._neighbours(defect_bank))
-
-    def _neighbours(self, bank: np.ndarray) -> np.ndarray:
         # PatchCore's N_b(m*) rule, capped at the bank's size (a tiny defect bank has fewer than b rows)
-        capped = PatchCore(num_neighbors=max(1, min(self.good_patchcore.num_neighbors, len(bank) - 1)))
-        return capped._bank_neighbours(bank)
+        capped = max(1, min(self.num_neighbors, len(defect_bank) - 1))
+        return LabeledPatchCoreState(good_bank, good_neighbours, defect_bank, bank_neighbours(defect_bank, capped))
 
     def head(self, state: LabeledPatchCoreState) -> LabeledPatchCoreHead:
         return LabeledPatchCoreHead(state, self.paper_compat)

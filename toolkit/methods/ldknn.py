@@ -24,10 +24,8 @@ from torch import nn
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.coreset import ApproximateGreedyCoreset
 from adtk.toolkit.features import PatchEmbedding
-from adtk.toolkit.methods.base import AnomalyMethod, HeadOutput
-from adtk.toolkit.methods.patchcore import nearest_bank_rows, register_search_bank
-from adtk.toolkit.methods.registry import register_method
-from adtk.toolkit.search import nearest_neighbours
+from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, register_method
+from adtk.toolkit.search import nearest_bank_rows, nearest_neighbours, register_search_bank
 
 DISTANCES = ("squared", "euclidean")
 IMAGE_SCORES = ("pooled", "max", "pooled_overlapping")
@@ -85,12 +83,11 @@ class LDKNNHead(nn.Module):
 
     def __init__(self, state: LDKNNState):
         super().__init__()
-        register_search_bank(self, state.memory_bank)  # for patchcore.nearest_bank_rows
+        register_search_bank(self, state.memory_bank)  # for search.nearest_bank_rows
         self.register_buffer("densities", torch.from_numpy(np.asarray(state.densities, dtype=np.float32)))
         self.register_buffer("alpha", torch.tensor(float(state.alpha)))
         self.euclidean = state.distance == "euclidean"
         self.image_score = state.image_score
-        self.bank_rows = int(state.memory_bank.shape[0])  # declared as data for graph passes (e.g. bank chunking)
 
     def forward(self, features: torch.Tensor) -> HeadOutput:
         batch, _, height, width = features.shape
@@ -120,17 +117,16 @@ class LDKNN(AnomalyMethod):
             raise ConfigError(f"{self.name}: image_score must be one of {', '.join(IMAGE_SCORES)}, "
                               f"got {image_score!r}")
         self.coreset = ApproximateGreedyCoreset(coreset_ratio, projection_dim=projection_dim, seed=seed)
-        self.num_neighbors, self.alpha = int(num_neighbors), float(alpha)
+        self.num_neighbors, self.alpha, self.seed = int(num_neighbors), float(alpha), int(seed)
         self.distance, self.image_score, self.embed_dim = distance, image_score, embed_dim
-        self._params = dict(coreset_ratio=float(coreset_ratio), num_neighbors=self.num_neighbors,
-                            alpha=self.alpha, distance=distance, image_score=image_score, embed_dim=embed_dim,
-                            projection_dim=int(projection_dim), seed=int(seed))
 
     def embedding(self, channels: tuple[int, ...]) -> nn.Module:
         return PatchEmbedding(channels, embed_dim=self.embed_dim)
 
-    def fit(self, features: np.ndarray, progress=None) -> LDKNNState:
-        """features [N, D, h, w] float32 -> LDKNNState. progress(done, total) follows coreset, then densities."""
+    def fit(self, inputs: FitInputs) -> LDKNNState:
+        """inputs.features [N, D, h, w] float32 -> LDKNNState. inputs.progress(done, total) follows the coreset,
+        then the densities."""
+        features, progress = inputs.features, inputs.progress
         patches = np.ascontiguousarray(features.transpose(0, 2, 3, 1).reshape(-1, features.shape[1]))
         selected = self.coreset.select(patches, progress=_scaled(progress, 0))
         densities = local_densities(patches, selected, self.num_neighbors, self.distance,

@@ -23,11 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from adtk.runtime.errors import DataError
+from adtk.runtime.errors import ConfigError, DataError
 from adtk.toolkit.gaussian import whitening_factor
 from adtk.toolkit.grid_features import AlignedStageGrid
-from adtk.toolkit.methods.base import AnomalyMethod, HeadOutput
-from adtk.toolkit.methods.registry import register_method
+from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, register_method
 
 
 @dataclass(frozen=True)
@@ -65,26 +64,23 @@ class MahalanobisHead(nn.Module):
 class Mahalanobis(AnomalyMethod):
     """One Ledoit-Wolf Gaussian per feature level on pooled features (spec A3.2)."""
 
-    def __init__(self):
-        self._params = {}
-        self.level_sizes: tuple[int, ...] | None = None
-
     def embedding(self, channels: tuple[int, ...]) -> nn.Module:
-        module = AlignedStageGrid(channels)
-        self.level_sizes = module.level_sizes
-        return module
+        return AlignedStageGrid(channels)
 
-    def fit(self, features: np.ndarray, progress=None) -> MahalanobisState:
-        """features [N, D, h, w] (from this method's embedding) -> MahalanobisState."""
-        if self.level_sizes is None or sum(self.level_sizes) != features.shape[1]:
-            raise RuntimeError("mahalanobis: call embedding(channels) first, and fit on its output")
+    def fit(self, inputs: FitInputs) -> MahalanobisState:
+        """inputs.features [N, D, h, w] (from this method's embedding of inputs.channels) -> MahalanobisState:
+        one Gaussian per backbone stage, whose channels the embedding concatenated in order."""
+        features, level_sizes = inputs.features, tuple(int(c) for c in inputs.channels)
+        if sum(level_sizes) != features.shape[1]:
+            raise ConfigError(f"mahalanobis: the features have {features.shape[1]} channels, not the "
+                              f"{sum(level_sizes)} of the stages {list(level_sizes)}; fit on this method's embedding")
         pooled = features.astype(np.float64).mean(axis=(2, 3))  # [N, D]
         dims = pooled.shape[1]
         mean = np.empty(dims)
         factor = np.zeros((dims, dims))
         shrinkage = []
         start = 0
-        for size in self.level_sizes:
+        for size in level_sizes:
             level = slice(start, start + size)
             from sklearn.covariance import LedoitWolf  # fit time only
 
@@ -96,7 +92,7 @@ class Mahalanobis(AnomalyMethod):
             shrinkage.append(float(model.shrinkage_))
             start += size
         return MahalanobisState(mean=mean.astype(np.float32), factor=factor.astype(np.float32),
-                                level_sizes=np.asarray(self.level_sizes, dtype=np.int64),
+                                level_sizes=np.asarray(level_sizes, dtype=np.int64),
                                 shrinkage=np.asarray(shrinkage))
 
     def head(self, state: MahalanobisState) -> MahalanobisHead:

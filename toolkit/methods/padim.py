@@ -24,8 +24,7 @@ from torch import nn
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.gaussian import ledoit_wolf, whitening_factor
 from adtk.toolkit.grid_features import AlignedStageGrid, random_channel_subset
-from adtk.toolkit.methods.base import AnomalyMethod, HeadOutput
-from adtk.toolkit.methods.registry import register_method
+from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, register_method
 
 MAX_STATE_BYTES = 1_800_000_000  # leaves room for the backbone under the artefact's 2 GB limit
 POSITIONS_PER_CHUNK = 64  # bounds the float64 fit temporaries to ~ 64 x N x d x 8 B
@@ -64,17 +63,21 @@ class Padim(AnomalyMethod):
         if num_channels < 1:
             raise ConfigError(f"padim: num_channels must be >= 1, got {num_channels}")
         self.num_channels, self.seed = int(num_channels), int(seed)
-        self._params = dict(num_channels=self.num_channels, seed=self.seed)
-        self.channel_index: np.ndarray | None = None
+
+    def channel_index(self, channels: tuple[int, ...]) -> np.ndarray:
+        """The seeded channel subset for these backbone stage channels (the same every time it is asked)."""
+        return random_channel_subset(int(sum(channels)), self.num_channels, self.seed)
 
     def embedding(self, channels: tuple[int, ...]) -> nn.Module:
-        self.channel_index = random_channel_subset(int(sum(channels)), self.num_channels, self.seed)
-        return AlignedStageGrid(channels, channel_index=self.channel_index)
+        return AlignedStageGrid(channels, channel_index=self.channel_index(channels))
 
-    def fit(self, features: np.ndarray, progress=None) -> PadimState:
-        """features [N, d, h, w] (from this method's embedding) -> PadimState."""
-        if self.channel_index is None or len(self.channel_index) != features.shape[1]:
-            raise RuntimeError("padim: call embedding(channels) first, and fit on its output")
+    def fit(self, inputs: FitInputs) -> PadimState:
+        """inputs.features [N, d, h, w] (from this method's embedding of inputs.channels) -> PadimState."""
+        features, progress = inputs.features, inputs.progress
+        channel_index = self.channel_index(inputs.channels)
+        if len(channel_index) != features.shape[1]:
+            raise ConfigError(f"padim: the features have {features.shape[1]} channels, not the {len(channel_index)} "
+                              "of this method's channel subset; fit on this method's embedding")
         num_images, dims, height, width = features.shape
         positions = height * width
         state_bytes = positions * dims * dims * 4
@@ -94,7 +97,7 @@ class Padim(AnomalyMethod):
             factor[part] = whitening_factor(cov)
             if progress is not None:
                 progress(part.stop, positions)
-        return PadimState(channel_index=self.channel_index.copy(), mean=mean, factor=factor, grid=(height, width))
+        return PadimState(channel_index=channel_index, mean=mean, factor=factor, grid=(height, width))
 
     def head(self, state: PadimState) -> PadimHead:
         return PadimHead(state)

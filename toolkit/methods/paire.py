@@ -25,9 +25,8 @@ from torch import nn
 
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.grid_features import AlignedStageGrid
-from adtk.toolkit.methods.base import AnomalyMethod, HeadOutput
-from adtk.toolkit.methods.registry import register_method
-from adtk.toolkit.refinement.trimming import PaireTrimming
+from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, register_method
+from adtk.toolkit.trimming import PaireTrimming
 
 MAX_STATE_BYTES = 1_800_000_000
 POSITIONS_PER_CHUNK = 16
@@ -96,14 +95,13 @@ class Paire(AnomalyMethod):
         self.pool_kernel, self.pool_stride = int(pool_kernel), int(pool_stride)
         self.trimming = PaireTrimming(alpha=float(alpha), beta=float(beta), tau=float(tau), eta=float(eta),
                                       ridge=float(ridge))
-        self._params = dict(pool_kernel=self.pool_kernel, pool_stride=self.pool_stride, alpha=float(alpha),
-                            beta=float(beta), tau=float(tau), eta=float(eta), ridge=float(ridge))
 
     def embedding(self, channels: tuple[int, ...]) -> nn.Module:
         return AlignedStageGrid(channels, pool_kernel=self.pool_kernel, pool_stride=self.pool_stride)
 
-    def fit(self, features: np.ndarray, progress=None, log=None) -> PaireState:
-        """features [N, d, h, w] -> PaireState (trimming, then the low-rank Gaussians on D_clean)."""
+    def fit(self, inputs: FitInputs) -> PaireState:
+        """inputs.features [N, d, h, w] -> PaireState (trimming, then the low-rank Gaussians on D_clean)."""
+        features, log = inputs.features, inputs.log
         num_images, dims, height, width = features.shape
         by_position = features.reshape(num_images, dims, height * width).transpose(0, 2, 1)  # [N, P, d]
         trimmed = self.trimming.select(by_position, log=log)
@@ -118,6 +116,12 @@ class Paire(AnomalyMethod):
                           inv_variance=(1.0 / (variance + self.trimming.ridge)).astype(np.float32),
                           ridge=self.trimming.ridge, grid=(height, width), clean=trimmed.clean,
                           rounds=tuple(trimmed.rounds))
+
+    def clean_subset(self, state: PaireState) -> np.ndarray:
+        return np.sort(np.asarray(state.clean, dtype=np.int64))
+
+    def clean_subset_record(self, state: PaireState) -> dict:
+        return {"rounds": list(state.rounds)}
 
     def head(self, state: PaireState) -> PaireHead:
         return PaireHead(state)

@@ -24,13 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from adtk.runtime.errors import ConfigError, DataError
+from adtk.runtime.errors import ConfigError
 from adtk.toolkit.coreset import ApproximateGreedyCoreset
 from adtk.toolkit.features import PatchEmbedding
-from adtk.toolkit.methods.base import AnomalyMethod, HeadOutput, SizingKnob
-from adtk.toolkit.methods.registry import register_method
-from adtk.toolkit.online_coreset import OnlineGreedyCoreset
-from adtk.toolkit.search import nearest_neighbours
+from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, SizingKnob, register_method
+from adtk.toolkit.online_coreset import online_coreset_bank
+from adtk.toolkit.search import bank_neighbours, partial_sq_distances, patch_rows, register_search_bank
 
 
 SAMPLERS = ("grouped", "exact", "greedy", "online")  # "greedy": the name "exact" had before grouping existed
@@ -42,52 +41,6 @@ DEFAULT_GROUP_ROWS = 32768
 class PatchCoreState:
     memory_bank: np.ndarray  # float32 [M, D]
     bank_neighbours: np.ndarray  # int64 [M, k]: each row's k nearest bank rows (itself first); k = 0 if unused
-
-
-def patch_rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Rows of the patch matrix of feature maps [N, D, h, w] (row r = image r // (h*w), position r % (h*w)),
-    gathered without building the matrix -> float32 [len(rows), D]."""
-    height, width = features.shape[2:]
-    image, position = np.divmod(np.asarray(rows), height * width)
-    return np.ascontiguousarray(features[image, :, position // width, position % width], dtype=np.float32)
-
-
-def squared_distances(queries: torch.Tensor, bank: torch.Tensor, bank_sq_norms: torch.Tensor) -> torch.Tensor:
-    """queries [B, P, D], bank [M, D] -> squared L2 [B, P, M] as |q|^2 - 2 q.m + |m|^2 (one GEMM), >= 0."""
-    query_sq_norms = (queries * queries).sum(-1, keepdim=True)
-    return (query_sq_norms - 2.0 * torch.matmul(queries, bank.t()) + bank_sq_norms).clamp(min=0.0)
-
-
-def register_search_bank(head: nn.Module, memory_bank: np.ndarray) -> None:
-    """Store a bank on `head` as the searches below read it: buffers bank_t_neg2 = -2 * bank^T [D, M] (scaling by
-    -2 is exact in fp32 and fp16, so rows are recovered exactly as -0.5 * bank_t_neg2.T) and bank_sq_norms [M]."""
-    bank = torch.from_numpy(np.ascontiguousarray(memory_bank, dtype=np.float32))
-    head.register_buffer("bank_t_neg2", (-2.0 * bank).t().contiguous())
-    head.register_buffer("bank_sq_norms", (bank * bank).sum(1))
-
-
-def partial_sq_distances(queries_2d: torch.Tensor, bank_t_neg2: torch.Tensor, bank_sq_norms: torch.Tensor):
-    """queries [N, D] -> |m|^2 - 2 q.m [N, M]: one GEMM with a bias (onnxruntime fuses it into Gemm); add |q|^2
-    to a minimum over the bank to get the squared distance."""
-    return torch.matmul(queries_2d, bank_t_neg2) + bank_sq_norms
-
-
-def nearest_bank_rows(queries: torch.Tensor, bank_t_neg2: torch.Tensor, bank_sq_norms: torch.Tensor):
-    """queries [B, P, D], bank stored as -2 * bank^T [D, M] and |m|^2 [M] -> (squared L2 distance to the
-    nearest row [B, P] (>= 0), that row's index [B, P]).
-
-    One GEMM with a bias (partial_sq_distances), then the min and argmin over the bank: |q|^2 is constant
-    along the bank, so it is added to the [B, P] minima, not to the [B, P, M] matrix, and no elementwise pass
-    runs over that matrix (for the heads whose score needs the nearest row's index:
-    LDKNN's density, SoftCore's soft weight). min(dim) keeps the first index among equal values in torch and
-    in ONNX's ArgMin; torch.topk does not promise it, so a duplicated bank row could pick a different index
-    than the artefact.
-    """
-    batch, patches, dims = queries.shape
-    nearest_partial, nearest_index = partial_sq_distances(queries.reshape(-1, dims), bank_t_neg2,
-                                                          bank_sq_norms).min(dim=-1)
-    nearest_sq = (nearest_partial + (queries * queries).sum(-1).reshape(-1)).clamp(min=0.0)
-    return nearest_sq.view(batch, patches), nearest_index.view(batch, patches)
 
 
 class PatchCoreHead(nn.Module):
@@ -107,7 +60,6 @@ class PatchCoreHead(nn.Module):
         register_search_bank(self, state.memory_bank)
         self.register_buffer("bank_neighbours", torch.from_numpy(state.bank_neighbours.astype(np.int64)))
         self.reweight = state.bank_neighbours.shape[1] > 1
-        self.bank_rows = int(state.memory_bank.shape[0])  # declared as data for graph passes (e.g. TensorRT chunking)
 
     def forward(self, features: torch.Tensor) -> HeadOutput:
         batch, dims, height, width = features.shape
@@ -149,73 +101,33 @@ class PatchCore(AnomalyMethod):
         self.coreset = ApproximateGreedyCoreset(coreset_ratio, projection_dim=projection_dim, seed=seed,
                                                 group_rows=int(group_rows) if sampler == "grouped" else None)
         self.num_neighbors = int(num_neighbors)
-        self.embed_dim = embed_dim
-        self._params = dict(coreset_ratio=float(coreset_ratio), num_neighbors=self.num_neighbors,
-                            embed_dim=embed_dim, projection_dim=int(projection_dim), seed=int(seed),
-                            sampler=sampler, online_batch_images=self.online_batch_images,
-                            group_rows=int(group_rows))
+        self.embed_dim, self.seed = embed_dim, int(seed)
 
     def embedding(self, channels: tuple[int, ...]) -> nn.Module:
         return PatchEmbedding(channels, embed_dim=self.embed_dim)
 
-    def fit(self, features: np.ndarray, progress=None) -> PatchCoreState:
-        """features [N, D, h, w] float32 -> PatchCoreState. progress(done, total) follows the coreset."""
+    def fit(self, inputs: FitInputs) -> PatchCoreState:
+        """inputs.features [N, D, h, w] float32 -> PatchCoreState. inputs.progress(done, total) follows the coreset."""
+        features, progress = inputs.features, inputs.progress
         if self.sampler == "online":  # the same sampler as the streaming build, on features already held
             step = self.online_batch_images
             return self.fit_stream((features[i:i + step] for i in range(0, len(features), step)), len(features),
                                    progress)
         # The coreset reads the maps as patch rows in (image, y, x) order without a patch-major copy of them.
         selected = self.coreset.select(features, progress=progress)
-        memory_bank = patch_rows(features, selected)
-        return PatchCoreState(memory_bank=memory_bank, bank_neighbours=self._bank_neighbours(memory_bank))
+        return self.state_for_bank(patch_rows(features, selected))
 
     def fits_streaming(self) -> bool:
         return self.sampler == "online"
 
     def fit_stream(self, batches: Iterable[np.ndarray], num_images: int, progress=None) -> PatchCoreState:
-        """Feature batches [b, D, h, w] of any sizes -> PatchCoreState, holding one group of images at a time.
+        """Feature batches [b, D, h, w] of any sizes -> PatchCoreState, holding one group of
+        `online_batch_images` images at a time (online_coreset.online_coreset_bank)."""
+        return self.state_for_bank(online_coreset_bank(batches, self.coreset.ratio, self.seed,
+                                                       self.online_batch_images, num_images, progress))
 
-        The batches are regrouped into `online_batch_images` images per sampler step (the released code's
-        8, spec B.5), whatever batch size the backbone ran at, so the bank does not depend on it.
-        progress(done_images, num_images) after each step."""
-        sampler = OnlineGreedyCoreset(self.coreset.ratio, seed=self._params["seed"])
-        pending: list[np.ndarray] = []
-        held = done = 0
-
-        def add_group(group: np.ndarray) -> None:
-            nonlocal done
-            # patch rows in (image, y, x) order, as the offline coreset reads them
-            sampler.add(np.ascontiguousarray(group.transpose(0, 2, 3, 1).reshape(-1, group.shape[1])))
-            done += len(group)
-            if progress is not None:
-                progress(done, max(num_images, done))
-
-        for batch in batches:
-            pending.append(batch)
-            held += len(batch)
-            while held >= self.online_batch_images:
-                joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
-                add_group(joined[:self.online_batch_images])
-                rest = joined[self.online_batch_images:]
-                pending, held = ([rest] if len(rest) else []), len(rest)
-        if held:
-            add_group(np.concatenate(pending))
-        if done == 0:
-            raise DataError("patchcore: no training features to fit (the image stream was empty)")
-        memory_bank = sampler.bank()
-        return PatchCoreState(memory_bank=memory_bank, bank_neighbours=self._bank_neighbours(memory_bank))
-
-    def _bank_neighbours(self, memory_bank: np.ndarray) -> np.ndarray:
-        """[M, k] nearest bank rows of every bank row, the row itself first (the paper's N_b(m*))."""
-        rows = memory_bank.shape[0]
-        if self.num_neighbors <= 1:
-            return np.zeros((rows, 0), dtype=np.int64)
-        _, found = nearest_neighbours(memory_bank, memory_bank, self.num_neighbors + 1)
-        own_row = np.arange(rows)[:, None]
-        # Duplicate rows can push a row's own index out of first place: drop it wherever it is, put it first.
-        others_first = np.argsort(found == own_row, axis=1, kind="stable")
-        others = np.take_along_axis(found, others_first, axis=1)[:, : self.num_neighbors - 1]
-        return np.concatenate([own_row, others], axis=1)
+    def state_for_bank(self, memory_bank: np.ndarray) -> PatchCoreState:
+        return PatchCoreState(memory_bank=memory_bank, bank_neighbours=bank_neighbours(memory_bank, self.num_neighbors))
 
     def sizing_knobs(self) -> tuple[SizingKnob, ...]:
         # The head's cost (one GEMM against the bank, then a min over its rows) is linear in the bank rows.

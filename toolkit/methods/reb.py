@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from adtk.runtime.errors import ConfigError, DataError
-from adtk.toolkit.methods.ldknn import LDKNN, LDKNNState
-from adtk.toolkit.methods.registry import register_method
+from adtk.toolkit.backbones import deepest_stage, state_dict_sha256
+from adtk.toolkit.methods.base import FitInputs, PreparedBackbone, register_method
+from adtk.toolkit.methods.ldknn import LDKNN
 from adtk.toolkit.preprocess import RESIZE_ALIGN_CORNERS, RESIZE_ANTIALIAS, RESIZE_MODE
 from adtk.toolkit.training.finetune import PRESETS, finetune_backbone
 from adtk.toolkit.training.proxy_validation import split_heldout, validate_finetune
@@ -76,18 +77,15 @@ class REB(LDKNN):
                          projection_dim=projection_dim, seed=seed)
         self.preset = preset
         self.validate = bool(validate)
-        self._params = {"preset": preset, **self._params, "validate": self.validate}
         self.finetune_report: dict | None = None
         self.finetuned_backbone = None
 
-    def prepare_backbone(self, backbone, preprocess, images, make_backbone, progress=None):
-        # private helpers of backbones.py: the stage list of the full network and the weights hash
-        from adtk.toolkit.backbones import _feature_info, _resolve_spec, _state_dict_sha256
-
-        deepest_stage = _feature_info(_resolve_spec(backbone.name).timm_name)[-1]["module"]
-        deep = make_backbone(stages=(deepest_stage,), trainable=True)
+    def prepare_backbone(self, backbone, preprocess, images, make_backbone, progress=None) -> PreparedBackbone:
+        """-> the fine-tuned backbone, or the starting one if the keep-or-revert check rejects the fine-tune; the
+        report ({"finetune": ...}) goes into the manifest's method.fit whichever is kept."""
+        deep = make_backbone(stages=(deepest_stage(backbone.name),), trainable=True)
         frames = frames_at_model_size(images, preprocess.image_size_px)
-        seed = self._params["seed"]
+        seed = self.seed
         tuned, heldout = split_heldout(len(frames), seed) if self.validate else (np.arange(len(frames)), [])
         report = finetune_backbone(deep, deep.channels[-1], frames[tuned], preprocess, self.preset,
                                    seed=seed, progress=progress, first_tap=backbone.stages[0])
@@ -99,23 +97,20 @@ class REB(LDKNN):
         if len(heldout):
             embedding = self.embedding(tuple(backbone.channels)).eval()
             validation = validate_finetune(backbone, finetuned, embedding, preprocess,
-                                           lambda features: self.head(self.fit(features)),
+                                           lambda features: self.head(self.fit(FitInputs(features))),
                                            frames[tuned], frames[heldout], seed)
             self.finetune_report["validation"] = validation.as_dict()
             self._say(f"reb: {validation.summary()}")
             if validation.kept != "finetuned":
                 backbone.weights_source = f"{backbone.weights_source} (reb:{self.preset} fine-tune rejected)"
-                return backbone
+                return PreparedBackbone(backbone, {"finetune": self.finetune_report})
         elif self.validate:
             self._say(f"reb: only {len(frames)} fit images, none held out: the fine-tuned weights are kept "
                       "unchecked")
         finetuned.weights_source = f"finetuned(reb:{self.preset}) from {backbone.weights_source}"
-        finetuned.weights_sha256 = _state_dict_sha256(finetuned.model)
-        return finetuned
+        finetuned.weights_sha256 = state_dict_sha256(finetuned.model)
+        return PreparedBackbone(finetuned, {"finetune": self.finetune_report})
 
     def _say(self, message: str) -> None:
         if self.log is not None:
             self.log(message)
-
-    def fit_report(self, state: LDKNNState) -> dict:
-        return {**super().fit_report(state), "finetune": self.finetune_report}

@@ -1,55 +1,38 @@
-"""Method registry (like timm's @register_model): one name is the file name, the --method value and
-the manifest's `method` field. Hyphens and underscores are the same name."""
+"""Finding methods by name (like timm's model registry): one name is the file name, the --method value and
+the manifest's `method` field. Hyphens and underscores are the same name.
+
+The classes register themselves with `@register_method` (methods/base.py); this module imports every built-in
+method (methods/all.py) and looks them up. Method modules import base.py, never this module, so there is no
+import circle (tests/test_import_graph.py).
+"""
 
 from __future__ import annotations
 
 import difflib
 
+import adtk.toolkit.methods.all  # noqa: F401  (registers every built-in method)
 from adtk.runtime.errors import ConfigError
+from adtk.toolkit.methods.base import canonical_name, register_method, registered_classes
 
-_METHODS: dict[str, type] = {}
+__all__ = ["UnknownMethodError", "canonical_name", "create_method", "list_methods", "method_class",
+           "register_method"]
 
 
 class UnknownMethodError(ConfigError):
     pass
 
 
-def canonical_name(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
-
-
-def register_method(name: str):
-    """Class decorator: make a method available to create_method() and the CLI."""
-    key = canonical_name(name)
-
-    def decorator(cls):
-        if key in _METHODS:
-            raise ValueError(f"method {key!r} is registered twice ({_METHODS[key].__module__} and {cls.__module__})")
-        cls.name = key
-        _METHODS[key] = cls
-        return cls
-
-    return decorator
-
-
-def _import_builtin_methods() -> None:
-    # Importing the package registers every built-in method (each module decorates its class).
-    import adtk.toolkit.methods.all  # noqa: F401
-
-
 def list_methods() -> list[str]:
-    _import_builtin_methods()
-    return sorted(_METHODS)
+    return sorted(registered_classes())
 
 
 def method_class(name: str) -> type:
-    _import_builtin_methods()
-    key = canonical_name(name)
-    if key not in _METHODS:
-        close = difflib.get_close_matches(key, list(_METHODS), n=3)
+    key, classes = canonical_name(name), registered_classes()
+    if key not in classes:
+        close = difflib.get_close_matches(key, list(classes), n=3)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise UnknownMethodError(f"no method {name!r}{hint} (known: {', '.join(sorted(_METHODS))})")
-    return _METHODS[key]
+        raise UnknownMethodError(f"no method {name!r}{hint} (known: {', '.join(sorted(classes))})")
+    return classes[key]
 
 
 def create_method(name: str, **params):

@@ -26,8 +26,7 @@ from torch import nn
 
 from adtk.runtime.errors import ConfigError, DataError
 from adtk.toolkit.features import PatchEmbedding
-from adtk.toolkit.methods.base import AnomalyMethod, HeadOutput
-from adtk.toolkit.methods.registry import register_method
+from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, register_method
 
 LEAKY_SLOPE = 0.01
 
@@ -79,9 +78,6 @@ class SEMLP(AnomalyMethod):
         self.hidden, self.learning_rate, self.batch_size, self.epochs = int(hidden), float(learning_rate), \
             int(batch_size), int(epochs)
         self.score, self.upsample, self.seed = score, upsample, int(seed)
-        self._params = dict(hidden=self.hidden, learning_rate=self.learning_rate, batch_size=self.batch_size,
-                            epochs=self.epochs, score=score, upsample=upsample, seed=self.seed)
-        self.last_fit: dict = {}
 
     def embedding(self, channels: tuple[int, ...]) -> nn.Module:
         return PatchEmbedding(channels, upsample=self.upsample)
@@ -95,8 +91,9 @@ class SEMLP(AnomalyMethod):
         labels = np.concatenate([np.zeros(len(good), np.float32), np.ones(len(positives), np.float32)])
         return rows, labels
 
-    def fit(self, features: np.ndarray, progress=None, defects=None) -> SEMLPState:
-        """features [N, D, h, w] of good images; defects: LabelledFeatures -> SEMLPState."""
+    def fit(self, inputs: FitInputs) -> SEMLPState:
+        """inputs.features [N, D, h, w] of good images, inputs.defects: LabelledFeatures -> SEMLPState."""
+        features, defects, progress = inputs.features, inputs.defects, inputs.progress
         if defects is None or defects.num_defective_patches == 0:
             raise DataError("semlp learns from labelled defects and found no defective patch (see `adtk build "
                             "--help`: DATA/defects/<type>/ with masks, or --defects-from-test)")

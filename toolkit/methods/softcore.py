@@ -23,9 +23,8 @@ from torch import nn
 from adtk.runtime.errors import ConfigError, DataError
 from adtk.toolkit.coreset import ApproximateGreedyCoreset
 from adtk.toolkit.features import PatchEmbedding
-from adtk.toolkit.methods.base import AnomalyMethod, HeadOutput, SizingKnob
-from adtk.toolkit.methods.patchcore import nearest_bank_rows, register_search_bank
-from adtk.toolkit.methods.registry import register_method
+from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, SizingKnob, register_method
+from adtk.toolkit.search import nearest_bank_rows, register_search_bank
 
 DISCRIMINATORS = ("lof", "nn", "gauss")
 GAUSS_EPSILON = 0.01  # spec A.3(b): PaDiM/anomalib's covariance regulariser
@@ -76,10 +75,9 @@ class SoftCoreHead(nn.Module):
 
     def __init__(self, state: SoftCoreState, squared: bool):
         super().__init__()
-        register_search_bank(self, state.memory_bank)  # for patchcore.nearest_bank_rows
+        register_search_bank(self, state.memory_bank)  # for search.nearest_bank_rows
         self.register_buffer("soft_weights", torch.from_numpy(state.soft_weights.astype(np.float32)))
         self.squared = bool(squared)
-        self.bank_rows = int(state.memory_bank.shape[0])
 
     def forward(self, features: torch.Tensor) -> HeadOutput:
         batch, _, height, width = features.shape
@@ -110,11 +108,6 @@ class SoftCore(AnomalyMethod):
         self.discriminator, self.lof_k, self.tau = discriminator, int(lof_k), float(tau)
         self.distance, self.use_soft_weights = distance, bool(soft_weights)
         self.discriminator_dim, self.embed_dim, self.seed = int(discriminator_dim), embed_dim, int(seed)
-        self._params = dict(coreset_ratio=float(coreset_ratio), discriminator=discriminator, lof_k=self.lof_k,
-                            tau=self.tau, distance=distance, soft_weights=self.use_soft_weights,
-                            discriminator_dim=self.discriminator_dim, embed_dim=embed_dim,
-                            projection_dim=int(projection_dim), seed=self.seed)
-        self.last_fit: dict = {}
 
     def embedding(self, channels: tuple[int, ...]) -> nn.Module:
         # the official PatchCore embedding (bilinear upsampling), as SoftCore uses (spec part C)
@@ -140,8 +133,9 @@ class SoftCore(AnomalyMethod):
         # clamp >= 0 as the code does (A.9.15); [P, N] -> [N, h, w]
         return np.maximum(scores, 0.0).T.reshape(num_images, height, width).astype(np.float32)
 
-    def fit(self, features: np.ndarray, progress=None) -> SoftCoreState:
-        """features [N, D, h, w] float32 -> SoftCoreState; progress(done, total) follows the coreset."""
+    def fit(self, inputs: FitInputs) -> SoftCoreState:
+        """inputs.features [N, D, h, w] float32 -> SoftCoreState; inputs.progress(done, total) follows the coreset."""
+        features, progress = inputs.features, inputs.progress
         weights = self.outlier_scores(features).reshape(-1)  # image-major, then row-major: as `patches`
         patches = np.ascontiguousarray(features.transpose(0, 2, 3, 1).reshape(-1, features.shape[1]))
         cutoff = float(np.quantile(weights, 1.0 - self.tau)) if self.tau > 0 else float("inf")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from adtk.runtime.errors import ConfigError
+from adtk.toolkit.methods.base import FitInputs
 from adtk.toolkit.methods.registry import canonical_name, create_method, method_class
 from adtk.toolkit.refinement.contamination import DEFAULT_FOLDS, crossfit_scores, estimate_contamination
 
@@ -78,23 +79,32 @@ def head_image_scores(method, state, features: np.ndarray) -> np.ndarray:
     return torch.cat(scores).double().numpy()
 
 
-def refine(spec: RefineSpec, detector, features: np.ndarray, log=None, seed: int = 0) -> RefinementResult:
-    """Fit `detector` (a method whose embedding() produced `features`) and choose the images to keep."""
+def refine(spec: RefineSpec, detector, features: np.ndarray, channels: tuple[int, ...] | None = None, log=None,
+           seed: int = 0) -> RefinementResult:
+    """Fit `detector` (a method whose embedding(channels) produced `features`) and choose the images to keep: the
+    clean subset its fit found (a trimming method, for the paire strategy), all but the outliers of cross-fitted
+    scores (auto), or all but the top-scoring (sroc)."""
     num_images = len(features)
     details: dict = {}
+
+    def fit(rows: np.ndarray):
+        return detector.fit(FitInputs(rows, None if channels is None else tuple(channels)))
+
     if spec.strategy == "auto":  # contamination.py: cross-fitted scores, outliers of their distribution dropped
-        scores = crossfit_scores(features, lambda fit, held: head_image_scores(detector, detector.fit(fit), held),
+        scores = crossfit_scores(features, lambda rows, held: head_image_scores(detector, fit(rows), held),
                                  folds=DEFAULT_FOLDS, seed=seed)
         estimate = estimate_contamination(scores)
         kept = np.setdiff1d(np.arange(num_images), estimate.dropped).astype(np.int64)
         details.update(estimate.as_dict(), folds=DEFAULT_FOLDS)
     elif spec.strategy == "paire":
-        state = detector.fit(features)
+        state = fit(features)
         scores = head_image_scores(detector, state, features)
-        kept = np.sort(np.asarray(state.clean, dtype=np.int64))
-        details["rounds"] = list(state.rounds)
+        kept = detector.clean_subset(state)
+        if kept is None:
+            raise ConfigError(f"--refine {spec}: {detector.name} does not find a clean subset of its training set")
+        details.update(detector.clean_subset_record(state))
     else:
-        scores = head_image_scores(detector, detector.fit(features), features)
+        scores = head_image_scores(detector, fit(features), features)
         num_dropped = int(round(spec.ratio * num_images))  # spec P-A3: round(), as the pollution count
         num_dropped = min(num_dropped, num_images - 2)  # a detector needs images to fit
         order = np.argsort(-scores, kind="stable")
@@ -122,7 +132,7 @@ def refine_training_set(spec: RefineSpec, method, channels: tuple[int, ...], fea
     embedding = detector.embedding(channels).eval()
     same = detector.name == method.name and detector.params() == method.params()
     refiner_features = features if same else extract(embedding)
-    result = refine(spec, detector, refiner_features, log=log)
+    result = refine(spec, detector, refiner_features, channels, log=log)
     return features[result.kept], [samples[i] for i in result.kept], result
 
 

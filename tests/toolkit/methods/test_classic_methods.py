@@ -7,6 +7,7 @@ import pytest
 import torch
 from sklearn.covariance import LedoitWolf
 
+from adtk.toolkit.methods.base import FitInputs
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.gaussian import ledoit_wolf, whitening_factor
 from adtk.toolkit.methods.paire import low_rank_gaussians
@@ -26,7 +27,7 @@ def fitted(name, rng, n_train=30, **params):
     with torch.no_grad():
         train = embedding(stage_maps(rng, n_train)).numpy()
         test = embedding(stage_maps(rng, 4)).numpy()
-    state = method.fit(train)
+    state = method.fit(FitInputs(train, CHANNELS))
     with torch.no_grad():
         patch_scores, image_scores = method.head(state)(torch.from_numpy(test))
     return method, train.astype(np.float64), test.astype(np.float64), state, patch_scores.numpy(), image_scores.numpy()
@@ -102,11 +103,9 @@ def test_padim_matches_sklearn_per_position_and_records_its_channels():
     method, train, test, state, patch, image = fitted("padim", rng, n_train=25, num_channels=7, seed=3)
     assert len(state.channel_index) == 7 and np.array_equal(state.channel_index, np.sort(state.channel_index))
     again = create_method("padim", num_channels=7, seed=3)
-    again.embedding(CHANNELS)
-    np.testing.assert_array_equal(again.channel_index, state.channel_index)
+    np.testing.assert_array_equal(again.channel_index(CHANNELS), state.channel_index)
     other = create_method("padim", num_channels=7, seed=4)
-    other.embedding(CHANNELS)
-    assert not np.array_equal(other.channel_index, state.channel_index)
+    assert not np.array_equal(other.channel_index(CHANNELS), state.channel_index)
     assert method.fit_report(state)["channel_index"] == state.channel_index.tolist()
     for b in range(2):
         for (i, j) in [(0, 0), (2, 5), (5, 3)]:
@@ -146,9 +145,8 @@ def test_padim_fp32_factor_is_accurate_on_ill_conditioned_gaussians(condition_nu
 
 def test_padim_refuses_an_artefact_over_2_gb():
     method = create_method("padim", num_channels=3000)
-    method.channel_index = np.arange(3000)
     with pytest.raises(ConfigError, match="num_channels="):
-        method.fit(np.zeros((2, 3000, 64, 64), dtype=np.float32)[:, :, :, :])
+        method.fit(FitInputs(np.zeros((2, 3000, 64, 64), dtype=np.float32), channels=(3000,)))
 
 
 @pytest.mark.parametrize("num_images", [6, 30])  # K - 1 < d (residual term) and K - 1 >= d (full rank)

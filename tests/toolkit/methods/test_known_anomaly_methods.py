@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from adtk.toolkit.methods.base import FitInputs
 from adtk.runtime.errors import DataError
 from adtk.toolkit.data import index_dataset
 from adtk.toolkit.labelled_defects import LabelledFeatures
@@ -40,7 +41,7 @@ def test_labeled_patchcore_head_matches_brute_force(paper_compat):
     good = rng.normal(size=(8, 12, 3, 3)).astype(np.float32)
     defects = synthetic_defects(rng)
     method = create_method("labeled-patchcore", coreset_ratio=0.5, num_neighbors=4, paper_compat=paper_compat)
-    state = method.fit(good, defects=defects)
+    state = method.fit(FitInputs(good, defects=defects))
     np.testing.assert_array_equal(state.defect_bank, defects.defective_patches())  # ratio 1: all of them
     assert state.good_bank.shape == (36, 12) and state.good_neighbours.shape == (36, 4)
     # off the bank rows: a query equal to a bank row has a true distance of 0 that the fp32 GEMM form
@@ -62,7 +63,7 @@ def test_labeled_patchcore_head_matches_brute_force(paper_compat):
 
 def test_labeled_patchcore_needs_defects():
     with pytest.raises(DataError):
-        create_method("labeled_patchcore").fit(np.zeros((2, 4, 2, 2), np.float32))
+        create_method("labeled_patchcore").fit(FitInputs(np.zeros((2, 4, 2, 2), np.float32)))
 
 
 def test_semlp_parameter_count_follows_the_backbone_channels():
@@ -76,7 +77,7 @@ def test_semlp_training_and_head():
     good = rng.normal(size=(20, 12, 3, 3)).astype(np.float32)
     defects = synthetic_defects(rng, count=6)
     method = create_method("semlp", epochs=3, learning_rate=1e-2, batch_size=16)
-    state = method.fit(good, defects=defects)
+    state = method.fit(FitInputs(good, defects=defects))
     num_pos = defects.num_defective_patches
     assert method.last_fit["positive_patches"] == num_pos
     assert method.last_fit["pos_weight"] == pytest.approx(20 * 9 / num_pos)  # negatives / positives
@@ -147,7 +148,7 @@ def test_labeled_patchcore_online_good_bank_is_the_online_sampler_over_image_bat
     good = rng.normal(size=(10, 6, 4, 4)).astype(np.float32)
     method = create_method("labeled_patchcore", coreset_ratio=0.1, good_sampler="online", online_batch_images=4,
                            num_neighbors=3)
-    state = method.fit(good, defects=synthetic_defects(rng, dims=6))
+    state = method.fit(FitInputs(good, defects=synthetic_defects(rng, dims=6)))
     sampler = OnlineGreedyCoreset(0.1, seed=0)
     for start in (0, 4, 8):
         sampler.add(good[start:start + 4].transpose(0, 2, 3, 1).reshape(-1, 6))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from adtk.toolkit.methods.base import FitInputs
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.methods.ldknn import local_densities
 from adtk.toolkit.methods.registry import create_method
@@ -38,7 +39,7 @@ def score(method, state, points) -> np.ndarray:
 def test_density_term_on_a_hand_made_bank(distance, alpha, expected):
     method = create_method("ldknn", coreset_ratio=1.0, num_neighbors=2, alpha=alpha, distance=distance,
                            image_score="max")
-    state = method.fit(as_features(DENSE + SPARSE))
+    state = method.fit(FitInputs(as_features(DENSE + SPARSE)))
     want_density = [0.01] * 4 + [36.0] * 4 if distance == "squared" else [0.1] * 4 + [6.0] * 4
     np.testing.assert_allclose(state.densities, want_density, rtol=1e-4)
     scores = score(method, state, [(-1.0, 0.0), (10.0, -1.0), (4.5, 0.0)])
@@ -49,14 +50,14 @@ def test_density_term_on_a_hand_made_bank(distance, alpha, expected):
 
 def test_alpha_zero_is_plain_nearest_neighbour_distance():
     method = create_method("ldknn", coreset_ratio=1.0, num_neighbors=2, alpha=0.0, image_score="max")
-    state = method.fit(as_features(DENSE + SPARSE))
+    state = method.fit(FitInputs(as_features(DENSE + SPARSE)))
     np.testing.assert_allclose(score(method, state, [(-1.0, 0.0), (10.0, -1.0)]), [1.0, 1.0], rtol=1e-5)
 
 
 def test_densities_of_coreset_rows_are_searched_in_the_full_bank():
     points = DENSE + SPARSE
     method = create_method("ldknn", coreset_ratio=0.5, num_neighbors=2, image_score="max", seed=0)
-    state = method.fit(as_features(points))
+    state = method.fit(FitInputs(as_features(points)))
     assert state.memory_bank.shape == (4, 2)
     full = np.asarray(points)
     for row, density in zip(state.memory_bank, state.densities):
@@ -105,7 +106,7 @@ def test_head_matches_brute_force(distance, image_score):
     train = rng.normal(size=(4, 6, 7, 8)).astype(np.float32)
     method = create_method("ldknn", coreset_ratio=0.3, num_neighbors=3, alpha=0.7, distance=distance,
                            image_score=image_score, seed=2)
-    state = method.fit(train)
+    state = method.fit(FitInputs(train))
     full_bank = train.transpose(0, 2, 3, 1).reshape(-1, 6)
     selected = np.array([int(np.argmin(np.abs(full_bank - row).sum(1))) for row in state.memory_bank])
     test = rng.normal(size=(3, 6, 7, 8)).astype(np.float32)
@@ -129,20 +130,33 @@ def test_config_errors():
 
 @pytest.fixture(scope="module")
 def tiny_reb_build(tiny_dataset, tmp_path_factory):
-    """REB on the tiny data set: random weights at 64 px, a 3-update fine-tune (monkeypatched preset)."""
+    """REB on the tiny data set: random weights at 64 px, a 3-update fine-tune (monkeypatched preset), built for
+    x86_cpu with one sizing round forced (the planner asks once for half the coreset), so the fine-tuning report
+    must survive the method's refit."""
+    from adtk.toolkit import build as build_module
     from adtk.toolkit.build import BuildConfig, build
+    from adtk.toolkit.sizing import SizingPlan
     from adtk.toolkit.training import finetune
 
     mp = pytest.MonkeyPatch()
     mp.setitem(finetune.PRESETS, "tiny", finetune.FinetunePreset("tiny", updates=3, sources_per_pass=1,
                                                                  accumulation=1, frozen_updates=1))
+    planned = []
+
+    def plan_once_smaller(fp32_model, target, precision, method, precision_is_free):
+        planned.append(method.params()["coreset_ratio"])
+        if len(planned) == 1:
+            return SizingPlan(False, precision, {"coreset_ratio": 0.125}, message="forced by the test")
+        return SizingPlan(True, precision, message="fits")
+
+    mp.setattr(build_module, "plan_for_target", plan_once_smaller)
     try:
         config = BuildConfig(data=tiny_dataset.root, out=tmp_path_factory.mktemp("reb") / "reb.onnx", method="reb",
                              # validate=False: this build checks the fine-tuned weights' artefact, whatever the
                              # keep-or-revert check would say (tested below)
                              method_params={"preset": "tiny", "coreset_ratio": 0.25, "validate": False},
-                             random_weights=True,
-                             image_size_px=64, calib_fraction=0.25)
+                             random_weights=True, image_size_px=64, calib_fraction=0.25, target="x86_cpu",
+                             precision="fp32")
         notes = []
 
         class RecordingBar:  # what the CLI's click bar receives
@@ -159,7 +173,7 @@ def tiny_reb_build(tiny_dataset, tmp_path_factory):
                 notes.append((self.label, note))
 
         result = build(config, log=lambda message: None, index=tiny_dataset, progress_factory=RecordingBar)
-        result.progress_notes = notes
+        result.progress_notes, result.planned = notes, planned
         yield result
     finally:
         mp.undo()
@@ -178,6 +192,10 @@ def test_reb_artefact_matches_its_torch_reference(tiny_reb_build, tiny_dataset):
     assert manifest["backbone"]["weights_sha256"] != untouched.weights_sha256  # the fine-tuned weights
     finetune_report = manifest["method"]["fit"]["finetune"]
     assert finetune_report["preset"] == "tiny" and np.isfinite(finetune_report["final_loss"])
+    # refitted once with the planner's smaller coreset (the same features), the fine-tuning report kept
+    assert tiny_reb_build.planned == [0.25, 0.125]
+    assert manifest["method"]["params"]["coreset_ratio"] == 0.125 and manifest["method"]["params"]["preset"] == "tiny"
+    assert manifest["target"]["name"] == "x86_cpu"
     loss_notes = [note for label, note in tiny_reb_build.progress_notes if label == "finetune"]
     assert len(loss_notes) == 3 and all(note.startswith("loss ") for note in loss_notes)  # bar shows the loss
     ops = {node.op_type for node in onnx.load(str(tiny_reb_build.artefact)).graph.node}
@@ -212,7 +230,8 @@ def test_reb_keeps_the_fine_tuned_weights_only_when_held_out_synthetic_defects_s
         backbone = make()
         start_sha = backbone.weights_sha256
         frames = np.random.default_rng(seed).integers(100, 140, size=(12, 48, 48, 3), dtype=np.uint8)
-        chosen = method.prepare_backbone(backbone, FramePreprocess(48, backbone.mean, backbone.std), iter(frames), make)
+        chosen = method.prepare_backbone(backbone, FramePreprocess(48, backbone.mean, backbone.std), iter(frames),
+                                         make).backbone
     finally:
         mp.undo()
     validation = method.finetune_report["validation"]

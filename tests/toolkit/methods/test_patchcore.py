@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from adtk.toolkit.methods.base import FitInputs
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.coreset import ApproximateGreedyCoreset
 from adtk.toolkit.methods.patchcore import PatchCoreState
@@ -70,7 +71,7 @@ def test_head_matches_brute_force(num_neighbors):
     rng = np.random.default_rng(2)
     train = rng.normal(size=(6, 24, 5, 4)).astype(np.float32)
     method = create_method("patchcore", coreset_ratio=0.5, num_neighbors=num_neighbors, seed=1)
-    state = method.fit(train)
+    state = method.fit(FitInputs(train))
     assert state.memory_bank.shape == (60, 24)
     if num_neighbors > 1:
         assert state.bank_neighbours.shape == (60, num_neighbors)
@@ -87,7 +88,7 @@ def test_training_patches_score_zero_when_bank_keeps_everything():
     rng = np.random.default_rng(3)
     train = rng.normal(size=(3, 8, 4, 4)).astype(np.float32)
     method = create_method("patchcore", coreset_ratio=1.0, num_neighbors=1)
-    state = method.fit(train)
+    state = method.fit(FitInputs(train))
     with torch.no_grad():
         patch_scores, _ = method.head(state)(torch.from_numpy(train))
     assert float(patch_scores.max()) < 1e-2
@@ -104,7 +105,7 @@ def test_registry_names_and_errors():
 def test_coreset_reads_feature_maps_as_their_patch_matrix():
     # PatchCore hands the coreset its [N, D, h, w] maps (no patch-major copy); the picks and the gathered
     # bank rows must be those of the [N*h*w, D] patch matrix in (image, y, x) order.
-    from adtk.toolkit.methods.patchcore import patch_rows
+    from adtk.toolkit.search import patch_rows
 
     maps = np.random.default_rng(3).normal(size=(5, 160, 6, 7)).astype(np.float32)
     matrix = np.ascontiguousarray(maps.transpose(0, 2, 3, 1).reshape(-1, 160))
@@ -115,7 +116,7 @@ def test_coreset_reads_feature_maps_as_their_patch_matrix():
 
 
 def test_nearest_bank_rows_matches_brute_force_and_breaks_ties_by_lowest_index():
-    from adtk.toolkit.methods.patchcore import nearest_bank_rows
+    from adtk.toolkit.search import nearest_bank_rows
 
     rng = np.random.default_rng(3)
     bank = rng.normal(size=(50, 6)).astype(np.float32)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from adtk.toolkit.methods.base import FitInputs
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.methods.registry import create_method
 from adtk.toolkit.online_coreset import OnlineGreedyCoreset
@@ -44,7 +45,7 @@ def test_fit_stream_gives_the_online_samplers_bank_whatever_the_batch_sizes():
     assert state.bank_neighbours.shape == (15, 3)
     np.testing.assert_array_equal(state.bank_neighbours[:, 0], np.arange(15))
     # fit on features already held uses the same sampler and groups
-    np.testing.assert_array_equal(method.fit(features).memory_bank, reference)
+    np.testing.assert_array_equal(method.fit(FitInputs(features)).memory_bank, reference)
 
 
 def test_online_bank_is_bounded_by_the_ratio_and_keeps_far_outliers():
@@ -125,7 +126,7 @@ def test_streaming_build_bank_equals_the_in_memory_online_fit(tiny_dataset, tmp_
     features, used = FeatureExtractorPipeline(graph.preprocess, graph.backbone, graph.embedding, 4).features(
         result.fit_samples, skip_bad=False)
     assert [s.path for s in used] == [s.path for s in result.fit_samples]
-    expected = create_method("patchcore", **params).fit(features).memory_bank
+    expected = create_method("patchcore", **params).fit(FitInputs(features)).memory_bank
     streamed = (graph.head.bank_t_neg2 * -0.5).t().numpy()
     np.testing.assert_array_equal(streamed, expected)
     assert "fit" not in result.timings_s and "features_and_fit" in result.timings_s

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from adtk.toolkit.methods.base import FitInputs
 from adtk.runtime.detector import Detector
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.data import read_image
@@ -67,7 +68,7 @@ def test_planted_defect_patches_are_removed_and_bank_is_sized_on_all_patches():
     features[[3, 17], :, 1, 2] += 25.0  # two images with a defect at one position
     method = create_method("softcore", coreset_ratio=0.1, tau=0.15, seed=0)
     weights = method.outlier_scores(features)
-    state = method.fit(features)
+    state = method.fit(FitInputs(features))
     total = 40 * 16
     assert state.memory_bank.shape == (int(0.1 * total), 16)
     assert method.last_fit["num_kept"] == pytest.approx(0.85 * total, abs=1)
@@ -85,7 +86,7 @@ def test_planted_defect_patches_are_removed_and_bank_is_sized_on_all_patches():
 def test_head_matches_brute_force(distance):
     rng = np.random.default_rng(3)
     method = create_method("softcore", coreset_ratio=0.3, distance=distance, seed=1)
-    state = method.fit(rng.normal(size=(10, 12, 3, 3)).astype(np.float32))
+    state = method.fit(FitInputs(rng.normal(size=(10, 12, 3, 3)).astype(np.float32)))
     test = rng.normal(size=(2, 12, 3, 3)).astype(np.float32)
     with torch.no_grad():
         patch_scores, image_scores = method.head(state)(torch.from_numpy(test))

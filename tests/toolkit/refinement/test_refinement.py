@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from adtk.toolkit.methods.base import FitInputs
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.methods.registry import UnknownMethodError, create_method
 from adtk.toolkit.refinement import RefineSpec, parse_refine, refine
-from adtk.toolkit.refinement.trimming import PaireTrimming, window_threshold
+from adtk.toolkit.trimming import PaireTrimming, window_threshold
 
 
 def test_parse_refine_forms_and_errors():
@@ -36,8 +37,7 @@ def test_sroc_drops_the_round_r_n_highest_in_sample_scores():
     rng = np.random.default_rng(0)
     features, _ = clusters_with_outliers(rng)
     method = create_method("knn")
-    method.embedding((8,))
-    result = refine(RefineSpec("sroc", 0.15), method, features)
+    result = refine(RefineSpec("sroc", 0.15), method, features, channels=(8,))
     # independent in-sample k-NN scores (self included, spec P-A1): mean of the 5 smallest squared distances
     pooled = features.astype(np.float64).mean(axis=(2, 3))
     sq = ((pooled[:, None] - pooled[None]) ** 2).sum(-1)
@@ -53,8 +53,7 @@ def test_sroc_at_the_true_rate_finds_obvious_outliers(detector):
     rng = np.random.default_rng(1)
     features, outliers = clusters_with_outliers(rng)
     method = create_method(detector, **({"num_channels": 8} if detector == "padim" else {}))
-    method.embedding((8,))
-    result = refine(RefineSpec("sroc", 0.2), method, features)
+    result = refine(RefineSpec("sroc", 0.2), method, features, channels=(8,))
     assert set(result.dropped.tolist()) == set(outliers.tolist())
 
 
@@ -91,8 +90,7 @@ def test_paire_refiner_keeps_the_clean_set_of_the_paire_method():
     rng = np.random.default_rng(3)
     features = rng.normal(size=(30, 5, 2, 2)).astype(np.float32)
     method = create_method("paire", pool_kernel=1, pool_stride=1)
-    method.embedding((5,))
-    result = refine(RefineSpec("paire"), method, features)
-    state = create_method("paire", pool_kernel=1, pool_stride=1).fit(features)
+    result = refine(RefineSpec("paire"), method, features, channels=(5,))
+    state = create_method("paire", pool_kernel=1, pool_stride=1).fit(FitInputs(features))
     np.testing.assert_array_equal(result.kept, state.clean)
     assert "rounds" in result.details

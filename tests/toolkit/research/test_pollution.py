@@ -9,7 +9,7 @@ import pytest
 
 from adtk.runtime.errors import ConfigError, DataError
 from adtk.toolkit.data import Sample
-from adtk.toolkit.evaluation.pollution import pollute, refinement_quality
+from adtk.toolkit.research.pollution import pollute, refinement_quality
 
 
 def samples():

@@ -1,4 +1,4 @@
-"""`adtk eval --protocol known-anomalies`: leave-one-defect-type-out (seed 003's protocol, spec B.1, on one
+"""`adtk research known-anomalies`: leave-one-defect-type-out (seed 003's protocol, spec B.1, on one
 data set's defect types instead of MVTec categories).
 
 For every defect type T of the test set:
@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from adtk.runtime.errors import DataError
+from adtk.toolkit.build import build
 from adtk.toolkit.data import DatasetIndex, index_dataset
+from adtk.toolkit.evaluate import evaluate_artefact
 
 TRAIN_FRACTION = 0.5  # spec B.1: first half of each source anomaly type to train
 
@@ -51,9 +53,6 @@ def leave_one_type_out_splits(index: DatasetIndex) -> dict[str, tuple[tuple, tup
 
 def evaluate_known_anomalies(config, log=print, progress_factory=None, types=None) -> dict:
     """config: a BuildConfig (its `out` names the artefacts: OUT stem + '.<type>.onnx'). -> metrics dict."""
-    from adtk.toolkit.build import build
-    from adtk.toolkit.evaluate import evaluate_artefact
-
     index = index_dataset(config.data)
     splits = leave_one_type_out_splits(index)
     per_type = {}

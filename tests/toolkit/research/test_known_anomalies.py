@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from adtk.runtime.errors import DataError
-from adtk.toolkit.evaluation.known_anomalies import (
+from adtk.toolkit.research.known_anomalies import (
     first_half,
     leave_one_type_out_splits,
 )

@@ -1,7 +1,7 @@
-"""`adtk eval --pollution RATE --protocol sroc|paire --seed S`: build on a polluted training set, evaluate,
+"""`adtk research pollution RATE --protocol sroc|paire --seed S`: build on a polluted training set, evaluate,
 and measure how well the build's refinement (if any) removed the injected defects.
 
-The polluted set comes from evaluation/pollution.py (the paper's protocol); the build is the ordinary
+The polluted set comes from research/pollution.py (the paper's protocol); the build is the ordinary
 `adtk build` (toolkit/build.py) on an in-memory DatasetIndex whose train split is the polluted set and
 whose test split is the protocol's evaluation set, so the artefact, calibration and refinement are
 exactly what a user would get. The build holds out its calibration images from the polluted set as
@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import json
 
+from adtk.toolkit.build import build
 from adtk.toolkit.data import DatasetIndex, index_dataset
-from adtk.toolkit.evaluation.pollution import pollute, refinement_quality
+from adtk.toolkit.evaluate import evaluate_artefact
+from adtk.toolkit.refinement import training_list_path
+from adtk.toolkit.research.pollution import pollute, refinement_quality
 
 LEAKY_NOTE = ("LEAKY protocol (PaIRE, spec P-B1): the injected defective images are also in the test set, so a "
               "detector that memorises its training images scores them as normal. Do not compare with "
@@ -23,10 +26,6 @@ LEAKY_NOTE = ("LEAKY protocol (PaIRE, spec P-B1): the injected defective images 
 def evaluate_polluted(config, rate: float, protocol: str, seed: int, details: dict | None = None,
                       log=print, progress_factory=None) -> dict:
     """config: a BuildConfig (its `out` receives the artefact). -> metrics with 'protocol' and 'refinement'."""
-    from adtk.toolkit.build import build
-    from adtk.toolkit.evaluate import evaluate_artefact
-    from adtk.toolkit.refinement import training_list_path
-
     index = index_dataset(config.data)
     split = pollute(index.train, index.test, rate, protocol, seed)
     polluted = DatasetIndex(index.root, index.layout, train=split.train, test=split.test, defects=index.defects)

@@ -1,4 +1,5 @@
-"""`adtk eval --pollution ... --refine ... --report DIR` end to end on the tiny data set (one build)."""
+"""`adtk research pollution ... --refine ... --report DIR` end to end on the tiny data set (one build), and
+`adtk eval --pollution`, the old spelling, forwarding to it."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ def test_polluted_refined_eval_writes_a_self_contained_report(tiny_dataset, tmp_
     from adtk.toolkit.cli.main import cli
 
     report = tmp_path / "report"
-    args = ["eval", str(tmp_path / "knn.onnx"), "--data", str(tiny_dataset.root), "--pollution", "0.25",
-            "--protocol", "sroc", "--seed", "1", "--method", "knn", "--refine", "sroc:0.25", "--random-weights",
+    args = ["research", "pollution", "-o", str(tmp_path / "knn.onnx"), "--data", str(tiny_dataset.root), "--rate",
+            "0.25", "--protocol", "sroc", "--seed", "1", "--method", "knn", "--refine", "sroc:0.25", "--random-weights",
             "--size", "64", "--report", str(report), "--json", str(tmp_path / "m.json")]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -54,3 +55,33 @@ def test_worst_cases_pick_the_highest_good_and_lowest_defective_scores():
     assert fp[:2] == [1, 2] and fn[:2] == [5, 3]
     assert fp_note.startswith("highest-scoring good images (1 of these")
     assert fn_note.startswith("lowest-scoring defective images (2 of these")
+
+
+def test_eval_with_the_old_research_flags_forwards_to_adtk_research(tiny_dataset, tmp_path, monkeypatch):
+    from adtk.toolkit.cli.main import cli
+    from adtk.toolkit.research import known_anomalies, polluted
+
+    calls = []
+    fake_metrics = {"method": "knn", "data": "d", "num_images": 1, "num_defective": 0}
+    monkeypatch.setattr(polluted, "evaluate_polluted",
+                        lambda config, rate, protocol, seed, **kw: calls.append((config, rate, protocol, seed))
+                        or fake_metrics)
+    monkeypatch.setattr(known_anomalies, "evaluate_known_anomalies",
+                        lambda config, **kw: calls.append((config,)) or {
+                            "protocol": "p", "data": "d", "method": config.method, "per_type": {},
+                            "mean_image_auroc": None})
+    args = ["eval", str(tmp_path / "m.onnx"), "--data", str(tiny_dataset.root), "--pollution", "0.1", "--protocol",
+            "paire", "--seed", "3", "--method", "knn", "--refine", "sroc:0.1", "--size", "64"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    config, rate, protocol, seed = calls[0]
+    assert (rate, protocol, seed) == (0.1, "paire", 3)
+    assert (config.method, config.refine, config.image_size_px, config.out) == ("knn", "sroc:0.1", 64, tmp_path / "m.onnx")
+    assert "is now `adtk research pollution --rate`" in result.output
+    result = CliRunner().invoke(cli, ["eval", "--data", str(tiny_dataset.root), "--protocol", "known-anomalies",
+                                      "--method", "semlp"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert calls[1][0].method == "semlp" and "semlp on d" in result.output
+    result = CliRunner().invoke(cli, ["eval", "--data", str(tiny_dataset.root), "--protocol", "known-anomalies",
+                                      "--pollution", "0.1"])
+    assert result.exit_code == 2 and "does not take --pollution" in result.output
