@@ -5,7 +5,7 @@ embedding: the aligned stage grid (grid_features.AlignedStageGrid) followed by P
            average pool with padding 0 (spec B2 Eq. 3, P-B6). The paper pools kernel 10 / stride 4 on a
            stride-4 (64x64) grid; the toolkit's default stages start at stride 8, so the same receptive
            field is kernel 5 / stride 2 on that grid (14x14 at 256 px, as the paper's grid) [ours].
-fit:       refinement.trimming.PaireTrimming (float64) -> D_clean -> final Gaussian per position on
+fit:       trimming.PaireTrimming (float64) -> D_clean -> final Gaussian per position on
            D_clean: unbiased covariance + lambda I, lambda = 1e-6, float64.
 artefact:  the spec's exact low-rank form (B9.2): Sigma = U diag(s) U^T + lambda I with U the
            r = min(|D_clean| - 1, d) principal directions of the centred clean patches (float64 SVD), so
