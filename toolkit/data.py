@@ -93,12 +93,12 @@ def _is_image_file(path: Path) -> bool:
     return not _is_hidden(path) and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 
 
-def _list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path) -> list[Path]:
     """Image files directly inside ``folder`` (not recursive), sorted by name."""
     return sorted((p for p in folder.iterdir() if _is_image_file(p)), key=lambda p: p.name)
 
 
-def _list_subfolders(folder: Path) -> list[Path]:
+def list_subfolders(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p)), key=lambda p: p.name)
 
 
@@ -136,7 +136,7 @@ def _pair_masks(
     by_stem = _images_by_stem(images)
     mask_of_image: dict[Path, Path] = {}
     if mask_folder.is_dir():
-        for mask in _list_images(mask_folder):
+        for mask in list_images(mask_folder):
             stem = _mask_stem(mask)
             if stem is None:
                 pending_warnings.append(
@@ -165,7 +165,7 @@ def _pair_masks(
     return mask_of_image
 
 
-def _index_defect_folder(
+def index_defect_folder(
     root: Path, pending_warnings: list[str]
 ) -> tuple[Sample, ...]:
     """Samples of ``root/defects/<type>/*`` with masks from ``root/defects/<type>/masks/``."""
@@ -173,8 +173,8 @@ def _index_defect_folder(
     if not defects_folder.is_dir():
         return ()
     samples: list[Sample] = []
-    for type_folder in _list_subfolders(defects_folder):
-        images = _list_images(type_folder)
+    for type_folder in list_subfolders(defects_folder):
+        images = list_images(type_folder)
         if not images:
             pending_warnings.append(f"{type_folder}: no images, ignored")
             continue
@@ -191,13 +191,13 @@ def _index_mvtec(root: Path, pending_warnings: list[str]) -> tuple[tuple[Sample,
             f"{train_good}: folder missing; an MVTec-layout data set needs its defect-free "
             "training images in train/good/"
         )
-    train_images = _list_images(train_good)
+    train_images = list_images(train_good)
     if not train_images:
         raise DataError(
             f"{train_good}: empty folder, no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
             "put the defect-free training images there"
         )
-    for other in _list_subfolders(root / "train"):
+    for other in list_subfolders(root / "train"):
         if other.name != "good":
             pending_warnings.append(f"{other}: ignored, only train/good/ is used for training")
     train = tuple(Sample(image, 0, "good", None) for image in train_images)
@@ -208,9 +208,9 @@ def _index_mvtec(root: Path, pending_warnings: list[str]) -> tuple[tuple[Sample,
     test_types: set[str] = set()
     if test_folder.is_dir():
         # "good" first, then the defect types by name: a stable order for reports.
-        type_folders = sorted(_list_subfolders(test_folder), key=lambda p: (p.name != "good", p.name))
+        type_folders = sorted(list_subfolders(test_folder), key=lambda p: (p.name != "good", p.name))
         for type_folder in type_folders:
-            images = _list_images(type_folder)
+            images = list_images(type_folder)
             test_types.add(type_folder.name)
             if not images:
                 pending_warnings.append(f"{type_folder}: no images, ignored")
@@ -227,8 +227,8 @@ def _index_mvtec(root: Path, pending_warnings: list[str]) -> tuple[tuple[Sample,
         pending_warnings.append(f"{test_folder}: folder missing, so there is no test set to evaluate on")
 
     if ground_truth.is_dir():
-        for mask_folder in _list_subfolders(ground_truth):
-            if mask_folder.name not in test_types and _list_images(mask_folder):
+        for mask_folder in list_subfolders(ground_truth):
+            if mask_folder.name not in test_types and list_images(mask_folder):
                 raise DataError(
                     f"{mask_folder}: mask without its image: there is no test/{mask_folder.name}/ "
                     "folder for these masks; remove them or restore the images"
@@ -294,7 +294,7 @@ def index_dataset(root: str | Path, *, normal_dir: str | None = None, abnormal_d
                 "needs train/good/ with the defect-free training images"
             )
         layout = "folder"
-        train_images = _list_images(root)
+        train_images = list_images(root)
         if not train_images:
             raise DataError(
                 f"{root}: empty folder, no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) directly "
@@ -303,7 +303,7 @@ def index_dataset(root: str | Path, *, normal_dir: str | None = None, abnormal_d
             )
         train = tuple(Sample(image, 0, "good", None) for image in train_images)
         test = ()
-    defects = _index_defect_folder(root, pending_warnings)
+    defects = index_defect_folder(root, pending_warnings)
     return DatasetIndex(
         root=root,
         layout=layout,

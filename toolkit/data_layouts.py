@@ -28,9 +28,9 @@ from adtk.toolkit.data import (
     MASK_SUFFIX,
     DatasetIndex,
     Sample,
-    _index_defect_folder,
-    _list_images,
-    _list_subfolders,
+    index_defect_folder,
+    list_images,
+    list_subfolders,
 )
 
 # index_dataset's layout keywords, as CLI options (`adtk build`, `adtk eval`) and BuildConfig.data_layout keys.
@@ -66,7 +66,7 @@ def _given_folder(root: Path, relative: str, flag: str) -> tuple[Path, list[Path
     folder = root / relative
     if not folder.is_dir():
         raise DataError(f"{folder}: {flag} folder not found (it is taken relative to the data folder {root})")
-    images = _list_images(folder)
+    images = list_images(folder)
     if not images:
         raise DataError(f"{folder}: {flag} folder has no images")
     return folder, images
@@ -76,7 +76,7 @@ def _pair_folder_masks(abnormal: list[Path], mask_folder: Path, warnings: list[s
     """anomalib names a mask like its image (``000.png``); ``000_mask.png`` is accepted too."""
     by_stem = {image.stem: image for image in abnormal}
     masks: dict[Path, Path] = {}
-    for mask in _list_images(mask_folder):
+    for mask in list_images(mask_folder):
         stem = mask.stem[: -len(MASK_SUFFIX)] if mask.stem.endswith(MASK_SUFFIX) else mask.stem
         image = by_stem.get(stem)
         if image is None:
@@ -208,7 +208,7 @@ def index_visa(visa_root: Path, category: str | None) -> DatasetIndex:
 def _has_per_image_mask_folders(root: Path) -> bool:
     ground_truth = root / "ground_truth"
     return ground_truth.is_dir() and any(
-        _list_subfolders(type_folder) for type_folder in _list_subfolders(ground_truth))
+        list_subfolders(type_folder) for type_folder in list_subfolders(ground_truth))
 
 
 def looks_like_mvtec_loco(root: Path) -> bool:
@@ -217,21 +217,21 @@ def looks_like_mvtec_loco(root: Path) -> bool:
 
 def index_mvtec_loco(root: Path) -> DatasetIndex:
     validation_folder = root / LOCO_VALIDATION
-    if not validation_folder.is_dir() or not _list_images(validation_folder):
+    if not validation_folder.is_dir() or not list_images(validation_folder):
         raise DataError(f"{validation_folder}: MVTec LOCO layout half present: no validation images (LOCO has "
                         "train/good, validation/good, test/<type> and ground_truth/<type>/<stem>/)")
     warnings: list[str] = []
     train_good = root / "train" / "good"
-    if not train_good.is_dir() or not _list_images(train_good):
+    if not train_good.is_dir() or not list_images(train_good):
         raise DataError(f"{train_good}: MVTec LOCO layout half present: no training images")
-    train = tuple(Sample(image, 0, "good", None) for image in _list_images(train_good))
-    validation = tuple(Sample(image, 0, "good", None) for image in _list_images(validation_folder))
+    train = tuple(Sample(image, 0, "good", None) for image in list_images(train_good))
+    validation = tuple(Sample(image, 0, "good", None) for image in list_images(validation_folder))
     test: list[Sample] = []
     test_types: set[str] = set()
-    type_folders = sorted(_list_subfolders(root / "test"), key=lambda p: (p.name != "good", p.name)) \
+    type_folders = sorted(list_subfolders(root / "test"), key=lambda p: (p.name != "good", p.name)) \
         if (root / "test").is_dir() else []
     for type_folder in type_folders:
-        images = _list_images(type_folder)
+        images = list_images(type_folder)
         test_types.add(type_folder.name)
         if type_folder.name == "good":
             test += [Sample(image, 0, "good", None) for image in images]
@@ -241,13 +241,13 @@ def index_mvtec_loco(root: Path) -> DatasetIndex:
             raise DataError(f"{mask_root}: MVTec LOCO layout half present: test/{type_folder.name}/ has "
                             f"{len(images)} images but there is no ground_truth/{type_folder.name}/ folder")
         stems = {image.stem for image in images}
-        for mask_folder in _list_subfolders(mask_root):
+        for mask_folder in list_subfolders(mask_root):
             if mask_folder.name not in stems:
                 raise DataError(f"{mask_folder}: masks without their image: no test/{type_folder.name}/"
                                 f"{mask_folder.name}.*")
         unmasked = []
         for image in images:
-            masks = _list_images(mask_root / image.stem) if (mask_root / image.stem).is_dir() else []
+            masks = list_images(mask_root / image.stem) if (mask_root / image.stem).is_dir() else []
             if (mask_root / image.stem).is_dir() and not masks:
                 raise DataError(f"{mask_root / image.stem}: empty mask folder for {image}")
             if not masks:
@@ -260,10 +260,10 @@ def index_mvtec_loco(root: Path) -> DatasetIndex:
     if not test:
         warnings.append(f"{root / 'test'}: no test images, so there is nothing to evaluate on")
     ground_truth = root / "ground_truth"
-    for mask_type in _list_subfolders(ground_truth) if ground_truth.is_dir() else []:
+    for mask_type in list_subfolders(ground_truth) if ground_truth.is_dir() else []:
         if mask_type.name not in test_types:
             raise DataError(f"{mask_type}: masks without their images: there is no test/{mask_type.name}/")
-    defects = _index_defect_folder(root, warnings)
+    defects = index_defect_folder(root, warnings)
     return DatasetIndex(root=root, layout="mvtec_loco", train=train, test=tuple(test), defects=defects,
                         warnings=tuple(warnings), validation=validation)
 
@@ -275,7 +275,7 @@ def index_mvtec_loco(root: Path) -> DatasetIndex:
 
 def refuse_half_present(root: Path) -> None:
     """A VisA tree without its split file would index as a plain folder with no images: say what is missing."""
-    raw_visa = [folder.name for folder in _list_subfolders(root) if (folder / "Data" / "Images").is_dir()]
+    raw_visa = [folder.name for folder in list_subfolders(root) if (folder / "Data" / "Images").is_dir()]
     if (root / "Data" / "Images").is_dir():
         raw_visa.append(root.name)
     if raw_visa:
