@@ -59,9 +59,11 @@ def test_online_bank_is_bounded_by_the_ratio_and_keeps_far_outliers():
     assert np.any(np.all(state.memory_bank == features[13, :, 1, 2], axis=1))
 
 
-def test_sampler_options_are_checked_and_greedy_stays_the_default():
+def test_sampler_options_are_checked_and_an_offline_greedy_stays_the_default():
+    # issue 17: the default offline greedy is the grouped one; the paper's global greedy is sampler="exact"
     assert not create_method("patchcore").fits_streaming()
-    assert create_method("patchcore").params()["sampler"] == "greedy"
+    assert create_method("patchcore").params()["sampler"] == "grouped"
+    assert not create_method("patchcore", sampler="exact").fits_streaming()
     with pytest.raises(ConfigError, match="sampler"):
         create_method("patchcore", sampler="random")
     with pytest.raises(ConfigError, match="online_batch_images"):
