@@ -31,7 +31,11 @@ def bilinear_taps(in_len, out_len: int) -> tuple[torch.Tensor, torch.Tensor, tor
     first = src.floor()
     weight = src - first
     first = first.to(torch.int64)
-    second = torch.clamp(first + 1, max=in_len - 1)
+    # The next tap, kept inside the frame. first <= in_len - 1 always, so only first + 1 == in_len needs the
+    # step back. Not clamp(max=in_len - 1): in_len is the traced frame size, and an ONNX Clip with a
+    # non-constant bound is refused by TensorRT's parser (export/passes/tensorrt_check.py).
+    second = first + 1
+    second = second - (second >= in_len).to(torch.int64)
     return first, second, weight
 
 
