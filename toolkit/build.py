@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from adtk.export.targets import Target, load_target
 from adtk.runtime.errors import ConfigError, DataError, TargetError
 from adtk.runtime.manifest import build_manifest
 from adtk.toolkit.backbones import create_backbone
-from adtk.toolkit.build_config import config_to_dict, validate_build_config
+from adtk.toolkit.build_config import BuildConfig, config_to_dict, validate_build_config  # noqa: F401 (re-exported)
 from adtk.toolkit.calibration import Calibration, calibrate
 from adtk.toolkit.data import DatasetIndex, Sample, index_dataset, iter_images, training_list_sha256
 from adtk.toolkit.ensemble import backbone_choices, geometry_stride, member_statistics
@@ -53,43 +53,6 @@ from adtk.toolkit.refinement import (RefinementResult, RefineSpec, manifest_entr
 from adtk.toolkit.scoring import backbone_inputs, scoring_graph
 from adtk.toolkit.sizing import (MAX_SIZING_ROUNDS, compile_check_data, plan_for_target, probe_model,
                                  refuse_unfit_architecture, resolve_precision)
-
-
-@dataclass
-class BuildConfig:
-    data: Path
-    out: Path
-    method: str = "patchcore"
-    method_params: dict[str, Any] = field(default_factory=dict)
-    backbone: str = "tf_efficientnet_lite0"
-    stages: tuple[str, ...] | None = None
-    weights: Path | None = None
-    random_weights: bool = False
-    # --size: N, (H, W), "HxW", "auto" or "auto:PIXELS" (toolkit/geometry.py: parse_size, resolve_geometry)
-    image_size_px: int | tuple[int, int] | str = 256
-    tile: str | None = None  # --tile "SIZE[:OVERLAP]": score overlapping tiles inside the graph (geometry.py)
-    calib_fraction: float = 0.1
-    max_train_images: int | None = None
-    seed: int = 0
-    skip_bad: bool = False
-    # Backbone batch while extracting features. 4, not more: the early MBConv expansions at 128 x 128 are
-    # ~25 MB per image, so 16 images at once lifted the build's peak RSS by ~200 MB for no speed gain on CPU.
-    batch_size: int = 4
-    blur_sigma: float = 4.0
-    target: str | None = None  # a targets/*.yaml name or path: size, check and record for that device
-    precision: str = "auto"  # fp32 | fp16 | int8 | auto (the target's default; fp32 without a target)
-    max_auroc_drop: float = 0.01  # refuse a precision that loses more image AUROC than this against fp32
-    check_images: int = 200  # held-out images the precision check scores (seeded subset)
-    refine: str | None = None  # "sroc:R", "sroc:R:DETECTOR" or "paire": drop suspected defects before the fit
-    # Further backbones, each "NAME" or "NAME:STAGE,STAGE": an ensemble of (backbone, stages) members scored by the
-    # same method, standardised on held-out good images and averaged in one artefact (toolkit/ensemble.py).
-    ensemble: tuple[str, ...] = ()
-    records: dict[str, Any] = field(default_factory=dict)  # facts recorded under the manifest's "training" (e.g. how
-    # --method auto chose this recipe: toolkit/recipe_search.py)
-    defects_from_test: tuple[str, ...] = ()  # test/<type> folders whose images (and masks) methods may learn from
-    # index_dataset's layout options: anomalib Folder (normal_dir, abnormal_dir, mask_dir, normal_test_dir) or
-    # VisA's category (toolkit/data_layouts.py); empty for MVTec, MVTec LOCO and plain folders (found by content)
-    data_layout: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -26,15 +26,47 @@ from adtk.runtime.errors import ConfigError, TargetError
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 
 
-def _build_config_class():
-    from adtk.toolkit.build import BuildConfig  # build.py imports this module: BuildConfig is looked up late
+@dataclasses.dataclass
+class BuildConfig:
+    """Every option of a build (`adtk build`'s flags, a --config file's keys, the manifest's build_config)."""
 
-    return BuildConfig
+    data: Path
+    out: Path
+    method: str = "patchcore"
+    method_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    backbone: str = "tf_efficientnet_lite0"
+    stages: tuple[str, ...] | None = None
+    weights: Path | None = None
+    random_weights: bool = False
+    # --size: N, (H, W), "HxW", "auto" or "auto:PIXELS" (toolkit/geometry.py: parse_size, resolve_geometry)
+    image_size_px: int | tuple[int, int] | str = 256
+    tile: str | None = None  # --tile "SIZE[:OVERLAP]": score overlapping tiles inside the graph (geometry.py)
+    calib_fraction: float = 0.1
+    max_train_images: int | None = None
+    seed: int = 0
+    skip_bad: bool = False
+    # Backbone batch while extracting features. 4, not more: the early MBConv expansions at 128 x 128 are
+    # ~25 MB per image, so 16 images at once lifted the build's peak RSS by ~200 MB for no speed gain on CPU.
+    batch_size: int = 4
+    blur_sigma: float = 4.0
+    target: str | None = None  # a targets/*.yaml name or path: size, check and record for that device
+    precision: str = "auto"  # fp32 | fp16 | int8 | auto (the target's default; fp32 without a target)
+    max_auroc_drop: float = 0.01  # refuse a precision that loses more image AUROC than this against fp32
+    check_images: int = 200  # held-out images the precision check scores (seeded subset)
+    refine: str | None = None  # "sroc:R", "sroc:R:DETECTOR" or "paire": drop suspected defects before the fit
+    # Further backbones, each "NAME" or "NAME:STAGE,STAGE": an ensemble of (backbone, stages) members scored by the
+    # same method, standardised on held-out good images and averaged in one artefact (toolkit/ensemble.py).
+    ensemble: tuple[str, ...] = ()
+    records: dict[str, Any] = dataclasses.field(default_factory=dict)  # facts recorded under the manifest's "training" (e.g. how
+    # --method auto chose this recipe: toolkit/recipe_search.py)
+    defects_from_test: tuple[str, ...] = ()  # test/<type> folders whose images (and masks) methods may learn from
+    # index_dataset's layout options: anomalib Folder (normal_dir, abnormal_dir, mask_dir, normal_test_dir) or
+    # VisA's category (toolkit/data_layouts.py); empty for MVTec, MVTec LOCO and plain folders (found by content)
+    data_layout: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def config_fields() -> dict[str, Any]:
     """BuildConfig's field names -> their (evaluated) type hints, in declaration order."""
-    BuildConfig = _build_config_class()
     hints = typing.get_type_hints(BuildConfig)
     return {f.name: hints[f.name] for f in dataclasses.fields(BuildConfig)}
 
@@ -117,7 +149,6 @@ def read_config_file(path: str | Path) -> dict:
 
 def config_from_dict(values: dict, source: str = "build config"):
     """A BuildConfig from {field: value} (checked; the fields without a default must be there)."""
-    BuildConfig = _build_config_class()
     checked = check_config_values(values, source)
     missing = [f.name for f in dataclasses.fields(BuildConfig) if f.name not in checked
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]

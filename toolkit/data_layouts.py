@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from adtk.runtime.errors import DataError
-from adtk.toolkit.data import (
+from adtk.toolkit.samples import (
     MASK_SUFFIX,
     DatasetIndex,
     Sample,
