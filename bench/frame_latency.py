@@ -23,14 +23,13 @@ import json
 import os
 import platform
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import append_record  # noqa: E402
+from measure import append_record, interleaved_times_ms  # noqa: E402
 from vs_anomalib import ort_session  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,13 +71,7 @@ def anomalib_caller(session, how: str):
 
 
 def interleaved(calls: dict, runs: int, warmup: int = 10) -> dict:
-    times = {name: [] for name in calls}
-    for i in range(warmup + runs):
-        for name, call in calls.items():
-            tic = time.perf_counter()
-            call()
-            if i >= warmup:
-                times[name].append((time.perf_counter() - tic) * 1000.0)
+    times = interleaved_times_ms(calls, runs, warmup)
     return {name: {"median_ms": round(float(np.median(t)), 3), "p99_ms": round(float(np.percentile(t, 99)), 3)}
             for name, t in times.items()}
 

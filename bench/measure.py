@@ -48,3 +48,16 @@ def append_record(path: Path, title: str, lines: list[str]) -> None:
     header = "" if path.exists() else f"# {title}\n\n"
     with path.open("a") as f:
         f.write(header + "\n".join(lines) + "\n\n")
+
+
+def interleaved_times_ms(calls: dict, runs: int, warmup: int) -> dict[str, list[float]]:
+    """Each call timed in turn, round by round (so load that comes and goes hits every contender alike), after
+    `warmup` untimed rounds -> {name: [ms per run]}."""
+    times = {name: [] for name in calls}
+    for i in range(warmup + runs):
+        for name, call in calls.items():
+            tic = time.perf_counter()
+            call()
+            if i >= warmup:
+                times[name].append((time.perf_counter() - tic) * 1000.0)
+    return times

@@ -28,14 +28,13 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import run_measured  # noqa: E402
+from measure import interleaved_times_ms, run_measured  # noqa: E402
 from vs_anomalib import (BACKBONE, DEFAULT_DATA, REPO, SIZE, STAGES, ensure_anomalib_venv, export_weights,  # noqa: E402
                          link_dataset, ort_session)
 
@@ -61,13 +60,7 @@ def camera_frame(path: Path, height: int, width: int) -> np.ndarray:
 
 
 def timed_calls(calls: dict, runs: int = 30, warmup: int = 5) -> dict:
-    times = {name: [] for name in calls}
-    for i in range(warmup + runs):
-        for name, call in calls.items():
-            tic = time.perf_counter()
-            call()
-            if i >= warmup:
-                times[name].append((time.perf_counter() - tic) * 1000.0)
+    times = interleaved_times_ms(calls, runs, warmup)
     return {name: {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90))} for name, t in times.items()}
 
 
