@@ -194,10 +194,12 @@ def validate_build_config(config) -> None:
             raise ConfigError(f"--target: {error}") from None
     if config.precision not in PRECISIONS:
         raise ConfigError(f"--precision {config.precision!r}: expected one of {', '.join(PRECISIONS)}")
-    size = config.image_size_px  # N, (H, W), or a string: "N", "HxW", "auto[:PIXELS]" (parsed by the build)
-    sides = [size] if isinstance(size, int) else list(size) if isinstance(size, (tuple, list)) else \
-        [int(side) for side in str(size).lower().split("x") if side.strip().isdigit()]
-    checks = [("image_size_px", side, 32) for side in sides]
+    # N, (H, W), "N", "HxW" or "auto[:PIXELS]": parsed by the build's own parser (one set of messages), then
+    # fixed sides are held to a backbone's smallest useful input.
+    from adtk.toolkit.geometry import parse_size  # torch-importing; only a build validates its config
+
+    size = parse_size(config.image_size_px)
+    checks = [("image_size_px", side, 32) for side in (size.fixed_hw or ())]
     for name, value, minimum in (*checks, ("batch_size", config.batch_size, 1), ("check_images", config.check_images, 1)):
         if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {value}")
