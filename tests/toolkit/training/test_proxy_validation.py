@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from adtk.toolkit.methods.base import FitInputs
 from adtk.toolkit.methods.registry import create_method
 from adtk.toolkit.preprocess import FramePreprocess
 from adtk.toolkit.training.finetune import freeze_through
@@ -53,7 +54,7 @@ def test_the_backbone_that_detects_the_held_out_defects_better_is_kept():
     method = create_method("ldknn", coreset_ratio=0.5)
     embedding = method.embedding((8, 16)).eval()
     normalise = FramePreprocess(32, (0.5,) * 3, (0.5,) * 3)
-    fit_head = lambda features: method.head(method.fit(features))  # noqa: E731
+    fit_head = lambda features: method.head(method.fit(FitInputs(features, (8, 16))))  # noqa: E731
     worse = validate_finetune(seeing, blind, embedding, normalise, fit_head, frames[:16], frames[16:], seed=0)
     assert worse.kept == "imagenet" and worse.finetuned["image_auroc"] <= 0.5 < worse.imagenet["image_auroc"]
     better = validate_finetune(blind, seeing, embedding, normalise, fit_head, frames[:16], frames[16:], seed=0)
