@@ -61,6 +61,14 @@ def require_offline_lite0_weights() -> None:
 
 
 @pytest.fixture(scope="session")
+def runner():
+    """click's in-process runner for the `adtk` command (stateless, shared by the CLI test files)."""
+    from click.testing import CliRunner
+
+    return CliRunner()
+
+
+@pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """The packaged example data set, small: 16 train, 6 good + 6 defective test images, 64-ish px."""
     from adtk.toolkit.demo import make_example_dataset

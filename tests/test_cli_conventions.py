@@ -7,16 +7,10 @@ import json
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from adtk.toolkit.cli.main import cli
 
 TINY = ["--random-weights", "--size", "64", "--coreset-ratio", "0.2", "--calib-fraction", "0.25"]
-
-
-@pytest.fixture(scope="module")
-def runner():
-    return CliRunner()
 
 
 @pytest.fixture(scope="module")
