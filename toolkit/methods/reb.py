@@ -10,9 +10,11 @@ fine-tuning of the backbone, then LDKNN on the fine-tuned features (spec §1).
 The fit report records the preset, the final proxy loss and accuracy, the device, and the keep-or-revert
 check (training/proxy_validation.py): a few fit images are held out of the fine-tune, DefectMaker defects
 are pasted into them, and LDKNN scores them once with the fine-tuned and once with the starting weights.
-Unless the fine-tuned weights score higher, the artefact keeps the starting (ImageNet) weights, so
-`--method reb` is then exactly LDKNN, and the build says so (log line, manifest `fit.finetune.validation`,
-weights_source). `validate=False` keeps the fine-tuned weights unchecked (the ablation bench uses it).
+Unless the fine-tuned weights are clearly better at image level (paired-bootstrap lower bound of the gain > 0)
+and not worse at pixel level, the artefact keeps the starting (ImageNet) weights, so `--method reb` is then
+exactly LDKNN. The build says which weights shipped and why: a log line, the manifest's
+`method.fit.finetune.shipped` / `.shipped_reason` / `.validation`, and the backbone's weights_source.
+`validate=False` keeps the fine-tuned weights unchecked (the golden build test uses it).
 
 Differences from the spec, on purpose: images are resized with the artefact's own preprocessing
 (FramePreprocess: bilinear, the backbone's mean/std) instead of PIL bicubic + ImageNet statistics, so the
@@ -101,15 +103,24 @@ class REB(LDKNN):
                                            frames[tuned], frames[heldout], seed)
             self.finetune_report["validation"] = validation.as_dict()
             self._say(f"reb: {validation.summary()}")
+            self._shipped(validation.kept, validation.decision.reason)
             if validation.kept != "finetuned":
-                backbone.weights_source = f"{backbone.weights_source} (reb:{self.preset} fine-tune rejected)"
+                backbone.weights_source = (f"{backbone.weights_source} (reb:{self.preset} fine-tune not shipped: "
+                                           "no clear gain on held-out synthetic defects)")
                 return PreparedBackbone(backbone, {"finetune": self.finetune_report})
         elif self.validate:
             self._say(f"reb: only {len(frames)} fit images, none held out: the fine-tuned weights are kept "
                       "unchecked")
+            self._shipped("finetuned", f"unchecked: only {len(frames)} fit images, too few to hold any out")
+        else:
+            self._shipped("finetuned", "unchecked: validate=False")
         finetuned.weights_source = f"finetuned(reb:{self.preset}) from {backbone.weights_source}"
         finetuned.weights_sha256 = state_dict_sha256(finetuned.model)
         return PreparedBackbone(finetuned, {"finetune": self.finetune_report})
+
+    def _shipped(self, kept: str, reason: str) -> None:
+        self.finetune_report["shipped"] = kept
+        self.finetune_report["shipped_reason"] = reason
 
     def _say(self, message: str) -> None:
         if self.log is not None:

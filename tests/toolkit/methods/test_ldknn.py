@@ -242,7 +242,8 @@ def test_reb_keeps_the_fine_tuned_weights_only_when_held_out_synthetic_defects_s
         assert chosen.weights_source == "finetuned(reb:tiny) from random(seed=0)"
     else:
         assert chosen is backbone and chosen.weights_sha256 == start_sha
-        assert chosen.weights_source.endswith("(reb:tiny fine-tune rejected)")
-    better = (validation["finetuned"]["image_auroc"], validation["finetuned"]["pixel_auroc"]) > \
-        (validation["imagenet"]["image_auroc"], validation["imagenet"]["pixel_auroc"])
-    assert (validation["kept"] == "finetuned") == better
+        assert "(reb:tiny fine-tune not shipped" in chosen.weights_source
+    clear = validation["image_gain_lower_bound"] > 0 and validation["pixel_gain"] >= 0
+    assert (validation["kept"] == "finetuned") == clear
+    assert method.finetune_report["shipped"] == validation["kept"]
+    assert method.finetune_report["shipped_reason"] == validation["reason"] and validation["reason"] in lines[0]

@@ -3,15 +3,19 @@ the better of two backbones on held-out synthetic defects is the one kept. Tiny 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
+import pytest
 import torch
 
 from adtk.toolkit.methods.base import FitInputs
 from adtk.toolkit.methods.registry import create_method
 from adtk.toolkit.preprocess import FramePreprocess
 from adtk.toolkit.training.finetune import freeze_through
-from adtk.toolkit.training.proxy_validation import (MAX_HELDOUT, MIN_HELDOUT, split_heldout, synthetic_defect_set,
-                                                    validate_finetune)
+from adtk.toolkit.training.proxy_validation import (BOOTSTRAP_RESAMPLES, MAX_HELDOUT, MIN_HELDOUT, keep_or_revert,
+                                                    paired_bootstrap_auroc_gain, split_heldout,
+                                                    synthetic_defect_set, validate_finetune)
 
 from .test_finetune import TinyBackbone
 
@@ -31,6 +35,45 @@ def test_synthetic_set_has_each_frame_once_good_and_six_times_defective():
     assert defects.images.shape == (21, 32, 32, 3) and defects.labels.sum() == 18
     assert np.array_equal(defects.images[0], frames[0]) and not defects.masks[defects.labels == 0].any()
     assert all(m.any() for m in defects.masks[defects.labels == 1])
+    assert np.array_equal(defects.groups, np.repeat(np.arange(3), 7))  # each frame's 7 images form one group
+
+
+def _grouped_scores(rng, groups: int, separation: float):
+    """7 images per group (1 good, 6 defective); defective scores shifted up by `separation`."""
+    labels = np.tile([0, 1, 1, 1, 1, 1, 1], groups)
+    return rng.normal(size=labels.size) + separation * labels, labels, np.repeat(np.arange(groups), 7)
+
+
+def test_paired_bootstrap_gain_is_exact_per_resample():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    before, labels, groups = _grouped_scores(rng, 6, 0.5)
+    after = before + rng.normal(scale=0.5, size=before.size)
+    gains = paired_bootstrap_auroc_gain(before, after, labels, groups, resamples=5, seed=3)
+    counts = np.random.default_rng(3).multinomial(6, np.full(6, 1 / 6), size=5)  # the function's own draws
+    for gain, count in zip(gains, counts):
+        pick = np.concatenate([np.flatnonzero(groups == g).repeat(c) for g, c in enumerate(count) if c])
+        want = roc_auc_score(labels[pick], after[pick]) - roc_auc_score(labels[pick], before[pick])
+        assert gain == pytest.approx(want)
+
+
+def test_the_rule_reverts_without_a_clear_image_gain_or_with_a_pixel_loss():
+    rng = np.random.default_rng(1)
+    before, labels, groups = _grouped_scores(rng, 16, 1.0)
+    same = paired_bootstrap_auroc_gain(before, before.copy(), labels, groups)
+    assert len(same) == BOOTSTRAP_RESAMPLES and not same.any()
+    point = {"image_auroc": 0.9, "pixel_auroc": 0.8}
+    assert keep_or_revert(point, point, same).kept == "imagenet"  # equal: no gain
+    noisy = before + rng.normal(scale=0.3, size=before.size)  # a different backbone, no better on average
+    decision = keep_or_revert(point, {"image_auroc": 0.905, "pixel_auroc": 0.81},
+                              paired_bootstrap_auroc_gain(before, noisy, labels, groups))
+    assert decision.kept == "imagenet" and "not clear of the validation noise" in decision.reason
+    clear = paired_bootstrap_auroc_gain(before, before + 3.0 * labels, labels, groups)  # separates every pair
+    assert np.quantile(clear, 0.05) > 0
+    assert keep_or_revert(point, {"image_auroc": 0.99, "pixel_auroc": 0.8}, clear).kept == "finetuned"
+    worse_pixels = keep_or_revert(point, {"image_auroc": 0.99, "pixel_auroc": 0.79}, clear)
+    assert worse_pixels.kept == "imagenet" and "pixel AUROC is worse" in worse_pixels.reason
 
 
 class Blind(torch.nn.Module):
@@ -58,8 +101,17 @@ def test_the_backbone_that_detects_the_held_out_defects_better_is_kept():
     worse = validate_finetune(seeing, blind, embedding, normalise, fit_head, frames[:16], frames[16:], seed=0)
     assert worse.kept == "imagenet" and worse.finetuned["image_auroc"] <= 0.5 < worse.imagenet["image_auroc"]
     better = validate_finetune(blind, seeing, embedding, normalise, fit_head, frames[:16], frames[16:], seed=0)
-    assert better.kept == "finetuned" and "keeping the fine-tuned" in better.summary()
+    assert better.kept == "finetuned" and "shipping the fine-tuned" in better.summary()
     assert better.as_dict()["heldout_good_images"] == 8 and better.as_dict()["heldout_defect_images"] == 48
+    assert better.as_dict()["image_gain_lower_bound"] > 0 and better.as_dict()["reason"] in better.summary()
+    # a fine-tune that barely moved the weights: no clear gain, so the starting weights ship
+    nudged = copy.deepcopy(seeing)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for parameter in nudged.parameters():
+            parameter.add_(1e-4 * torch.randn_like(parameter))
+    same = validate_finetune(seeing, nudged, embedding, normalise, fit_head, frames[:16], frames[16:], seed=0)
+    assert same.kept == "imagenet" and "shipping the starting (ImageNet) weights" in same.summary()
 
 
 def test_freeze_through_stops_gradients_up_to_and_inside_the_named_stage_only():
