@@ -185,6 +185,12 @@ def main() -> None:
     parser.add_argument("--anomalib-venv", type=Path, default=Path.home() / ".cache" / "adtk-bench" / "anomalib-2.7.0")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--record", type=Path, default=REPO / "bench" / "results" / "quality_table.md")
+    timing = parser.add_mutually_exclusive_group()
+    timing.add_argument("--no-timing", action="store_true",
+                        help="quality columns only (AUROC / AU-PRO are valid on a loaded machine; times are not)")
+    timing.add_argument("--timing-only", action="store_true",
+                        help="rerun only the latency column: every row must already be finished in --workdir "
+                             "(NAME.row.json); build s / peak RSS stay those of the run that built them")
     args = parser.parse_args()
     from adtk.toolkit.data import index_dataset
 
@@ -216,6 +222,10 @@ def main() -> None:
         args.record.with_suffix(".json").write_text(json.dumps({"settings": settings, "rows": rows, "latency": timing},
                                                                indent=1, default=str))
 
+    if args.timing_only:
+        missing = [n for n in names if not (workdir / f"{n}.row.json").exists()]
+        if args.workdir is None or missing:
+            raise SystemExit(f"--timing-only needs every row already built in --workdir; missing: {missing or names}")
     for name in names:
         saved = workdir / f"{name}.row.json"  # a finished row of an earlier run in this workdir is reused
         if saved.exists():
@@ -229,6 +239,9 @@ def main() -> None:
             rows[name] = {"error": str(failed).splitlines()[0][:200]}
             log(f"[{name}] failed: {failed}")
         write_record({})
+    if args.no_timing:
+        print(args.record.read_text())
+        return
     width, height = (int(v) for v in args.frame.lower().split("x"))
     frame = camera_frame(index.test[0].path, height, width)
     write_record(latency({n: r for n, r in rows.items() if "error" not in r}, frame))

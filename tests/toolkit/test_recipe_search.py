@@ -40,6 +40,12 @@ def test_auto_builds_the_best_validated_candidate_and_writes_its_table(auto_data
     assert "synthetic defect" in record["validation"] and not record["budget_enforced"]
     assert json.loads((tmp_path / "model.onnx.candidates.json").read_text())["chosen"] == record["chosen"]
     assert "**chosen**" in (tmp_path / "model.onnx.candidates.md").read_text()
+    from click.testing import CliRunner
+
+    from adtk.toolkit.cli.main import cli
+
+    shown = CliRunner().invoke(cli, ["inspect", str(out)])
+    assert shown.exit_code == 0 and f"validation AUROC {record['chosen']['validation_auroc']}" in shown.output
 
 
 def test_too_few_good_images_says_how_many_it_needs(auto_dataset, tmp_path):
@@ -64,3 +70,106 @@ def test_a_budget_no_candidate_fits_is_refused_before_any_feature_extraction(aut
         search_and_build(_config(auto_dataset, out, target=str(write_tight_target(tmp_path, 0.001))), log=lambda m: None,
                          index=auto_dataset, space=TINY_SPACE)
     assert not out.exists() and not list(tmp_path.glob("model.onnx*"))
+
+
+def _tall_samples(folder, count: int, hw: tuple[int, int]):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for number in range(count):
+        path = folder / f"{number}.png"
+        Image.new("RGB", (hw[1], hw[0]), (number * 10, 0, 0)).save(path)
+        samples.append(SimpleNamespace(path=path))
+    return samples
+
+
+def test_tiles_and_kept_aspect_are_candidates_on_tall_frames_only(tmp_path):
+    from adtk.toolkit.recipe_search import resolve_architectures
+
+    space = SearchSpace(architectures=(Architecture("tf_efficientnet_lite0", None, 256),
+                                       Architecture("tf_efficientnet_lite0", None, "auto:65536"),
+                                       Architecture("tf_efficientnet_lite0", None, "auto", tile="256")),
+                        recipes=(Recipe("patchcore", 4.0),))
+    tall = resolve_architectures(space, _tall_samples(tmp_path / "tall", 3, (1250, 500)), lambda m: None)
+    square = resolve_architectures(space, _tall_samples(tmp_path / "square", 3, (300, 300)), lambda m: None)
+    assert [g.model_hw if g else None for _, g, _ in tall] == [(256, 256), (400, 160), (640, 256)]
+    assert tall[2][1].tiles.num_tiles >= 3  # one column of tiles down the tall frame
+    # on square frames the kept aspect is the square again and a tile grid would be one tile: neither is tried
+    assert square[1][1] is None and "same as" in square[1][2]
+    assert square[2][1] is None and "neither elongated" in square[2][2]
+
+
+def test_ensemble_scores_are_standardised_per_member():
+    import numpy as np
+
+    from adtk.toolkit.recipe_search import standardised_mean
+
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    a = np.array([1.0, 2.0, 3.0, 5.0, 6.0, 4.0])
+    b = 1000.0 * np.array([2.0, 1.0, 3.0, 1.5, 9.0, 9.5])  # a member on another scale must not dominate
+    combined = standardised_mean([a, b], labels == 0, [a, b])
+    expected = ((a - a[:3].mean()) / a[:3].std() + (b - b[:3].mean()) / b[:3].std()) / 2
+    assert np.allclose(combined, expected)
+
+
+@pytest.mark.slow  # two probe exports and two backbones' features: ~1 min on 2 idle cores
+def test_search_shares_features_and_scores_an_ensemble(auto_dataset):
+    """Two architectures share the lite0 member's features (extracted once); the ensemble is scored from its
+    members' heads."""
+    from adtk.toolkit.recipe_search import search
+
+    space = SearchSpace(architectures=(Architecture("tf_efficientnet_lite0", None, 64),
+                                       Architecture("tf_efficientnet_lite0", None, 64, ensemble=("mobilenetv2_100",))),
+                        recipes=(Recipe("patchcore", 4.0),), fit_images=12, validation_images=8)
+    messages = []
+    found = search(_config(auto_dataset, auto_dataset.root / "unused.onnx"), messages.append, auto_dataset, space,
+                   time_budget_s=None)
+    single, ensemble = found["rows"]
+    assert single.status == ensemble.status == "validated"
+    assert 0.0 <= ensemble.validation_auroc <= 1.0
+    assert sum(m.startswith("auto: features of") for m in messages) == 2  # lite0 once, mobilenetv2 once
+
+
+class _TimedValidator:
+    """plan_and_validate's view of the validator: predicted seconds, and validate()."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.validated = seconds, []
+
+    def predicted_s(self, keys, recipe):
+        return self.seconds
+
+    def predicted_final_build_s(self, keys, recipe, num_fit, num_calibration):
+        return self.seconds
+
+    def validate(self, row):
+        row.validation_auroc, row.status = 0.5 + 0.1 * len(self.validated), "validated"
+        self.validated.append(row)
+
+
+def test_the_plan_skips_what_the_time_budget_cannot_hold_and_says_so():
+    import time
+
+    from adtk.toolkit.geometry import Geometry
+    from adtk.toolkit.recipe_search import CandidateRow, plan_and_validate
+
+    space = SearchSpace(architectures=(Architecture("tf_efficientnet_lite0", None, 64),
+                                       Architecture("tf_efficientnet_lite0", None, 96)),
+                        recipes=(Recipe("patchcore", 4.0), Recipe("patchcore", 8.0)), refine_top=1)
+    rows = [CandidateRow(a, r, 0.1, 1.0, 1.0, 10, True, Geometry((a.image_size_px,) * 2))
+            for a in space.architectures for r in space.recipes]
+    slow = _TimedValidator(seconds=100.0)
+    notes = plan_and_validate(None, rows, slow, space, 100, 10, time.perf_counter(), True, lambda m: None, 150.0)
+    assert [r.status for r in rows][0] == "validated"  # the first candidate is always tried
+    assert all(r.status.startswith("skipped: time budget") for r in rows[1:] if r.recipe == space.recipes[0])
+    assert len(notes) == 2 and slow.validated == [rows[0]]
+    fast = _TimedValidator(seconds=1.0)
+    for row in rows:
+        row.status, row.validation_auroc = "not tried", None
+    plan_and_validate(None, rows, fast, space, 100, 10, time.perf_counter(), True, lambda m: None, 150.0)
+    # stage A: both architectures with the first recipe; stage B: the second recipe for the best one only
+    assert [r.status for r in rows] == ["validated", "not tried: stage B is for the best architectures of stage A",
+                                        "validated", "validated"]

@@ -56,6 +56,18 @@ def command(model, as_json, as_config):
     cal = m["calibration"]
     click.echo(f"threshold {cal['threshold']:.5g} ({cal['method']})")
     click.echo(f"training  {m['training']['num_fit_images']} images, list sha256 {m['training']['list_sha256'][:16]}...")
+    search = m["training"].get("recipe_search")
+    if search:  # adtk build --method auto: what it chose among how many, on what
+        chosen = search["chosen"]
+        tried = sum(c.get("status", "validated") == "validated" for c in search["candidates"])
+        click.echo(f"auto      chose {chosen['method']} {chosen['backbone']} {chosen['stages']}"
+                   + (f" + {', '.join(chosen['ensemble'])}" if chosen.get("ensemble") else "")
+                   + f" size {chosen['image_size_px']}" + (f" tile {chosen['tile']}" if chosen.get("tile") else "")
+                   + f", coreset {chosen['coreset_ratio']}: validation AUROC {chosen['validation_auroc']} on "
+                   f"synthetic defects, predicted {chosen['predicted_ms']} ms on {search['costed_on']}; {tried} of "
+                   f"{len(search['candidates'])} candidates validated"
+                   + (f", {len(search['skipped_for_time'])} skipped for time" if search.get("skipped_for_time") else "")
+                   + f" (search {search['search_s']} s)")
     for io_name, values in (("inputs", info["inputs"]), ("outputs", info["outputs"])):
         click.echo(f"{io_name:<9} " + ", ".join(f"{v['name']} {v['dtype']}{v['shape']}" for v in values))
     if operators is None:
