@@ -53,6 +53,7 @@ from adtk.toolkit.refinement import (RefinementResult, RefineSpec, manifest_entr
 from adtk.toolkit.scoring import backbone_inputs, scoring_graph
 from adtk.toolkit.sizing import (MAX_SIZING_ROUNDS, compile_check_data, plan_for_target, probe_model,
                                  refuse_unfit_architecture, resolve_precision)
+from adtk.toolkit.trunk_runner import TrunkRunner
 
 
 @dataclass
@@ -195,7 +196,7 @@ def extract_features(config: BuildConfig, inputs: BuildInputs, steps: BuildSteps
         prepared = method.prepare_backbone(backbone, preprocess, fit_images, make_backbone, progress=progress)
     backbone = prepared.backbone
     embedding = method.embedding(tuple(backbone.channels)).eval()
-    pipeline = FeatureExtractorPipeline(preprocess, backbone, embedding, config.batch_size, tiling)
+    pipeline = FeatureExtractorPipeline(preprocess, backbone, embedding, config.batch_size, tiling, warn=steps.warn)
     steps.log(f"{method.name}: {len(inputs.fit_samples)} images to fit, {len(inputs.calibration_samples)} held out "
               f"to calibrate; backbone {backbone.name} {list(backbone.stages)} ({backbone.weights_source})")
 
@@ -338,12 +339,17 @@ def split_training_set(samples, calib_fraction: float, max_train_images: int | N
 
 
 class FeatureExtractorPipeline:
-    """uint8 frames -> method features, with exactly the modules the scoring graph will contain."""
+    """uint8 frames -> method features, with exactly the modules the scoring graph will contain.
 
-    def __init__(self, preprocess, backbone, embedding, batch_size: int, tiling=None):
+    Backbone + embedding run through onnxruntime for extractions of many images (toolkit/trunk_runner.py:
+    exported once, checked against torch on the first batch); use_onnx=False keeps torch eager."""
+
+    def __init__(self, preprocess, backbone, embedding, batch_size: int, tiling=None, use_onnx: bool | None = None,
+                 warn=None):
         self.preprocess, self.backbone, self.embedding = preprocess, backbone, embedding
         self.tiling = tiling  # None, or geometry.Tiling: each image gives its tiles' features, in order
         self.batch_size = batch_size
+        self.trunk = TrunkRunner(backbone, embedding, use_onnx, warn)
 
     def inputs(self, frames: torch.Tensor) -> torch.Tensor:
         return backbone_inputs(self.preprocess, self.tiling, frames)
@@ -371,17 +377,19 @@ class FeatureExtractorPipeline:
     def feature_batches(self, samples, skip_bad: bool, progress=None, on_warning=None):
         """Yield (float32 features [b, ...], the b samples that decoded) per backbone batch, lazily: a consumer
         that uses each batch before asking for the next (a streaming fit) never holds them all."""
+        samples = list(samples)
+        self.trunk.expect(len(samples))
         pending, used = [], []
         for sample, image in iter_images(samples, skip_bad=skip_bad, on_warning=on_warning):
             pending.append(self.inputs(torch.from_numpy(image)[None]))
             used.append(sample)
             if len(pending) == self.batch_size:
-                yield self.embedding(self.backbone(torch.cat(pending))).numpy(), used
+                yield self.trunk(torch.cat(pending)), used
                 pending, used = [], []
             if progress is not None:
                 progress(1)
         if pending:
-            yield self.embedding(self.backbone(torch.cat(pending))).numpy(), used
+            yield self.trunk(torch.cat(pending)), used
 
 
 def fit_streaming(method, pipeline: FeatureExtractorPipeline, samples, skip_bad: bool, progress=None,

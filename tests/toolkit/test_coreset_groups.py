@@ -44,3 +44,13 @@ def test_patchcore_sampler_choice():
     assert PatchCore(sampler="greedy").coreset.group_rows is None
     with pytest.raises(ConfigError):
         PatchCore(sampler="fastest")
+
+
+def test_candidate_list_length_changes_the_speed_not_the_picks():
+    rows = np.random.default_rng(3).normal(size=(3000, 16)).astype(np.float32)
+    picks = [ApproximateGreedyCoreset(0.05, seed=0, num_candidates=count, block_size=block).select(rows)
+             for count, block in ((None, 256), (16, 4), (3000, 64), (200, 1000))]
+    for other in picks[1:]:
+        np.testing.assert_array_equal(other, picks[0])
+    sampler = ApproximateGreedyCoreset(0.1)
+    assert [sampler.candidate_count(n) for n in (100, 32768, 10**6)] == [1024, 2048, 8192]
