@@ -54,3 +54,26 @@ def test_candidate_list_length_changes_the_speed_not_the_picks():
         np.testing.assert_array_equal(other, picks[0])
     sampler = ApproximateGreedyCoreset(0.1)
     assert [sampler.candidate_count(n) for n in (100, 32768, 10**6)] == [1024, 2048, 8192]
+
+
+def test_eager_bank_minimum_in_blocks_equals_the_whole_matrix_and_exports_as_one_reduction():
+    import io
+
+    import onnx
+
+    from adtk.toolkit.search import EAGER_BANK_BLOCK, min_partial_sq_distances, partial_sq_distances
+
+    generator = torch.Generator().manual_seed(0)
+    bank_t_neg2 = torch.randn(8, EAGER_BANK_BLOCK + 808, generator=generator)
+    norms, queries = torch.rand(bank_t_neg2.shape[1], generator=generator), torch.randn(50, 8, generator=generator)
+    whole = partial_sq_distances(queries, bank_t_neg2, norms).min(dim=-1).values
+    torch.testing.assert_close(min_partial_sq_distances(queries, bank_t_neg2, norms), whole, rtol=1e-6, atol=1e-5)
+
+    class Search(torch.nn.Module):
+        def forward(self, q):
+            return min_partial_sq_distances(q, bank_t_neg2, norms)
+
+    buffer = io.BytesIO()
+    torch.onnx.export(Search(), (queries,), dynamo=True, verbose=False).save(buffer)
+    ops = [node.op_type for node in onnx.load_from_string(buffer.getvalue()).graph.node]
+    assert ops.count("ReduceMin") == 1 and "Loop" not in ops  # the exported form: one GEMM, one reduction

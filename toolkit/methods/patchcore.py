@@ -29,7 +29,8 @@ from adtk.toolkit.coreset import ApproximateGreedyCoreset
 from adtk.toolkit.features import PatchEmbedding
 from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, SizingKnob, register_method
 from adtk.toolkit.online_coreset import online_coreset_bank
-from adtk.toolkit.search import bank_neighbours, partial_sq_distances, patch_rows, register_search_bank
+from adtk.toolkit.search import (bank_neighbours, min_partial_sq_distances, partial_sq_distances, patch_rows,
+                                 register_search_bank)
 
 
 SAMPLERS = ("grouped", "exact", "greedy", "online")  # "greedy": the name "exact" had before grouping existed
@@ -66,8 +67,8 @@ class PatchCoreHead(nn.Module):
         queries = features.flatten(2).transpose(1, 2)  # [B, P, D]
         query_sq_norms = (queries * queries).sum(-1)  # [B, P]
         # |m|^2 - 2 q.m for every (patch, row), as one 2-D GEMM + bias, then the min over the bank rows.
-        partial = partial_sq_distances(queries.reshape(-1, dims), self.bank_t_neg2, self.bank_sq_norms)
-        nearest_partial = partial.min(dim=-1).values.view(batch, -1)
+        nearest_partial = min_partial_sq_distances(queries.reshape(-1, dims), self.bank_t_neg2,
+                                                   self.bank_sq_norms).view(batch, -1)
         patch_scores = (nearest_partial + query_sq_norms).clamp(min=0.0).sqrt()
         max_score, max_patch = patch_scores.max(dim=1)  # [B]
         if self.reweight:
