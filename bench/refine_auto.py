@@ -1,17 +1,21 @@
 """Issue 13 item 6: refiners on a polluted training set (sroc protocol), from cached stage maps.
 
 For each seed: the sroc-polluted training set (toolkit/evaluation/pollution.py); each refiner NAME:MODE scores
-the training images, MODE "in" = in-sample (as SROC), "cvK" = K-fold cross-fitted (as `--refine auto`);
+the training images, MODE "in" = in-sample (as SROC), "cvK" = K-fold cross-fitted, "auto" = exactly what
+`adtk build --refine auto:NAME` does (toolkit/refinement.refine: in-sample for Gaussian refiners, cross-fitted
+otherwise);
 reported: the recall of the injected defects among the top R = rate scores, what `--refine auto`'s
 contamination estimate (toolkit/refinement/contamination.py) drops and finds; then each FINAL method is fitted
 on the images auto kept and scored on the sroc test set (image / pixel AUROC, AU-PRO).
 
     nice -n 5 .venv/bin/python bench/refine_auto.py CACHE SEEDS RATE REFINERS FINALS
     nice -n 5 .venv/bin/python bench/refine_auto.py /tmp/adtk_mt_lite0_256 0 0.1 padim:cv2,patchcore:cv2 padim
+    nice -n 10 .venv/bin/python bench/refine_auto.py /tmp/adtk_mt_lite0_256 0,1,2 0.1 padim:auto padim
 
-Rows are appended to /tmp/reb/refine_auto_rows_<cache name>.jsonl (the scores saved beside them).
+Rows are appended to $REFINE_AUTO_OUT/refine_auto_rows_<cache name>.jsonl (default /tmp/refine_auto; the
+scores saved beside them).
 """
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 import numpy as np, torch
 torch.set_num_threads(1)
@@ -21,7 +25,7 @@ from pollution_table import embed, evaluate  # noqa: E402
 from adtk.toolkit.research.pollution import pollute, refinement_quality
 from adtk.toolkit.methods.registry import create_method
 from adtk.toolkit.postprocess import AnomalyMapSmoother
-from adtk.toolkit.refinement.refine import head_image_scores
+from adtk.toolkit.refinement.refine import RefineSpec, head_image_scores, refine
 from adtk.toolkit.refinement.contamination import crossfit_scores, estimate_contamination
 from adtk.toolkit.methods.base import FitInputs  # noqa: E402
 
@@ -37,7 +41,8 @@ def main() -> None:
             m = create_method(name, **PARAMS[name])
             feats[name] = (embed(m, meta["channels"], stages["train"]), embed(m, meta["channels"], stages["test"]))
         return feats[name]
-    out = open("/tmp/reb/refine_auto_rows_%s.jsonl" % cache.name, "a")
+    folder = Path(os.environ.get("REFINE_AUTO_OUT", "/tmp/refine_auto")); folder.mkdir(parents=True, exist_ok=True)
+    out = open(folder / ("refine_auto_rows_%s.jsonl" % cache.name), "a")
     for seed in seeds:
         split = pollute(index.train, index.test, rate, "sroc", seed)
         good = np.array([train_row[str(s.path)] for s in split.train if s.label == 0])
@@ -51,8 +56,12 @@ def main() -> None:
             tr, te = F(name)
             X = np.concatenate([tr[good], te[inj]])
             m = create_method(name, **PARAMS[name]); m.embedding(tuple(meta["channels"]))
-            if mode == "in":
-                scores = head_image_scores(m, m.fit(X), X)
+            auto = None
+            if mode == "auto":  # the build's own function, with the build's own defaults
+                auto = refine(RefineSpec("auto"), m, X, tuple(meta["channels"]), seed=0)
+                scores = auto.scores
+            elif mode == "in":
+                scores = head_image_scores(m, m.fit(FitInputs(X, tuple(meta["channels"]))), X)
             else:
                 k = int(mode[2:])
                 def fs(a, b):
@@ -63,13 +72,14 @@ def main() -> None:
             order = np.argsort(-scores)
             rec_at_R = is_inj[order[:len(inj)]].mean()
             est = estimate_contamination(scores)
+            if auto is not None:
+                assert np.array_equal(est.dropped, auto.dropped)  # the bench reads what the build drops
             hits = is_inj[est.dropped].sum()
             res = {"seed": seed, "rate": rate, "refiner": ref, "recall_at_R": round(float(rec_at_R), 3),
                    "auto_dropped": int(len(est.dropped)), "auto_recall": round(float(hits / max(len(inj), 1)), 3),
                    "s": round(time.perf_counter() - t, 1)}
             res["estimated_contamination"] = round(est.fraction, 4)
-            Path("/tmp/reb").mkdir(exist_ok=True)
-            np.save(f"/tmp/reb/{cache.name}_scores_{ref.replace(':','_')}_s{seed}_r{rate}.npy", scores)
+            np.save(folder / f"{cache.name}_scores_{ref.replace(':','_')}_s{seed}_r{rate}.npy", scores)
             for fin in finals:
                 ftr, fte = F(fin)
                 Xf = np.concatenate([ftr[good], fte[inj]])

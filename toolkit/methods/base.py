@@ -76,6 +76,13 @@ class AnomalyMethod:
     # True for methods that learn from labelled defect images (seed 003): the build then fills
     # FitInputs.defects with LabelledFeatures (toolkit/labelled_defects.py).
     uses_labelled_defects: bool = False
+    # True where scoring the fit images with the model fitted on them ranks them (nearly) as a leave-one-out fit
+    # would: a Gaussian fitted on n images gives each of them an in-sample Mahalanobis distance that is a monotone
+    # function of its leave-one-out distance (exactly so without shrinkage), the same function at every grid
+    # position. `--refine auto` then scores such a refiner in-sample, on all the images, rather than
+    # cross-fitted on half of them (refinement/contamination.py). A memory bank holds the image's own patches, so
+    # in-sample scoring hides its defects: False there.
+    refines_in_sample: bool = False
     log: Callable[[str], None] | None = None  # the build's log, for decisions a method makes while it prepares
     _constructor_args: dict[str, Any]  # set by the wrapper register_method puts around __init__
 

@@ -64,6 +64,8 @@ class MahalanobisHead(nn.Module):
 class Mahalanobis(AnomalyMethod):
     """One Ledoit-Wolf Gaussian per feature level on pooled features (spec A3.2)."""
 
+    refines_in_sample = True  # one Gaussian: in-sample distance ~ leave-one-out (base.py)
+
     def embedding(self, channels: tuple[int, ...]) -> nn.Module:
         return AlignedStageGrid(channels)
 

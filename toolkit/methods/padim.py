@@ -59,6 +59,8 @@ class PadimHead(nn.Module):
 class Padim(AnomalyMethod):
     """Per-position Ledoit-Wolf Gaussians on a seeded random channel subset (spec A3.3, A9)."""
 
+    refines_in_sample = True  # per-position Gaussians: in-sample distance ~ leave-one-out (base.py)
+
     def __init__(self, num_channels: int = 100, seed: int = 0):
         if num_channels < 1:
             raise ConfigError(f"padim: num_channels must be >= 1, got {num_channels}")

@@ -82,20 +82,25 @@ def head_image_scores(method, state, features: np.ndarray) -> np.ndarray:
 def refine(spec: RefineSpec, detector, features: np.ndarray, channels: tuple[int, ...] | None = None, log=None,
            seed: int = 0) -> RefinementResult:
     """Fit `detector` (a method whose embedding(channels) produced `features`) and choose the images to keep: the
-    clean subset its fit found (a trimming method, for the paire strategy), all but the outliers of cross-fitted
-    scores (auto), or all but the top-scoring (sroc)."""
+    clean subset its fit found (a trimming method, for the paire strategy), all but the outliers of in-sample
+    (Gaussian refiners) or cross-fitted (the others) scores (auto), or all but the top-scoring (sroc)."""
     num_images = len(features)
     details: dict = {}
 
     def fit(rows: np.ndarray):
         return detector.fit(FitInputs(rows, None if channels is None else tuple(channels)))
 
-    if spec.strategy == "auto":  # contamination.py: cross-fitted scores, outliers of their distribution dropped
-        scores = crossfit_scores(features, lambda rows, held: head_image_scores(detector, fit(rows), held),
-                                 folds=DEFAULT_FOLDS, seed=seed)
+    if spec.strategy == "auto":  # contamination.py: honest scores, outliers of their distribution dropped
+        if detector.refines_in_sample:  # a Gaussian: in-sample ~ leave-one-out, and fitted on every image
+            scores = head_image_scores(detector, fit(features), features)
+            details["scoring"] = "in-sample"
+        else:  # a memory bank would find each image's own patches: each image scored by a fit without it
+            scores = crossfit_scores(features, lambda rows, held: head_image_scores(detector, fit(rows), held),
+                                     folds=DEFAULT_FOLDS, seed=seed)
+            details.update(scoring="cross-fitted", folds=DEFAULT_FOLDS)
         estimate = estimate_contamination(scores)
         kept = np.setdiff1d(np.arange(num_images), estimate.dropped).astype(np.int64)
-        details.update(estimate.as_dict(), folds=DEFAULT_FOLDS)
+        details.update(estimate.as_dict())
     elif spec.strategy == "paire":
         state = fit(features)
         scores = head_image_scores(detector, state, features)

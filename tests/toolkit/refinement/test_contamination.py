@@ -9,7 +9,7 @@ import pytest
 from adtk.toolkit.methods.registry import create_method
 from adtk.toolkit.refinement import RefineSpec, parse_refine, refine
 from adtk.toolkit.refinement.contamination import (MAX_FRACTION, SAFETY_FACTOR, crossfit_scores,
-                                                   estimate_contamination)
+                                                   estimate_contamination, tail_excess)
 
 from .test_refinement import clusters_with_outliers
 
@@ -61,3 +61,20 @@ def test_auto_refinement_drops_the_outliers_without_being_told_how_many():
     result = refine(RefineSpec("auto"), method, features)
     assert set(outliers.tolist()) <= set(result.dropped.tolist()) and len(result.dropped) <= 2 * len(outliers) + 2
     assert result.details["folds"] == 2 and result.details["estimated_contamination"] > 0
+
+
+def test_gaussian_refiners_score_in_sample_and_banks_cross_fitted():
+    """PaDiM's in-sample scores are its honest ones (a Gaussian: in-sample ~ leave-one-out), so auto scores it
+    with one fit on every image, exactly as sroc does; k-NN would find each image itself, so it is cross-fitted."""
+    rng = np.random.default_rng(2)
+    features, outliers = clusters_with_outliers(rng, n_good=60, n_bad=6)
+    padim = create_method("padim", num_channels=8)
+    auto = refine(RefineSpec("auto"), padim, features, channels=(8,))
+    sroc = refine(RefineSpec("sroc", 0.1), create_method("padim", num_channels=8), features, channels=(8,))
+    assert auto.details["scoring"] == "in-sample" and "folds" not in auto.details
+    np.testing.assert_array_equal(auto.scores, sroc.scores)
+    assert set(outliers.tolist()) <= set(auto.dropped.tolist())
+    assert len(auto.dropped) == round(SAFETY_FACTOR * tail_excess(auto.scores) * 66)
+    knn = create_method("knn")
+    knn.embedding((8,))
+    assert refine(RefineSpec("auto"), knn, features).details["scoring"] == "cross-fitted"
