@@ -6,9 +6,10 @@ Precision (export/passes): fp16 = the head's matrices stored in fp16, distances 
 int8 = onnxruntime static QDQ quantisation of the backbone, calibrated on good training images (symmetric
 for TensorRT targets, U8S8 for onnxruntime ones). Every variant is scored against fp32 on held-out images
 with onnxruntime, and the build is refused if its image AUROC drops by more than `max_auroc_drop`.
-For a TensorRT target the bank-chunking pass runs first; then, for any target whose parser reads an older
-ONNX opset than the export's, the exact opset down-conversion (passes/opset.py); then, for TensorRT, the
-static check. A violation, or an op with no exact older form, refuses the build. The cost model's
+For a TensorRT target (or one needing an older opset) the frame-size If first becomes its general branch
+(passes/frame_branch.py). Then, for a TensorRT target, the bank-chunking pass; then, for any target whose
+parser reads an older ONNX opset than the export's, the exact opset down-conversion (passes/opset.py); then,
+for TensorRT, the static check. A violation, or an op with no exact older form, refuses the build. The cost model's
 prediction for the target is recorded in the manifest.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 from adtk.export.cost_model import CostEstimate, estimate_cost
 from adtk.export.passes.chunk_bank import chunk_bank_reductions
 from adtk.export.passes.fp16 import convert_head_matrices_to_fp16
+from adtk.export.passes.frame_branch import inline_else_branches
 from adtk.export.passes.int8 import quantize_backbone_int8
 from adtk.export.passes.opset import default_opset, downgrade_opset
 from adtk.export.passes.tensorrt_check import require_tensorrt_compatible
@@ -125,6 +127,12 @@ def compile_model(fp32_model, manifest: dict, options: CompileOptions, data: Che
     target, precision = options.target, options.precision
     if target is not None:
         target.check_precision(precision)
+        if target.uses_tensorrt or default_opset(fp32_model) > target.onnx_max_opset:
+            # the frame-size If (toolkit/preprocess.py) -> its general branch, before any other pass: same results,
+            # no subgraph left for TensorRT's parser or for the opset rewrites (which do not reach into subgraphs)
+            fp32_model, inlined = inline_else_branches(fp32_model)
+            if inlined:
+                log(f"frame-size branch: kept the gathered-row resize only ({inlined} If node(s) inlined)")
     model, facts = apply_precision(fp32_model, precision, data,
                                    symmetric_int8=bool(target and target.uses_tensorrt),
                                    int8_calibration=options.int8_calibration)

@@ -46,25 +46,37 @@ def resize_bilinear_nhwc(frames: torch.Tensor, size_hw: tuple[int, int]) -> torc
     Why: exported as one ONNX Resize, the whole frame is first transposed to NCHW and cast to float; at camera
     sizes (2448 x 2048) that alone cost several times the rest of the graph in onnxruntime. Without antialias
     every output row reads only two source rows, so those 2 x S_h rows are gathered first, still as uint8
-    (whole contiguous rows: a cheap Gather), and only they are transposed and cast. The width is then resized
-    by the same bilinear Resize (a height scale of 1 is the identity) and the two row taps are blended with
-    torch's weights (bilinear_taps). Gathering the columns too would be per-pixel 3-byte copies, which
-    onnxruntime's Gather does slowly. Measured in bench/frame_latency.py.
+    (whole contiguous rows: a cheap Gather), and only they are cast. The width is then resized in place, in the
+    frame's own channels-last layout: [B, 2 S_h, W, C] read as an NCHW tensor whose "height" is the frame's
+    width and whose "width" is its C channels, resized to (S_w, C) (the size-C axis keeps its size: bilinear
+    at scale 1 reads each channel alone, weight 0 on its neighbour). The two row taps are then blended with
+    torch's weights (bilinear_taps), and only the small [B, S_h, S_w, C] result is transposed to NCHW: the
+    earlier form transposed the 2 S_h gathered uint8 rows, which onnxruntime's Transpose does slowly (at
+    2448 x 2048 the preprocessing took ~19 ms against ~3 ms now, bench/preprocess_latency.py, machine loaded).
+    Gathering the columns too would be per-pixel 3-byte copies, which onnxruntime's Gather does slowly.
     """
     rows_a, rows_b, row_weight = bilinear_taps(frames.shape[1], size_hw[0])
     height, width = size_hw
-    rows = frames.index_select(1, torch.cat([rows_a, rows_b]))  # uint8 [B, 2 S_h, W, C]
-    rows = rows.permute(0, 3, 1, 2).to(torch.float32)  # [B, C, 2 S_h, W]
-    rows = F.interpolate(rows, size=(2 * height, width), mode=RESIZE_MODE, align_corners=RESIZE_ALIGN_CORNERS,
-                         antialias=RESIZE_ANTIALIAS)
-    top, bottom = rows[:, :, :height], rows[:, :, height:]
-    return top + (bottom - top) * row_weight.view(1, 1, -1, 1)
+    rows = frames.index_select(1, torch.cat([rows_a, rows_b])).to(torch.float32)  # [B, 2 S_h, W, C]
+    rows = F.interpolate(rows, size=(width, rows.shape[-1]), mode=RESIZE_MODE, align_corners=RESIZE_ALIGN_CORNERS,
+                         antialias=RESIZE_ANTIALIAS)  # [B, 2 S_h, S_w, C]
+    top, bottom = rows[:, :height], rows[:, height:]
+    return (top + (bottom - top) * row_weight.view(1, -1, 1, 1)).permute(0, 3, 1, 2)
+
+
+# Frames with up to this many times the model's rows are resized whole; taller ones through the gathered rows.
+# Measured in onnxruntime, one thread, 256 x 256 model (min of 25 calls, machine loaded): whole / gathered =
+# 0.19 / 0.39 ms at 256 x 256, 0.89 / 1.73 ms at 512 x 512, 3.1 / 2.2 ms at 1024 x 1280, 51 / 3.2 ms at 2048 x 2448.
+SMALL_FRAME_ROWS = 2
 
 
 class FramePreprocess(nn.Module):
     """uint8 RGB frames [B, H, W, 3] (any H, W) -> normalised float32 [B, 3, S_h, S_w] at the model size.
 
-    Resize: resize_bilinear_nhwc (bilinear, half-pixel, no antialias, on the uint8 frame's gathered taps).
+    Resize: bilinear, half-pixel, no antialias, computed one of two ways with the same values (F.interpolate's):
+    on the whole frame for frames up to SMALL_FRAME_ROWS x the model's rows, on the gathered row taps
+    (resize_bilinear_nhwc) for taller ones, whichever onnxruntime runs faster at that size. The exported graph
+    holds both and picks per frame (an ONNX If on the frame's height).
     Normalisation is (x / 255 - mean) / std, folded into one multiply-add per channel.
     """
 
@@ -81,8 +93,23 @@ class FramePreprocess(nn.Module):
         self.std = tuple(float(s) for s in std)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        x = resize_bilinear_nhwc(frames, self.image_size_px)
+        small = frames.shape[1] <= SMALL_FRAME_ROWS * self.image_size_px[0]
+        if torch.compiler.is_compiling():  # exporting: the choice is made per frame, in the graph (an ONNX If)
+            x = torch.cond(small, self.resize_whole, self.resize_gathered, (frames,))
+        else:
+            x = self.resize_whole(frames) if small else self.resize_gathered(frames)
         return x * self.scale + self.offset
+
+    def resize_whole(self, frames: torch.Tensor) -> torch.Tensor:
+        """The reference resize itself, on the whole frame: the cheaper one for frames of up to
+        SMALL_FRAME_ROWS x the model's rows (no gathered copy of the rows, no blend)."""
+        return F.interpolate(frames.permute(0, 3, 1, 2).to(torch.float32), size=self.image_size_px, mode=RESIZE_MODE,
+                             align_corners=RESIZE_ALIGN_CORNERS, antialias=RESIZE_ANTIALIAS)
+
+    def resize_gathered(self, frames: torch.Tensor) -> torch.Tensor:
+        """resize_bilinear_nhwc: exact at every frame size (export/passes/frame_branch.py keeps only this one
+        where a target's parser takes no If), the cheaper one for large frames."""
+        return resize_bilinear_nhwc(frames, self.image_size_px)
 
     def contract(self) -> dict:
         """The input contract as recorded in the artefact's manifest."""
