@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from adtk.export.passes.frame_branch import inline_else_branches
 from adtk.runtime.artefact import INPUT_NAME, INTEGRITY_KEY, MANIFEST_KEY
 
 
@@ -58,11 +59,15 @@ def infer_shapes(model, input_shape: tuple[int, ...] | None = None) -> tuple[obj
 
     onnx's own shape inference with data propagation: the artefact resizes every frame to the model size
     inside the graph, so once the frame size is fixed every tensor after the resize has a static shape.
+    With a frame size, the frame-size If (toolkit/preprocess.py) is read as its general branch
+    (passes/frame_branch.py): onnx infers an If's output from its branches' declared shapes, which keep the
+    batch symbolic, while the inlined branch gives every tensor its static shape (the values are the same).
+    The returned model is then that inlined one.
     """
     from onnx import shape_inference
 
     if input_shape is not None:
-        model = with_fixed_input(model, input_shape)
+        model = with_fixed_input(inline_else_branches(model)[0], input_shape)
     inferred = shape_inference.infer_shapes(model, data_prop=True)
     shapes: dict[str, tuple] = {}
     for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from adtk.export.passes.frame_branch import inline_else_branches
 from adtk.export.passes.graph import constant_value, infer_shapes
 from adtk.runtime.errors import TargetError
 
@@ -54,7 +55,9 @@ def default_opset(model) -> int:
 
 def downgrade_opset(model, target_opset: int):
     """-> (new ModelProto at `target_opset`, OpsetReport). The input model is not changed; metadata_props
-    (the manifest) are carried over untouched. Raises TargetError listing every node it cannot convert."""
+    (the manifest) are carried over untouched. Raises TargetError listing every node it cannot convert.
+    The frame-size If (toolkit/preprocess.py) is first replaced by its general branch (passes/frame_branch.py,
+    same values): nodes inside subgraphs are not rewritten here."""
     import onnx
 
     out = onnx.ModelProto()
@@ -62,6 +65,8 @@ def downgrade_opset(model, target_opset: int):
     from_opset = default_opset(model)
     if from_opset <= target_opset:
         return out, OpsetReport(from_opset, from_opset, {})
+    out, _ = inline_else_branches(out)
+    model = out
     rewriter = _Rewriter(out, model)
     refusals = [*_nested_refusals(out, from_opset, target_opset)]
     rewritten: dict[str, int] = {}
