@@ -57,6 +57,8 @@ def profile(model_bytes: bytes, frame: np.ndarray, runs: int, threads: int, leve
             continue
         name = event["name"][: -len("_kernel_time")]
         op = event.get("args", {}).get("op_name", "?")
+        if op in ("If", "Loop", "Scan"):  # its body's nodes are recorded too: counting both would count twice
+            continue
         by_node[name] += event["dur"] / runs
         by_op[op] += event["dur"] / runs
         ops[name] = op
