@@ -19,11 +19,24 @@ image AUROC 0.902 / 0.900 / 0.896 (bench/vs_anomalib.py then measured the compil
 against 8.89 fp32). The build's AUROC gate still decides whether a given fit may ship it. TensorRT's flavour
 keeps the search in fp32 (its QDQ MatMul path is not checked here).
 
+U8S8 saturation (why the weights are 7-bit in both flavours): on x86 CPUs without VNNI (AVX2, AVX-512 without
+VNNI), onnxruntime's integer kernels multiply-add pairs of u8 x s8 products into int16 (vpmaddubsw), which
+saturates once two products exceed 32,767: 2 x 255 x 127 = 64,770 can. How much an 8-bit-weight artefact loses
+then depends on the CPU that runs it: the 2026-11-26 bench (0.902 -> 0.900 image AUROC) ran where it did not
+saturate; on an AVX2-only EPYC the same pass and fit lost 15 points (TensorRT's flavour scored in onnxruntime:
+every pred_score at 1.0), while the same Q/DQ graph evaluated literally in fp32 lost none
+(bench/results/int8_regression.md). onnxruntime's documented remedy is reduce_range ("Quantize ONNX models": 7-bit
+weights, for U8S8 on AVX2 and AVX-512 non-VNNI machines): 2 x 255 x 64 = 32,640 never saturates, so an artefact
+scores alike on every x86 CPU (and the precision gate, run on the build machine, measures what the device
+computes), at the cost of one bit of weight resolution. TensorRT reads the same symmetric 7-bit values as ordinary
+INT8 weights (zero point 0).
+
 Two flavours, because the two consumers want different things (onnxruntime quantization docs, "Quantize
 ONNX models": U8S8 is the fast path for x86 CPUs; TensorRT's explicit quantisation reads QDQ and requires
 `y_zero_point == 0`, i.e. symmetric INT8 activations, onnx-tensorrt operators.md, QuantizeLinear):
     symmetric=False  uint8 activations with zero points, int8 weights  (onnxruntime CPU)
     symmetric=True   int8 activations, zero point 0, int8 weights      (TensorRT / Jetson targets)
+(weights: per channel, symmetric, in [-64, 64] for the reason above)
 """
 
 from __future__ import annotations
@@ -110,9 +123,10 @@ class FrameReader:
 
 
 def quantize_backbone_int8(model, calibration_frames: list[np.ndarray], symmetric: bool,
-                           calibrate_method: str = "minmax"):
+                           calibrate_method: str = "minmax", reduce_range: bool = True):
     """fp32 ModelProto -> INT8-backbone ModelProto (QDQ; with symmetric=False also the bank searches).
-    `calibration_frames`: good images, uint8 [H, W, 3]."""
+    `calibration_frames`: good images, uint8 [H, W, 3]. `reduce_range=False` (8-bit weights, which saturate on
+    CPUs without VNNI) only to measure that (bench/int8_regression.py)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -138,6 +152,7 @@ def quantize_backbone_int8(model, calibration_frames: list[np.ndarray], symmetri
             nodes_to_quantize=region + searches,
             per_channel=True, activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8, calibrate_method=methods[calibrate_method],
+            reduce_range=reduce_range,  # 7-bit weights: see "U8S8 saturation" above
             # TensorRT reads only INT8 Q/DQ: conv biases stay float for it (onnxruntime would make them int32)
             extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric},
         )
