@@ -79,7 +79,7 @@ def main() -> None:
         metrics = evaluate_artefact(path, args.data, backend="cpu")
         rows.append({"artefact": name, "image_auroc": round(metrics["image_auroc"], 4),
                      "pixel_auroc": round(metrics.get("pixel_auroc", float("nan")), 4),
-                     "test_images": metrics.get("num_images")})
+                     "test_images": len(index.test)})
         print(rows[-1], f"({time.perf_counter() - tic:.0f} s)")
     record = {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "cpu_flags": cpu_flags(),
               "settings": {"max_train_images": args.max_train_images, "coreset_ratio": args.coreset_ratio,
