@@ -90,19 +90,25 @@ def write_artefact(model, manifest: dict, out_path: str | Path) -> Path:
     return out_path
 
 
-def check_output_path(out_path: str | Path, option: str = "-o/--out") -> Path:
+def check_output_path(out_path: str | Path, option: str = "-o/--out", create_folder: bool = True) -> Path:
     """Refuse an output path that cannot be written BEFORE any work: a folder, a file under a file, a
-    read-only or missing-permission place. Creates the parent folder; leaves nothing else behind."""
+    read-only or missing-permission place. The one set of these refusals (validate_build_config asks here too,
+    with create_folder=False: options are checked without writing anything). With create_folder, a missing
+    parent folder is created; nothing else is left behind."""
     out_path = Path(out_path)
     if out_path.is_dir():
-        raise ConfigError(f"{option} {out_path}: is a folder; give a file name, e.g. {out_path / 'model.onnx'}")
+        raise ConfigError(f"{option} {out_path}: is a folder; give the artefact's file name, e.g. "
+                          f"{out_path / 'model.onnx'}")
+    folder = out_path.parent if str(out_path.parent) else Path(".")
+    if not folder.is_dir() and not create_folder:
+        raise ConfigError(f"{option} {out_path}: folder {folder} does not exist; create it first")
     try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".probe"):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out_path.name}.", suffix=".probe"):
             pass
     except OSError as exc:
-        raise ConfigError(f"{option} {out_path}: cannot write there ({exc.strerror or exc}); choose a writable "
-                          "folder") from None
+        reason = "is not writable" if isinstance(exc, PermissionError) else f"cannot be written ({exc.strerror or exc})"
+        raise ConfigError(f"{option} {out_path}: folder {folder} {reason}; choose a writable folder") from None
     if out_path.exists() and not os.access(out_path, os.W_OK):
-        raise ConfigError(f"{option} {out_path}: the existing file is not writable")
+        raise ConfigError(f"{option} {out_path}: exists and is not writable")
     return out_path

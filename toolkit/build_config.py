@@ -211,16 +211,9 @@ def validate_build_config(config) -> None:
     if config.max_auroc_drop < 0 or config.blur_sigma <= 0:
         raise ConfigError(f"max_auroc_drop must be >= 0 and blur_sigma > 0 (got {config.max_auroc_drop}, "
                           f"{config.blur_sigma})")
-    out = Path(config.out)
-    if out.is_dir():
-        raise ConfigError(f"-o {out}: is a folder; give the artefact's file name, e.g. {out / 'model.onnx'}")
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise ConfigError(f"-o {out}: folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"-o {out}: folder {folder} is not writable")
-    if out.exists() and not os.access(out, os.W_OK):
-        raise ConfigError(f"-o {out}: exists and is not writable")
+    from adtk.export.formats import check_output_path  # the one set of output-path refusals (torch-importing)
+
+    check_output_path(config.out, "-o", create_folder=False)
     if not Path(config.data).exists():
         raise ConfigError(f"--data {config.data}: no such folder")
     if config.weights is not None and not Path(config.weights).is_file():
