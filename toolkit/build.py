@@ -98,6 +98,7 @@ class ExtractedFeatures:
     streamed_state: Any = None  # the state of a streaming fit (fitted during the extraction)
     defects: LabelledFeatures | None = None
     refinement: RefinementResult | None = None
+    pipeline: "FeatureExtractorPipeline | None" = None  # the extraction's modules (calibration reuses its trunk)
 
 
 @dataclass
@@ -222,7 +223,7 @@ def extract_features(config: BuildConfig, inputs: BuildInputs, steps: BuildSteps
                       f"{defects.num_defective_patches} defective patches")
 
     extracted = ExtractedFeatures(preprocess, backbone, embedding, tiling, prepared.report, fit_samples,
-                                  fit_samples, features, streamed_state, defects)
+                                  fit_samples, features, streamed_state, defects, pipeline=pipeline)
     if inputs.refine_spec is not None:  # toolkit/refinement: fit a detector, score the fit images, drop some
         with steps.timed("refine"):
             candidates = extracted.candidate_samples
@@ -253,7 +254,7 @@ def fit_for_target(config: BuildConfig, inputs: BuildInputs, extracted: Extracte
                               inputs.geometry, config.blur_sigma, extracted.tiling)
         with steps.timed("calibrate"):
             calibration = calibrate_graph(graph, inputs.calibration_samples, inputs.index.defects, config.skip_bad,
-                                          steps.warn)
+                                          steps.warn, extracted.pipeline)
         steps.log(f"threshold {calibration.threshold:.4f} ({calibration.method})")
         steps.timings["total_before_export"] = time.perf_counter() - steps.started
         manifest = make_manifest(config, method, extracted.backbone, extracted.preprocess, calibration,
@@ -297,10 +298,12 @@ def compile_and_write(config: BuildConfig, inputs: BuildInputs, extracted: Extra
     return artefact, manifest
 
 
-def calibrate_graph(graph, calib_samples, defect_samples, skip_bad: bool, warn) -> Calibration:
-    """Threshold and normalisation constants from held-out images, set into the graph's normalisers."""
-    good_scores, good_map_max, good_map_min = raw_image_scores(graph, calib_samples, skip_bad, warn)
-    defect_scores = raw_image_scores(graph, defect_samples, skip_bad, warn)[0] if defect_samples else None
+def calibrate_graph(graph, calib_samples, defect_samples, skip_bad: bool, warn, pipeline=None) -> Calibration:
+    """Threshold and normalisation constants from held-out images, set into the graph's normalisers. pipeline: the
+    build's FeatureExtractorPipeline (the graph's own preprocess, backbone and embedding), whose trunk runner then
+    extracts the held-out images' features too (raw_image_scores)."""
+    good_scores, good_map_max, good_map_min = raw_image_scores(graph, calib_samples, skip_bad, warn, pipeline)
+    defect_scores = raw_image_scores(graph, defect_samples, skip_bad, warn, pipeline)[0] if defect_samples else None
     calibration = calibrate(good_scores, defect_scores, good_map_max=good_map_max, good_map_min=good_map_min)
     graph.normaliser = ScoreNormaliser(calibration.threshold, calibration.score_min, calibration.score_max)
     graph.map_normaliser = ScoreNormaliser(calibration.map_threshold, calibration.map_min, calibration.map_max)
@@ -407,9 +410,21 @@ def fit_streaming(method, pipeline: FeatureExtractorPipeline, samples, skip_bad:
 
 
 @torch.no_grad()
-def raw_image_scores(graph: ScoringGraph, samples, skip_bad: bool, on_warning=None):
-    """-> (raw image scores [N], per-image raw map maxima [N], minima [N]) through the torch reference."""
+def raw_image_scores(graph: ScoringGraph, samples, skip_bad: bool, on_warning=None, pipeline=None):
+    """-> (raw image scores [N], per-image raw map maxima [N], minima [N]) through the torch reference.
+
+    With `pipeline` (the graph's own modules, untiled graphs only) the features come from its trunk runner (batched,
+    onnxruntime for many images, checked against torch) and the head and smoother run per image, as raw_scores does."""
     scores, map_max, map_min = [], [], []
+    if pipeline is not None and graph.tiling is None and pipeline.embedding is graph.embedding:
+        for features, _ in pipeline.feature_batches(samples, skip_bad, on_warning=on_warning):
+            for one in torch.from_numpy(features).split(1):  # one frame at a time: the head's search is per frame
+                patch_scores, image_score = graph.head(one)
+                raw_map = graph.smoother(patch_scores)
+                scores.append(float(image_score[0]))
+                map_max.append(float(raw_map.max()))
+                map_min.append(float(raw_map.min()))
+        return np.asarray(scores), np.asarray(map_max), np.asarray(map_min)
     for _, image in iter_images(samples, skip_bad=skip_bad, on_warning=on_warning):
         raw_score, raw_map = graph.raw_scores(torch.from_numpy(image)[None])
         scores.append(float(raw_score[0]))

@@ -59,3 +59,17 @@ def test_small_extractions_stay_on_torch(trunk):
     runner.expect(MIN_IMAGES_FOR_ONNX - 1)
     runner(torch.randn(2, 3, 64, 64))
     assert runner.engine == "torch" and runner.session is None
+
+
+def test_calibration_scores_through_the_trunk_runner_equal_the_torch_graphs(tiny_dataset, tmp_path):
+    from adtk.toolkit.build import BuildConfig, FeatureExtractorPipeline, build, raw_image_scores
+
+    config = BuildConfig(data=tiny_dataset.root, out=tmp_path / "model.onnx", random_weights=True, image_size_px=64,
+                         calib_fraction=0.25, method_params={"coreset_ratio": 0.25})
+    graph = build(config, log=lambda message: None, index=tiny_dataset).graph
+    samples = list(tiny_dataset.test)  # 12 images: 3 batches of 4 through onnxruntime
+    pipeline = FeatureExtractorPipeline(graph.preprocess, graph.backbone, graph.embedding, 4, use_onnx=True)
+    through_runner = raw_image_scores(graph, samples, False, pipeline=pipeline)
+    assert pipeline.trunk.engine == "onnxruntime"
+    for got, expected in zip(through_runner, raw_image_scores(graph, samples, False)):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
