@@ -10,7 +10,7 @@ kernels that score frames on the device.
 The modules are exported once per build at the batch shape the build uses (torch's TorchScript exporter: a
 fixed shape exports in ~1-2 s, the dynamic-shape exporter of the artefact takes several times that), and a
 smaller last batch is padded to that shape (rows are independent: the trunk is in eval mode). The first batch
-runs through both and must agree; if it does not (an exporter fault), the extraction says so through `warn` and
+runs through both and must agree; if it does not, or the export fails, the extraction says so through `warn` and
 stays on torch, so a wrong export never feeds a fit.
 Small extractions stay on torch: below `min_images` the export would cost more than it saves.
 """
@@ -81,23 +81,30 @@ class TrunkRunner:
         import onnxruntime as ort  # imported here: a torch-only extraction does not need it
 
         buffer = io.BytesIO()
-        with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice; the export is checked below
-            warnings.simplefilter("ignore")
-            torch.onnx.export(self.trunk, (images,), buffer, input_names=["images"], output_names=["features"],
-                              opset_version=17, dynamo=False)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()  # the same CPU share torch was given
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        try:
+            with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice; checked below
+                warnings.simplefilter("ignore")
+                torch.onnx.export(self.trunk, (images,), buffer, input_names=["images"], output_names=["features"],
+                                  opset_version=17, dynamo=False)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()  # the same CPU share torch was given
+            options.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - any exporter or onnxruntime failure: torch does the same job
+            return self._stay_on_torch(self.trunk(images).numpy(), f"could not be exported ({type(error).__name__}: "
+                                       f"{str(error).splitlines()[0][:200] if str(error) else ''})")
         self.shape = tuple(images.shape)
         expected = self.trunk(images).numpy()
         got = self.session.run(None, {"images": np.ascontiguousarray(images.numpy(), dtype=np.float32)})[0]
         error = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
         if not error <= PARITY_ATOL + PARITY_RTOL * float(np.abs(expected).max()):
-            self.wanted, self.use_onnx, self.session, self.engine = False, False, None, "torch"
-            if self.warn is not None:
-                self.warn(f"feature extraction: onnxruntime's trunk disagrees with torch's on the first batch "
-                          f"(max |diff| {error:.3g}); extracting with torch instead (slower, same modules)")
-            return expected
+            return self._stay_on_torch(expected, f"disagrees with torch's on the first batch (max |diff| {error:.3g})")
         self.engine = "onnxruntime"
         return got
+
+    def _stay_on_torch(self, features: np.ndarray, why: str) -> np.ndarray:
+        self.wanted, self.use_onnx, self.session, self.engine = False, False, None, "torch"
+        if self.warn is not None:
+            self.warn(f"feature extraction: onnxruntime's trunk {why}; extracting with torch instead (slower, "
+                      "same modules)")
+        return features

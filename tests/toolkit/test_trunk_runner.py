@@ -73,3 +73,18 @@ def test_calibration_scores_through_the_trunk_runner_equal_the_torch_graphs(tiny
     assert pipeline.trunk.engine == "onnxruntime"
     for got, expected in zip(through_runner, raw_image_scores(graph, samples, False)):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_trunk_that_does_not_export_is_run_by_torch_and_says_so(trunk, monkeypatch):
+    backbone, embedding = trunk
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    warnings = []
+    runner = TrunkRunner(backbone, embedding, use_onnx=True, warn=warnings.append)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        np.testing.assert_array_equal(runner(images), embedding(backbone(images)).numpy())
+    assert runner.engine == "torch" and "could not be exported (RuntimeError: unsupported operator)" in warnings[0]
