@@ -78,8 +78,8 @@ def embed(embedding, maps: list[np.ndarray], batch: int = 32) -> np.ndarray:
 
 @torch.no_grad()
 def score_rows(patchcore_state, ldknn_state, embedding, smoother, maps, batch: int = 8) -> dict:
-    """One nearest-neighbour search per test batch serves three rows (the two states share their bank rows:
-    same coreset sampler, ratio and seed): -> {row kind: (image scores [N], raw maps [N, S, S])}.
+    """One nearest-neighbour search per test batch serves the knn and ldknn rows (same bank), PatchCore's its own
+    unless its bank is the same: -> {row kind: (image scores [N], raw maps [N, S, S])}.
 
     patchcore: sqrt(nearest squared distance), max + re-weighting; knn: squared, pooled; ldknn: squared minus
     alpha x density, pooled. The first batch is checked against the real heads (PatchCoreHead, LDKNNHead).
@@ -88,9 +88,12 @@ def score_rows(patchcore_state, ldknn_state, embedding, smoother, maps, batch: i
     from adtk.toolkit.methods.patchcore import PatchCoreHead
     from adtk.toolkit.search import squared_distances
 
-    assert np.array_equal(patchcore_state.memory_bank, ldknn_state.memory_bank)
     bank = torch.from_numpy(ldknn_state.memory_bank)
     bank_sq_norms = (bank * bank).sum(1)
+    # PatchCore's default coreset became grouped greedy (8187888) while LDKNN's did not: then the two banks differ
+    # and PatchCore's rows get their own search
+    pc_bank = None if np.array_equal(patchcore_state.memory_bank, ldknn_state.memory_bank) \
+        else torch.from_numpy(patchcore_state.memory_bank)
     densities = torch.from_numpy(ldknn_state.densities)
     neighbours = torch.from_numpy(patchcore_state.bank_neighbours)
     out = {"patchcore": ([], []), "knn": ([], []), "ldknn": ([], [])}
@@ -101,10 +104,14 @@ def score_rows(patchcore_state, ldknn_state, embedding, smoother, maps, batch: i
         nearest_sq, nearest = squared_distances(queries, bank, bank_sq_norms).min(dim=-1)
         knn = nearest_sq.view(b, h, w)
         ld = (nearest_sq - ldknn_state.alpha * densities[nearest]).view(b, h, w)
-        pc = nearest_sq.sqrt()
+        pc_nearest_sq, pc_nearest, pcb = nearest_sq, nearest, bank
+        if pc_bank is not None:
+            pcb = pc_bank
+            pc_nearest_sq, pc_nearest = squared_distances(queries, pcb, (pcb * pcb).sum(1)).min(dim=-1)
+        pc = pc_nearest_sq.sqrt()
         max_score, max_patch = pc.max(dim=1)  # PatchCoreHead's re-weighting of the worst patch
         feature = torch.gather(queries, 1, max_patch.view(-1, 1, 1).expand(-1, 1, dims))
-        support = bank[neighbours[torch.gather(nearest, 1, max_patch.view(-1, 1)).squeeze(1)]]
+        support = pcb[neighbours[torch.gather(pc_nearest, 1, max_patch.view(-1, 1)).squeeze(1)]]
         weight = 1.0 - torch.softmax(torch.linalg.vector_norm(feature - support, dim=-1), dim=1)[:, 0]
         results = {"patchcore": (pc.view(b, h, w), weight * max_score),
                    "knn": (knn, pool_image_score(knn, ldknn_state.image_score)),
