@@ -198,8 +198,8 @@ def extract_features(config: BuildConfig, inputs: BuildInputs, steps: BuildSteps
     backbone = prepared.backbone
     embedding = method.embedding(tuple(backbone.channels)).eval()
     # torch extracts the fit's features (use_onnx=False): with onnxruntime's trunk (toolkit/trunk_runner.py) the
-    # real-data parity of labeled_patchcore's and REB's artefacts against their torch reference moved from
-    # <= 1e-4 to 5.5e-4 of the raw map's maximum (tests/toolkit/methods/test_*_real.py, 2026-12-03); until
+    # real-data parity of labeled_patchcore's artefact against its torch reference moved from <= 1e-4 to 5.5e-4
+    # of the raw map's maximum (tests/toolkit/methods/test_known_anomaly_methods_real.py, 2026-12-03); until
     # that is understood the faster path stays opt-in (the recipe search's validation still uses it)
     pipeline = FeatureExtractorPipeline(preprocess, backbone, embedding, config.batch_size, tiling, use_onnx=False,
                                         warn=steps.warn)
