@@ -74,7 +74,11 @@ class ScoringGraph(CalibratedOutputs):
 
     def raw_scores(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames uint8 [B, H, W, 3] -> (raw image score [B], raw anomaly map [B, H_model, W_model])."""
-        features = self.embedding(self.backbone(self.backbone_inputs(frames)))
+        return self.raw_scores_from_features(self.embedding(self.backbone(self.backbone_inputs(frames))))
+
+    def raw_scores_from_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedding's features [B (* T tiles), ...] -> raw_scores' outputs: the head and smoother alone, for
+        callers whose features came from elsewhere (the build's onnxruntime trunk, toolkit/build.py)."""
         patch_scores, image_score = self.head(features)
         if self.tiling is not None:
             image_score = self.tiling.frame_scores(image_score)

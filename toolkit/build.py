@@ -197,12 +197,11 @@ def extract_features(config: BuildConfig, inputs: BuildInputs, steps: BuildSteps
         prepared = method.prepare_backbone(backbone, preprocess, fit_images, make_backbone, progress=progress)
     backbone = prepared.backbone
     embedding = method.embedding(tuple(backbone.channels)).eval()
-    # torch extracts the fit's features (use_onnx=False): with onnxruntime's trunk (toolkit/trunk_runner.py) the
-    # real-data parity of labeled_patchcore's artefact against its torch reference moved from <= 1e-4 to 5.5e-4
-    # of the raw map's maximum (tests/toolkit/methods/test_known_anomaly_methods_real.py, 2026-12-03); until
-    # that is understood the faster path stays opt-in (the recipe search's validation still uses it)
-    pipeline = FeatureExtractorPipeline(preprocess, backbone, embedding, config.batch_size, tiling, use_onnx=False,
-                                        warn=steps.warn)
+    # Extractions of >= MIN_IMAGES_FOR_ONNX images run through onnxruntime's trunk (toolkit/trunk_runner.py, ~3x
+    # faster than eager): the fitted state then holds features ~1e-6 (relative) away from torch's, harmless to a head
+    # that is continuous in its inputs (labeled_patchcore's re-weighting was not, at ties of the nearest bank row:
+    # see its WeightedBankDistance)
+    pipeline = FeatureExtractorPipeline(preprocess, backbone, embedding, config.batch_size, tiling, warn=steps.warn)
     steps.log(f"{method.name}: {len(inputs.fit_samples)} images to fit, {len(inputs.calibration_samples)} held out "
               f"to calibrate; backbone {backbone.name} {list(backbone.stages)} ({backbone.weights_source})")
 
@@ -349,8 +348,12 @@ def split_training_set(samples, calib_fraction: float, max_train_images: int | N
 class FeatureExtractorPipeline:
     """uint8 frames -> method features, with exactly the modules the scoring graph will contain.
 
-    Backbone + embedding run through onnxruntime for extractions of many images (toolkit/trunk_runner.py:
-    exported once, checked against torch on the first batch); use_onnx=False keeps torch eager."""
+    use_onnx (toolkit/trunk_runner.py's TrunkRunner): None (the default, and the build's) = torch eager until one
+    extraction (a features / feature_batches call) has >= MIN_IMAGES_FOR_ONNX images; from then on, that one and
+    every later one run backbone + embedding through onnxruntime (exported once, checked against torch on the first
+    batch, torch again if they disagree). So a build of few images stays on torch throughout, and in a build whose
+    fit has few images but whose labelled defects are many, the defects and calibration go through onnxruntime.
+    True = onnxruntime from the first batch; False = torch eager only."""
 
     def __init__(self, preprocess, backbone, embedding, batch_size: int, tiling=None, use_onnx: bool | None = None,
                  warn=None):
@@ -419,13 +422,12 @@ def raw_image_scores(graph: ScoringGraph, samples, skip_bad: bool, on_warning=No
     """-> (raw image scores [N], per-image raw map maxima [N], minima [N]) through the torch reference.
 
     With `pipeline` (the graph's own modules, untiled graphs only) the features come from its trunk runner (batched,
-    onnxruntime for many images, checked against torch) and the head and smoother run per image, as raw_scores does."""
+    onnxruntime for many images, checked against torch) and graph.raw_scores_from_features scores them per image."""
     scores, map_max, map_min = [], [], []
     if pipeline is not None and graph.tiling is None and pipeline.embedding is graph.embedding:
         for features, _ in pipeline.feature_batches(samples, skip_bad, on_warning=on_warning):
             for one in torch.from_numpy(features).split(1):  # one frame at a time: the head's search is per frame
-                patch_scores, image_score = graph.head(one)
-                raw_map = graph.smoother(patch_scores)
+                image_score, raw_map = graph.raw_scores_from_features(one)
                 scores.append(float(image_score[0]))
                 map_max.append(float(raw_map.max()))
                 map_min.append(float(raw_map.min()))

@@ -61,12 +61,24 @@ def test_small_extractions_stay_on_torch(trunk):
     assert runner.engine == "torch" and runner.session is None
 
 
-def test_calibration_scores_through_the_trunk_runner_equal_the_torch_graphs(tiny_dataset, tmp_path):
+def test_calibration_scores_through_the_trunk_runner_equal_the_torch_graphs(tiny_dataset, tmp_path, monkeypatch):
+    from adtk.toolkit import trunk_runner
     from adtk.toolkit.build import BuildConfig, FeatureExtractorPipeline, build, raw_image_scores
 
+    # the build's own extraction takes onnxruntime by default once an extraction is big enough (here: any)
+    monkeypatch.setattr(trunk_runner, "MIN_IMAGES_FOR_ONNX", 2)
+    engines, run = [], TrunkRunner.__call__
+
+    def recording(self, images):
+        features = run(self, images)
+        engines.append(self.engine)
+        return features
+
+    monkeypatch.setattr(TrunkRunner, "__call__", recording)
     config = BuildConfig(data=tiny_dataset.root, out=tmp_path / "model.onnx", random_weights=True, image_size_px=64,
                          calib_fraction=0.25, method_params={"coreset_ratio": 0.25})
     graph = build(config, log=lambda message: None, index=tiny_dataset).graph
+    assert engines and set(engines) == {"onnxruntime"}
     samples = list(tiny_dataset.test)  # 12 images: 3 batches of 4 through onnxruntime
     pipeline = FeatureExtractorPipeline(graph.preprocess, graph.backbone, graph.embedding, 4, use_onnx=True)
     through_runner = raw_image_scores(graph, samples, False, pipeline=pipeline)

@@ -5,7 +5,8 @@ fit:   good bank M_0 = greedy coreset of the good images' patches (ratio); defec
        ratio 1; `defect_coreset_ratio` subsamples). Good patches of defect images are dropped (B.9.4).
 score: per patch and bank i: d_i = L2 distance to the nearest entry m_i*, and
        s_i = (1 - softmax(distances to m_i*'s b = 9 bank neighbours)[m_i*]) * d_i (PatchCore's weighting,
-       applied to every patch here). Patch score = s_0 / (s_0 + s_1): near 1 when the patch is far from
+       applied to every patch here; where two rows tie for nearest within float32 noise the two rows' weights
+       are blended, WeightedBankDistance). Patch score = s_0 / (s_0 + s_1): near 1 when the patch is far from
        good and close to a known defect. Image score = max over patches (B.4.5, corrected direction).
        paper_compat=True reproduces the released code's s_1 / (s_0 + s_1) (which measures goodness, B.9.6).
 """
@@ -26,6 +27,13 @@ from adtk.toolkit.online_coreset import online_coreset_bank
 from adtk.toolkit.search import bank_neighbours, patch_rows, squared_distances
 
 RATIO_EPSILON = 1e-12  # s_0 = s_1 = 0 (a patch equal to an entry of both banks) must not give NaN
+# Two bank rows whose squared distances to a patch differ by less than TIE_RTOL * (|q|^2 + |m*|^2) are treated as
+# (partly) tied for nearest (WeightedBankDistance says why). float32 rounding of the squared distance and the
+# torch / onnxruntime feature differences are ~1e-6 of that scale, so noise moves the blend by ~1% of the two
+# rows' weight difference. Measured on magnetic-tile (the real-data parity test's build, 2026-12-03): 257 of 24,576
+# bank lookups (12 test images x 1,024 patches x 2 banks) fell in the band; the patch scores moved by at most
+# 5.8e-3 from the hard nearest row's, image / pixel AUROC on 494 test images 0.6163 / 0.6397 -> 0.6161 / 0.6397.
+TIE_RTOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,20 @@ class LabeledPatchCoreState:
 
 
 class WeightedBankDistance(nn.Module):
-    """PatchCore's re-weighted nearest distance s = (1 - softmax(support distances)[0]) * d, per patch."""
+    """PatchCore's re-weighted nearest distance s = (1 - softmax(support distances)[0]) * d, per patch.
+
+    Why the nearest row is blended with the second one inside a tie band: the weight depends on WHICH row is
+    nearest (its neighbour set), so s jumps where two rows are equally near. In float32 the squared distances
+    |q|^2 - 2 q.m + |m|^2 carry rounding of ~1e-6 of |q|^2 + |m|^2, and the features themselves differ by ~1e-6
+    between torch and onnxruntime, so for a patch whose two nearest rows are that close, torch and the artefact
+    pick different rows and the patch score jumps by the difference of the two rows' weights. Measured on
+    magnetic-tile (labeled_patchcore, 89 defect images, 7,074 defect rows): one patch of 12,288 had its two
+    nearest defect rows 1e-5 apart at a distance of 24.3 (squared: 5e-4 apart, the size of the feature noise); the
+    weights 0.990 / 0.987 differed, the patch score by 7.5e-4 and the smoothed map by 5.5e-4 of its maximum.
+    So within a band of TIE_RTOL * (|q|^2 + |m*|^2) the second row's weight is mixed in, linearly from nothing
+    at the band's edge to half at an exact tie: s is continuous, two rows at the same distance give the same s
+    whichever is found first, and outside the band (almost every patch) s is exactly the spec's (B.4.3).
+    """
 
     def __init__(self, bank: np.ndarray, neighbours: np.ndarray):
         super().__init__()
@@ -50,13 +71,18 @@ class WeightedBankDistance(nn.Module):
     def forward(self, queries: torch.Tensor) -> torch.Tensor:
         """[B, P, D] -> [B, P]."""
         sq_dists = squared_distances(queries, self.bank, self.sq_norms)  # [B, P, M]
-        nearest_sq, nearest_index = sq_dists.min(dim=-1)
-        distance = nearest_sq.sqrt()
         if not self.reweight:
-            return distance
-        support = self.neighbours[nearest_index]  # [B, P, b], nearest entry first
-        support_dists = torch.gather(sq_dists, 2, support).sqrt()
-        return (1.0 - torch.softmax(support_dists, dim=-1)[..., 0]) * distance
+            return sq_dists.min(dim=-1).values.sqrt()
+        # the two nearest rows (reweight implies >= 2 rows); topk's order among equal values does not matter:
+        # an exact tie gives both rows half
+        two_sq, two_index = torch.topk(sq_dists, 2, dim=-1, largest=False, sorted=True)  # [B, P, 2]
+        support = self.neighbours[two_index]  # [B, P, 2, b], each candidate's own row first
+        support_dists = torch.gather(sq_dists, 2, support.flatten(2)).view(support.shape).sqrt()
+        weights = 1.0 - torch.softmax(support_dists, dim=-1)[..., 0]  # [B, P, 2]: the weight if that row is m*
+        tie_band = TIE_RTOL * ((queries * queries).sum(-1) + self.sq_norms[two_index[..., 0]])
+        second_share = (1.0 - (two_sq[..., 1] - two_sq[..., 0]) / tie_band).clamp(0.0, 1.0)  # 1 at a tie
+        weight = (weights[..., 0] + second_share * weights[..., 1]) / (1.0 + second_share)
+        return weight * two_sq[..., 0].sqrt()
 
 
 class LabeledPatchCoreHead(nn.Module):

@@ -3,6 +3,7 @@ whose labelled defects live in a defects/ folder (artefact vs torch reference wi
 
 from __future__ import annotations
 
+import io
 import shutil
 
 import numpy as np
@@ -64,6 +65,37 @@ def test_labeled_patchcore_head_matches_brute_force(paper_compat):
 def test_labeled_patchcore_needs_defects():
     with pytest.raises(DataError):
         create_method("labeled_patchcore").fit(FitInputs(np.zeros((2, 4, 2, 2), np.float32)))
+
+
+def test_labeled_patchcore_weight_is_continuous_where_two_bank_rows_tie():
+    """A patch equidistant from two bank rows with different neighbours: the spec's weight jumps between the rows'
+    weights (so torch and onnxruntime, whose float32 sums differ by ~1e-6, disagreed on real data); the head
+    blends the two inside its tie band, is exact outside it, and the artefact's ONNX agrees at the tie."""
+    import onnxruntime as ort
+
+    from adtk.toolkit.methods.labeled_patchcore import WeightedBankDistance
+    from adtk.toolkit.search import bank_neighbours
+
+    # rows 0 and 1 are both sqrt(10) from (0, 3); row 0's neighbours are close to it, row 1's are far
+    bank = np.array([[1, 0], [-1, 0], [1.1, -0.2], [1.2, -0.3], [-1.5, -1], [-2, -1.5]], np.float32)
+    neighbours = bank_neighbours(bank, 3)
+    assert neighbours[0].tolist() == [0, 2, 3] and neighbours[1].tolist() == [1, 4, 5]
+    head = WeightedBankDistance(bank, neighbours)
+    offsets = [-1e-2, -1e-6, 0.0, 1e-6, 1e-2]  # along x: +x moves the patch towards row 0
+    queries = np.array([[[x, 3.0] for x in offsets]], np.float32)
+    with torch.no_grad():
+        blended = head(torch.from_numpy(queries))[0].numpy()
+    spec = weighted_distance(queries[0].astype(np.float64), bank.astype(np.float64), neighbours)
+    jump = abs(spec[3] - spec[1])  # the spec's step across the tie
+    assert jump > 0.05
+    # continuous across it: 1e-6 either side moves the squared distances 4e-6 apart, 0.4% of the tie band
+    assert abs(blended[3] - blended[1]) < 1e-2 * jump
+    np.testing.assert_allclose(blended[2], np.mean([spec[1], spec[3]]), rtol=1e-5)  # a tie: each row half
+    np.testing.assert_allclose(blended[[0, 4]], spec[[0, 4]], rtol=1e-5)  # outside the band: the spec's value
+    buffer = io.BytesIO()
+    torch.onnx.export(head, (torch.from_numpy(queries),), buffer, input_names=["q"], opset_version=17, dynamo=False)
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"q": queries})[0][0], blended, rtol=1e-5)
 
 
 def test_semlp_parameter_count_follows_the_backbone_channels():
