@@ -6,8 +6,13 @@ Variants override fields of the default ("fast") preset (training/finetune.py Fi
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/reb_finetune_sweep.py --seed 0 \
         --variant fast '{}' --variant last_stages '{"freeze_through_first_tap": true}'
 
+A variant '{"batchnorm_only": true}' trains nothing: it re-estimates every BatchNorm's running statistics on the
+fine-tune's frames (good images, train-mode forward, no gradients, cumulative average; AdaBN-style domain
+adaptation) and keeps the ImageNet weights otherwise.
+
 Rows go to --rows (jsonl, appended); each prints image / pixel AUROC and the check's verdict. Same protocol as
 bench/reb_ablation.py (fit images as build(seed=0), 10% coreset with the row's seed, LDKNN K=5 alpha=1).
+--validation-only skips the test split (the check's verdict alone: a choice that never reads the test split).
 """
 
 from __future__ import annotations
@@ -44,6 +49,22 @@ def ldknn_scores(maps: dict, channels, seed: int, coreset_ratio: float, test_lab
             "pixel_auroc": round(pixel_auroc(np.concatenate(pixel_maps), masks), 4)}
 
 
+@torch.no_grad()
+def reestimate_batchnorm(model: torch.nn.Module, frames: np.ndarray, normalise, batch: int = 16) -> None:
+    """Replace every BatchNorm's running statistics by their cumulative average over `frames` (uint8 NHWC)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over all batches
+    model.train()
+    for i in range(0, len(frames), batch):
+        model(normalise(torch.from_numpy(frames[i: i + batch])))
+    model.eval()
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -54,6 +75,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/reb_ablation_cache"))
     parser.add_argument("--rows", type=Path, default=Path("/tmp/reb_finetune_sweep.jsonl"))
     parser.add_argument("--no-imagenet", action="store_true", help="skip the ImageNet LDKNN row")
+    parser.add_argument("--validation-only", action="store_true",
+                        help="only the keep-or-revert check on held-out synthetic defects; no test-split scores")
     args = parser.parse_args()
 
     from adtk.toolkit.backbones import create_backbone, deepest_stage
@@ -79,9 +102,6 @@ def main() -> None:
                       if s.mask_path else np.zeros((size, size), bool) for s in test_samples])
     smoother = AnomalyMapSmoother(preprocess.image_size_px, sigma=4.0)
     tag = f"{args.data.name}_n{len(fit_samples)}"
-    imagenet_maps = {split: cached_maps(args.cache / f"imagenet_{tag}_{split}.npz",
-                                        lambda s=samples: stage_maps(imagenet, preprocess, s))
-                     for split, samples in (("fit", fit_samples), ("test", test_samples))}
 
     def record(row):
         row = {"data": args.data.name, "seed": args.seed, **row}
@@ -89,18 +109,27 @@ def main() -> None:
         with args.rows.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
-    if not args.no_imagenet:
+    if not args.no_imagenet and not args.validation_only:
+        imagenet_maps = {split: cached_maps(args.cache / f"imagenet_{tag}_{split}.npz",
+                                            lambda s=samples: stage_maps(imagenet, preprocess, s))
+                         for split, samples in (("fit", fit_samples), ("test", test_samples))}
         record({"variant": "imagenet", **ldknn_scores(imagenet_maps, imagenet.channels, args.seed,
                                                        args.coreset_ratio, labels, masks, smoother)})
     frames = frames_at_model_size([read_image(s.path) for s in fit_samples], (size, size))
     tuned, heldout = split_heldout(len(frames), args.seed)
     for name, overrides in args.variant:
-        preset = dataclasses.replace(PRESETS["fast"], name=name, **json.loads(overrides))
+        overrides = json.loads(overrides)
+        batchnorm_only = overrides.pop("batchnorm_only", False)
         deep = create_backbone("tf_efficientnet_lite0", stages=(deepest_stage("tf_efficientnet_lite0"),),
                                trainable=True)
         tic = time.perf_counter()
-        report = finetune_backbone(deep, deep.channels[-1], frames[tuned], preprocess, preset, seed=args.seed,
-                                   first_tap=imagenet.stages[0])
+        if batchnorm_only:
+            reestimate_batchnorm(deep, frames[tuned], preprocess)
+            report_dict = {"batchnorm_only": True}
+        else:
+            preset = dataclasses.replace(PRESETS["fast"], name=name, **overrides)
+            report_dict = finetune_backbone(deep, deep.channels[-1], frames[tuned], preprocess, preset,
+                                            seed=args.seed, first_tap=imagenet.stages[0]).as_dict()
         finetuned = copy.deepcopy(imagenet)
         copy_shared_weights(deep.model, finetuned.model)
         finetuned.eval()
@@ -109,11 +138,14 @@ def main() -> None:
         validation = validate_finetune(imagenet, finetuned, embedding, preprocess,
                                        lambda f: method.head(method.fit(FitInputs(f))), frames[tuned],
                                        frames[heldout], args.seed)
-        ft_maps = {split: stage_maps(finetuned, preprocess, samples)
-                   for split, samples in (("fit", fit_samples), ("test", test_samples))}
-        scores = ldknn_scores(ft_maps, imagenet.channels, args.seed, args.coreset_ratio, labels, masks, smoother)
-        record({"variant": name, "overrides": json.loads(overrides), **scores,
-                "finetune": report.as_dict(), "validation": validation.as_dict(),
+        scores = {}
+        if not args.validation_only:
+            ft_maps = {split: stage_maps(finetuned, preprocess, samples)
+                       for split, samples in (("fit", fit_samples), ("test", test_samples))}
+            scores = ldknn_scores(ft_maps, imagenet.channels, args.seed, args.coreset_ratio, labels, masks,
+                                  smoother)
+        record({"variant": name, "overrides": overrides, "batchnorm_only": batchnorm_only, **scores,
+                "finetune": report_dict, "validation": validation.as_dict(),
                 "seconds": round(time.perf_counter() - tic, 1)})
 
 
