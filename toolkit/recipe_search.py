@@ -14,8 +14,9 @@ from good images.
      frames (LARGE_FRAME_*): on near-square frames a tile grid is the whole frame again.
   3. plan within the time budget (SearchSpace.time_budget_s, the whole build's): a candidate is tried only when
      its predicted validation time plus its predicted final build (all fit images) still fit in what is left;
-     the rest are listed as skipped, with the reason. Stage A validates every architecture with the first recipe;
-     stage B gives the other recipes (bank sizes, methods) to the best `refine_top` architectures.
+     the rest are listed as skipped, with the reason. Stage A validates every architecture with the first recipe
+     (or, where that is over the frame budget, the largest of SearchSpace.smaller_banks that fits); stage B gives
+     the other recipes (bank sizes, methods) to the best `refine_top` architectures.
   4. features are extracted once per (backbone, stages, geometry) for a seeded subsample of the fit images and for
      the validation frames, and kept on disk (memory-mapped) while the search runs: single-backbone candidates
      and the ensembles they belong to share them. An ensemble's validation score is the mean of its members'
@@ -88,10 +89,18 @@ class Recipe:
 class SearchSpace:
     architectures: tuple[Architecture, ...]  # in priority order: when time runs short, the later ones are skipped
     recipes: tuple[Recipe, ...]  # the first is stage A's (every architecture); the rest go to the best ones
+    # Stage A's fallbacks, largest bank first: an architecture whose first recipe is over the frame budget is
+    # validated with the first of these that fits (the head's cost is linear in the bank rows), so a finer stage,
+    # a larger input or an ensemble is compared at the bank the target can afford instead of never being fitted.
+    smaller_banks: tuple[Recipe, ...] = ()
     fit_images: int = 120  # seeded subsample the candidates are fitted on (the final build uses all)
     validation_images: int = 48  # held-out goods at most (each also with a synthetic defect)
     time_budget_s: float = 600.0  # the whole `--method auto` build, search and final build
     refine_top: int = 2  # architectures that get stage B's recipes
+
+    @property
+    def all_recipes(self) -> tuple[Recipe, ...]:
+        return self.recipes + tuple(r for r in self.smaller_banks if r not in self.recipes)
 
 
 FINE = ("blocks.1", "blocks.2", "blocks.4")  # + the stride-4 stage: thin and small defects
@@ -111,6 +120,11 @@ SEARCH_SPACE = SearchSpace(
     # LDKNN's fit grows faster with the bank than PatchCore's (densities over the bank's neighbours): its larger
     # bank is left out to keep the search near its 10-minute budget on 2 cores.
     recipes=(Recipe("patchcore", 10.0), Recipe("patchcore", 40.0), Recipe("ldknn", 10.0)),
+    # On ~700 training images the stride-4 stage, 320^2 / 384^2 input and the ensemble are over x86_cpu's 33 ms at
+    # 10 rows/img (the bank GEMM over 2-4x the query patches). bench/results/quality_levers.md: the ensemble at 5
+    # rows/img is level with the default at 10 on magnetic-tile and above it on a tall set, and validation ranks
+    # the smaller banks as the test does; the banks the search may fall back to are these.
+    smaller_banks=(Recipe("patchcore", 5.0), Recipe("patchcore", 2.0)),
 )
 
 
@@ -288,7 +302,7 @@ def cost_candidates(config, space: SearchSpace, target, precision: str, num_fit_
     rows, costs = [], {}
     for architecture, geometry, note in resolved:
         if geometry is None:
-            for recipe in space.recipes:
+            for recipe in space.all_recipes:
                 rows.append(CandidateRow(architecture, recipe, 0.0, float("nan"), float("nan"), 0, False,
                                          status=note))
             continue
@@ -298,7 +312,7 @@ def cost_candidates(config, space: SearchSpace, target, precision: str, num_fit_
             if key not in costs:
                 costs[key] = cost_key(components, key, space.recipes[0], target, precision)
         first = costs[keys[0]]
-        for recipe in space.recipes:
+        for recipe in space.all_recipes:
             ratio = min(1.0, recipe.bank_rows_per_image / first.patches_per_image)
             predicted_ms, predicted_mb, bank_rows = 0.0, 0.0, 0
             for key in keys:
@@ -493,22 +507,37 @@ def plan_and_validate(config, rows: list[CandidateRow], validator: Validator, sp
                 f"{max(left, 0):.0f} s left): validating it anyway, the search must build something")
         validator.validate(row)
 
-    first_recipe = space.recipes[0]
-    stage_a = [r for r in eligible if r.recipe == first_recipe]
+    stage_a = stage_a_rows(eligible, space)
     for number, row in enumerate(stage_a):
         attempt(row, always=number == 0)
     ranked = sorted((r for r in stage_a if r.validation_auroc is not None), key=lambda r: -r.validation_auroc)
     best_architectures = [r.architecture for r in ranked[:space.refine_top]]
     for row in eligible:
-        if row.recipe != first_recipe:
-            if row.architecture in best_architectures:
-                attempt(row)
-            else:
-                row.status = "not tried: stage B is for the best architectures of stage A"
+        if row in stage_a:
+            continue
+        if row.recipe not in space.recipes[1:]:  # a smaller bank of an architecture whose first recipe fits
+            row.status = "not tried: a larger bank of this architecture fits the frame budget"
+        elif row.architecture in best_architectures:
+            attempt(row)
+        else:
+            row.status = "not tried: stage B is for the best architectures of stage A"
     if notes:
         log(f"auto: skipped {len(notes)} candidates to stay within the {time_budget_s:.0f} s time budget: "
             + "; ".join(notes))
     return notes
+
+
+def stage_a_rows(eligible: list[CandidateRow], space: SearchSpace) -> list[CandidateRow]:
+    """Each architecture once, in priority order: with the first recipe, or else the largest of the smaller banks
+    that is eligible (within the frame budget)."""
+    out = []
+    for architecture in dict.fromkeys(r.architecture for r in eligible):
+        by_recipe = {r.recipe: r for r in eligible if r.architecture == architecture}
+        for recipe in (space.recipes[0], *space.smaller_banks):
+            if recipe in by_recipe:
+                out.append(by_recipe[recipe])
+                break
+    return out
 
 
 def choose(rows: list[CandidateRow], enforce_budget: bool) -> CandidateRow:

@@ -173,3 +173,37 @@ def test_the_plan_skips_what_the_time_budget_cannot_hold_and_says_so():
     # stage A: both architectures with the first recipe; stage B: the second recipe for the best one only
     assert [r.status for r in rows] == ["validated", "not tried: stage B is for the best architectures of stage A",
                                         "validated", "validated"]
+
+
+def test_an_architecture_over_budget_at_the_first_bank_is_validated_at_the_largest_smaller_bank_that_fits():
+    import time
+
+    from adtk.toolkit.geometry import Geometry
+    from adtk.toolkit.recipe_search import CandidateRow, plan_and_validate
+
+    cheap, dear = Architecture("tf_efficientnet_lite0", None, 64), Architecture("tf_efficientnet_lite0", None, 96)
+    space = SearchSpace(architectures=(cheap, dear), recipes=(Recipe("patchcore", 10.0), Recipe("patchcore", 40.0)),
+                        smaller_banks=(Recipe("patchcore", 5.0), Recipe("patchcore", 2.0)), refine_top=2)
+    assert space.all_recipes == (Recipe("patchcore", 10.0), Recipe("patchcore", 40.0), Recipe("patchcore", 5.0),
+                                 Recipe("patchcore", 2.0))
+    fits = {(cheap, 10.0): True, (cheap, 40.0): True, (cheap, 5.0): True, (cheap, 2.0): True,
+            (dear, 10.0): False, (dear, 40.0): False, (dear, 5.0): False, (dear, 2.0): True}
+    rows = [CandidateRow(a, r, 0.1, 1.0, 1.0, 10, fits[(a, r.bank_rows_per_image)],
+                         Geometry((a.image_size_px,) * 2), status="not tried" if fits[(a, r.bank_rows_per_image)]
+                         else "over the frame budget")
+            for a in space.architectures for r in space.all_recipes]
+    validator = _TimedValidator(seconds=1.0)
+    plan_and_validate(None, rows, validator, space, 100, 10, time.perf_counter(), True, lambda m: None, None)
+    status = {(r.architecture, r.recipe.bank_rows_per_image): r.status for r in rows}
+    # stage A: the cheap architecture at its first recipe, the dear one at the only bank its budget holds
+    assert [(r.architecture, r.recipe.bank_rows_per_image) for r in validator.validated[:2]] == [(cheap, 10.0),
+                                                                                                  (dear, 2.0)]
+    assert status[(cheap, 5.0)] == status[(cheap, 2.0)] == "not tried: a larger bank of this architecture fits the frame budget"
+    assert status[(dear, 10.0)] == status[(dear, 5.0)] == "over the frame budget"
+    assert status[(cheap, 40.0)] == "validated"  # stage B, as before
+    # without a target nothing is over budget: every architecture gets the first recipe, no smaller bank is fitted
+    for row in rows:
+        row.status, row.validation_auroc = "not tried", None
+    validator = _TimedValidator(seconds=1.0)
+    plan_and_validate(None, rows, validator, space, 100, 10, time.perf_counter(), False, lambda m: None, None)
+    assert {r.recipe.bank_rows_per_image for r in validator.validated} == {10.0, 40.0}
