@@ -1,0 +1,112 @@
+"""Issue-17 bench: PatchCore's bank self-kNN (bank_neighbours, k = num_neighbors + 1) exact vs faiss IVF-Flat, on
+the default coreset of the cached magnetic-tile features -- neighbour recall and what the re-weighted image score
+loses in AUROC (PatchCore re-weights only the image score: the map, hence pixel AUROC, does not use the
+neighbours; the bench reports pixel AUROC anyway, from the same nearest-row map, as a check that it is unchanged).
+
+    .venv/bin/python bench/bank_neighbours_ivf.py --cache /tmp/adtk_mt_lite0_256 --nlist 1024 --nprobe 8,16,32
+
+Timings are printed per variant (exact and each nprobe) from one process: compare ratios only on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from coreset_speed import embed, make_sampler  # noqa: E402
+from feature_cache import DEFAULT_DATA, load  # noqa: E402
+
+
+def own_first(found: np.ndarray, k: int) -> np.ndarray:
+    """As toolkit/search.py bank_neighbours: each row itself first, then its k - 1 nearest others."""
+    own = np.arange(len(found))[:, None]
+    order = np.argsort(found == own, axis=1, kind="stable")
+    return np.concatenate([own, np.take_along_axis(found, order, axis=1)[:, :k - 1]], axis=1)
+
+
+def ivf_neighbours(bank: np.ndarray, k: int, nlist: int, nprobe: int, seed: int = 0) -> np.ndarray:
+    import faiss
+
+    quantizer = faiss.IndexFlatL2(bank.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, bank.shape[1], nlist)
+    index.cp.seed = seed
+    index.train(bank)
+    index.add(bank)
+    index.nprobe = nprobe
+    _, found = index.search(bank, k + 1)
+    return own_first(found.astype(np.int64), k)
+
+
+def reweighted_image_scores(bank: np.ndarray, neighbours: np.ndarray, test: np.ndarray):
+    """-> (re-weighted image scores [T], nearest-row patch scores [T, h*w]) as PatchCoreHead computes them."""
+    import faiss
+
+    index = faiss.IndexFlatL2(bank.shape[1])
+    index.add(bank)
+    num, dims, height, width = test.shape
+    scores, patches = np.empty(num), np.empty((num, height * width), np.float32)
+    for i in range(num):
+        queries = np.ascontiguousarray(test[i].reshape(dims, -1).T)
+        sq, nearest = index.search(queries, 1)
+        patch = np.sqrt(np.maximum(sq[:, 0], 0))
+        top = int(patch.argmax())
+        support = np.linalg.norm(queries[top][None] - bank[neighbours[nearest[top, 0]]], axis=1).astype(np.float64)
+        weight = 1.0 - np.exp(support[0] - support.max()) / np.exp(support - support.max()).sum()
+        scores[i], patches[i] = weight * patch[top], patch
+    return scores, patches
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--sampler", default="grouped:32768")
+    parser.add_argument("--num-neighbors", type=int, default=9)
+    parser.add_argument("--nlist", type=int, default=1024)
+    parser.add_argument("--nprobe", default="8,16,32")
+    parser.add_argument("--fit-images", type=int, default=None)
+    args = parser.parse_args()
+
+    from adtk.toolkit.build import split_training_set
+    from adtk.toolkit.evaluation.metrics import image_auroc, pixel_auroc
+    from adtk.toolkit.features import PatchEmbedding
+    from adtk.toolkit.postprocess import AnomalyMapSmoother
+    from adtk.toolkit.search import bank_neighbours
+
+    meta, stages, masks = load(args.cache)
+    embedding = PatchEmbedding(meta["channels"]).eval()
+    fit_rows, _ = split_training_set(range(len(meta["splits"]["train"])), 0.1, None, 0)
+    fit = embed(stages["train"], np.asarray(fit_rows[:args.fit_images]), embedding)
+    test = embed(stages["test"], np.arange(len(meta["splits"]["test"])), embedding)
+    labels = np.array([int(s["label"]) for s in meta["splits"]["test"]])
+    method = make_sampler(args.sampler, 0.1, 0)
+    bank = np.ascontiguousarray(fit.transpose(0, 2, 3, 1).reshape(-1, fit.shape[1])[method.coreset.select(fit)])
+    print(f"bank {bank.shape} ({args.sampler}), test {test.shape}", flush=True)
+    tic = time.perf_counter()
+    exact = bank_neighbours(bank, args.num_neighbors)
+    variants = [("exact", exact, time.perf_counter() - tic)]
+    for nprobe in (int(n) for n in args.nprobe.split(",")):
+        nlist = max(1, min(args.nlist, len(bank) // 39))  # faiss wants >= 39 training rows per list
+        tic = time.perf_counter()
+        found = ivf_neighbours(bank, args.num_neighbors, nlist, nprobe)
+        variants.append((f"ivf{nlist}/nprobe{nprobe}", found, time.perf_counter() - tic))
+    print("| neighbours | seconds | neighbour recall | image AUROC (re-weighted) | pixel AUROC |\n|---|---|---|---|---|")
+    size = meta["image_size_px"]
+    smoother = AnomalyMapSmoother((size, size), sigma=4.0, grid_hw=fit.shape[2:]).eval()
+    for name, found, seconds in variants:
+        recall = np.mean([len(set(a[1:]) & set(b[1:])) / (len(a) - 1) for a, b in zip(found, exact)])
+        scores, patches = reweighted_image_scores(bank, found, test)
+        with torch.inference_mode():
+            maps = smoother(torch.from_numpy(patches.reshape(len(test), *fit.shape[2:]))).numpy()
+        print(f"| {name} | {seconds:.1f} | {recall:.4f} | {image_auroc(scores, labels):.4f} | "
+              f"{pixel_auroc(maps, masks):.4f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
