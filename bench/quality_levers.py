@@ -61,7 +61,7 @@ def architectures():
 class Member:
     """One backbone member at one geometry: its pipeline, heads per bank size and the scores of every set."""
 
-    def __init__(self, choice, geometry, seed: int):
+    def __init__(self, choice, geometry, seed: int, embed_dim: int | None = None):
         from adtk.toolkit.backbones import create_backbone
         from adtk.toolkit.build import FeatureExtractorPipeline
         from adtk.toolkit.geometry import make_tiling
@@ -70,7 +70,8 @@ class Member:
 
         self.choice, self.geometry, self.seed = choice, geometry, seed
         backbone = create_backbone(choice.name, stages=choice.stages)
-        embedding = create_method("patchcore").embedding(tuple(backbone.channels)).eval()
+        self.embed_dim = embed_dim  # PatchCore's embed_dim: fewer dims, a cheaper bank search per row
+        embedding = create_method("patchcore", embed_dim=embed_dim).embedding(tuple(backbone.channels)).eval()
         self.tiling = make_tiling(geometry)
         self.tiles = geometry.tiles.num_tiles if geometry.tiles else 1
         preprocess = FramePreprocess(geometry.model_hw, backbone.mean, backbone.std)
@@ -88,7 +89,8 @@ class Member:
         features, _ = self.pipeline.features(samples, skip_bad=False)
         self.patches_per_image = features.shape[-2] * features.shape[-1] * self.tiles
         for rows in rows_per_image:
-            method = create_method("patchcore", coreset_ratio=min(1.0, rows / self.patches_per_image), seed=self.seed)
+            method = create_method("patchcore", coreset_ratio=min(1.0, rows / self.patches_per_image), seed=self.seed,
+                                   embed_dim=self.embed_dim)
             self.heads[rows] = method.head(method.fit(FitInputs(features))).eval()
         return time.perf_counter() - tic
 
@@ -197,6 +199,8 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=200, help="seeded subsample of the fit split")
     parser.add_argument("--test-images", type=int, default=None, help="seeded subset of the test split (default all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--embed-dim", type=int, default=None, help="PatchCore embed_dim (default: all channels)")
+    parser.add_argument("--sigmas", default=",".join(f"{s:g}" for s in SIGMAS))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -215,6 +219,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown architectures {unknown}; known: {', '.join(known)}")
     rows_per_image = [float(r) for r in args.rows.split(",")]
+    sigmas = [float(s) for s in args.sigmas.split(",")]
     load_start = " ".join(f"{x:.1f}" for x in os.getloadavg())
     started = time.perf_counter()
     index = index_dataset(args.data)
@@ -240,7 +245,7 @@ def main() -> None:
             key = (str(choice), geometry)
             if key not in members_done:
                 tic = time.perf_counter()
-                member = Member(choice, geometry, args.seed)
+                member = Member(choice, geometry, args.seed, args.embed_dim)
                 fit_s = member.fit(subsample, rows_per_image)
                 member.score("validation", validation.frames)
                 member.score("test", (image for _, image in iter_images(test_samples, skip_bad=False)))
@@ -249,11 +254,11 @@ def main() -> None:
                 members_done[key] = member
             members.append(members_done[key])
         for rows in rows_per_image:
-            for sigma in SIGMAS:
+            for sigma in sigmas:
                 found = evaluate(members, rows, sigma, {"validation": None, "test": None}, labels, masks)
                 row = {"arch": name, "label": architecture.label(), "model_hw": list(geometry.model_hw),
                        "tiles": members[0].tiles, "patches_per_image": members[0].patches_per_image,
-                       "rows_per_image": rows, "sigma": sigma, **found}
+                       "rows_per_image": rows, "sigma": sigma, "embed_dim": args.embed_dim, **found}
                 results.append(row)
                 print(json.dumps(row), flush=True)
     meta = {"data": str(args.data), "date": str(date.today()), "fit_images": len(subsample), "fit_split": len(fit),
