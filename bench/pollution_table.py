@@ -62,10 +62,12 @@ def score(method, state, features: np.ndarray, smoother, batch: int = 32) -> tup
     return np.concatenate(scores), np.concatenate(maps)
 
 
-def evaluate(method, state, test_features, labels, masks, smoother) -> dict:
+def evaluate(method, state, test_features, labels, masks, smoother, batch: int = 32) -> dict:
+    """batch: test images per head call; a large memory bank needs a small one (the head's distance matrix is
+    batch x h x w x bank rows floats: 32 images x 1024 patches x 70k rows would be 9 GB)."""
     from adtk.toolkit.evaluation.metrics import evaluate_predictions
 
-    scores, maps = score(method, state, test_features, smoother)
+    scores, maps = score(method, state, test_features, smoother, batch)
     metrics = evaluate_predictions(scores, labels, maps=maps, masks=masks)
     return {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "au_pro")}
 

@@ -11,6 +11,10 @@ on the images auto kept and scored on the sroc test set (image / pixel AUROC, AU
     nice -n 5 .venv/bin/python bench/refine_auto.py CACHE SEEDS RATE REFINERS FINALS
     nice -n 5 .venv/bin/python bench/refine_auto.py /tmp/adtk_mt_lite0_256 0 0.1 padim:cv2,patchcore:cv2 padim
     nice -n 10 .venv/bin/python bench/refine_auto.py /tmp/adtk_mt_lite0_256 0,1,2 0.1 padim:auto padim
+    nice -n 10 .venv/bin/python bench/refine_auto.py /tmp/adtk_mt_lite0_256 0 0.1 padim:auto,padim:oracle padim,patchcore@0.1
+
+A FINAL NAME@C fits NAME with coreset_ratio C (default PARAMS below otherwise); refiner mode "oracle" drops exactly
+the injected defects (the ceiling of a perfect refiner).
 
 Rows are appended to $REFINE_AUTO_OUT/refine_auto_rows_<cache name>.jsonl (default /tmp/refine_auto; the
 scores saved beside them).
@@ -32,7 +36,10 @@ from adtk.toolkit.methods.base import FitInputs  # noqa: E402
 def main() -> None:
     cache = Path(sys.argv[1]); seeds = [int(x) for x in sys.argv[2].split(",")]; rate = float(sys.argv[3])
     refiners = sys.argv[4].split(","); finals = sys.argv[5].split(",")
-    PARAMS = {"patchcore": {"coreset_ratio": 0.0025}, "padim": {}, "paire": {}, "knn": {}, "mahalanobis": {}, "softcore": {"coreset_ratio": 0.0025}}
+    PARAMS = {"patchcore": {"coreset_ratio": 0.0025}, "padim": {}, "paire": {}, "knn": {}, "mahalanobis": {}, "softcore": {"coreset_ratio": 0.0025}, "ldknn": {}}
+    def spec_of(text):  # "patchcore@0.1" -> ("patchcore", params with coreset_ratio 0.1)
+        name, _, ratio = text.partition("@")
+        return name, ({**PARAMS[name], "coreset_ratio": float(ratio)} if ratio else PARAMS[name])
     meta, stages, all_masks, index, train_row, test_row = feature_cache.load_indexed(cache)
     smoother = AnomalyMapSmoother((meta["image_size_px"],) * 2, sigma=4.0)
     feats = {}
@@ -57,7 +64,9 @@ def main() -> None:
             X = np.concatenate([tr[good], te[inj]])
             m = create_method(name, **PARAMS[name]); m.embedding(tuple(meta["channels"]))
             auto = None
-            if mode == "auto":  # the build's own function, with the build's own defaults
+            if mode == "oracle":  # a ceiling: exactly the injected defects dropped
+                scores = np.r_[np.zeros(len(good)), np.ones(len(inj))]
+            elif mode == "auto":  # the build's own function, with the build's own defaults
                 auto = refine(RefineSpec("auto"), m, X, tuple(meta["channels"]), seed=0)
                 scores = auto.scores
             elif mode == "in":
@@ -72,6 +81,8 @@ def main() -> None:
             order = np.argsort(-scores)
             rec_at_R = is_inj[order[:len(inj)]].mean()
             est = estimate_contamination(scores)
+            if mode == "oracle":
+                est = type(est)(np.arange(len(good), len(X)), len(inj) / len(X), 1.0, False)
             if auto is not None:
                 assert np.array_equal(est.dropped, auto.dropped)  # the bench reads what the build drops
             hits = is_inj[est.dropped].sum()
@@ -81,11 +92,14 @@ def main() -> None:
             res["estimated_contamination"] = round(est.fraction, 4)
             np.save(folder / f"{cache.name}_scores_{ref.replace(':','_')}_s{seed}_r{rate}.npy", scores)
             for fin in finals:
-                ftr, fte = F(fin)
+                fname, fparams = spec_of(fin)
+                ftr, fte = F(fname)
                 Xf = np.concatenate([ftr[good], fte[inj]])
                 kept = np.setdiff1d(np.arange(len(Xf)), est.dropped)
-                fm = create_method(fin, **PARAMS[fin]); fm.embedding(tuple(meta["channels"]))
-                met = evaluate(fm, fm.fit(FitInputs(np.ascontiguousarray(Xf[kept]), tuple(meta["channels"]))), fte[rows_test], labels, masks, smoother)
+                fm = create_method(fname, **fparams); fm.embedding(tuple(meta["channels"]))
+                state = fm.fit(FitInputs(np.ascontiguousarray(Xf[kept]), tuple(meta["channels"])))
+                met = evaluate(fm, state, fte[rows_test], labels, masks, smoother, batch=32 if fname == "padim" else 2)
+                print(f"seed {seed} {ref} -> {fin}: {met}", file=sys.stderr, flush=True)
                 res[f"final_{fin}"] = {k: round(v, 4) for k, v in met.items()}
             print(json.dumps(res), flush=True); out.write(json.dumps(res) + "\n"); out.flush()
 

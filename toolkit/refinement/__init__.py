@@ -4,6 +4,9 @@
                                images, score them in-sample, drop the round(R * N) highest, refit.
     --refine sroc:R:DETECTOR   the same, with DETECTOR refining (e.g. sroc:0.2:mahalanobis, Appendix B).
     --refine paire             PaIRE's iterative trimming (spec B4, seed 001): keep D_clean.
+    --refine auto[:DETECTOR]   no R: the contamination is estimated from the refiner's scores (contamination.py);
+                               without DETECTOR a Gaussian refines (the build's method if Gaussian, else
+                               refine.AUTO_REFINER = PaDiM) and the build's method is fitted on what it kept.
 
 The refiner scores through its method's exported head in torch, exactly as the artefact would.
 """

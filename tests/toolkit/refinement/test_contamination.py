@@ -78,3 +78,17 @@ def test_gaussian_refiners_score_in_sample_and_banks_cross_fitted():
     knn = create_method("knn")
     knn.embedding((8,))
     assert refine(RefineSpec("auto"), knn, features).details["scoring"] == "cross-fitted"
+
+
+def test_auto_refines_with_a_gaussian_whatever_the_final_method():
+    """`--refine auto` without a detector: a non-Gaussian build (PatchCore) is refined by AUTO_REFINER (PaDiM,
+    in-sample), a Gaussian build by itself with its own parameters; a named detector or sroc keep their rules."""
+    from adtk.toolkit.refinement.refine import AUTO_REFINER, refiner_for
+
+    patchcore = create_method("patchcore", coreset_ratio=0.05)
+    chosen = refiner_for(RefineSpec("auto"), patchcore)
+    assert chosen.name == AUTO_REFINER == "padim" and chosen.refines_in_sample
+    padim = create_method("padim", num_channels=8)
+    assert refiner_for(RefineSpec("auto"), padim).params() == padim.params()
+    assert refiner_for(RefineSpec("auto", detector="knn"), patchcore).name == "knn"
+    assert refiner_for(RefineSpec("sroc", 0.1), patchcore).params() == patchcore.params()
