@@ -11,7 +11,8 @@ fit:   all training patches [N*h*w, D] -> approximate greedy coreset (ratio, see
 score: patch score = L2 distance to the nearest bank row; image score = max patch score, optionally
        re-weighted as in the paper (Eq. 7) and anomalib: s * (1 - softmax(distances to the nearest
        row's `num_neighbors` bank neighbours)[0]). The neighbours of every bank row are found at fit
-       time (faiss) and stored, so the graph only gathers them.
+       time (faiss; an IVF-Flat index for banks of >= 16,384 rows, toolkit/search.py) and stored, so the
+       graph only gathers them.
 map:   patch scores -> bilinear upsample -> Gaussian blur sigma 4 (in the shared post-processing).
 """
 
@@ -128,7 +129,10 @@ class PatchCore(AnomalyMethod):
                                                        self.online_batch_images, num_images, progress))
 
     def state_for_bank(self, memory_bank: np.ndarray) -> PatchCoreState:
-        return PatchCoreState(memory_bank=memory_bank, bank_neighbours=bank_neighbours(memory_bank, self.num_neighbors))
+        # approximate (IVF) neighbours for big banks: they only re-weight the image score, and
+        # bench/bank_neighbours_ivf.py found that score's AUROC unchanged (bench/results/bank_neighbours_ivf.md)
+        return PatchCoreState(memory_bank=memory_bank,
+                              bank_neighbours=bank_neighbours(memory_bank, self.num_neighbors, approximate=True))
 
     def sizing_knobs(self) -> tuple[SizingKnob, ...]:
         # The head's cost (one GEMM against the bank, then a min over its rows) is linear in the bank rows.
