@@ -164,6 +164,12 @@ def golden_dataset(tmp_path_factory):
     return tiny_example_dataset(tmp_path_factory.mktemp("golden_data"))
 
 
+# labeled_patchcore blends the two nearest bank rows' weights inside a narrow tie band (7572fe8): continuous, but
+# steep there, so float32 sums in another order (2 threads instead of the recording's 1) moved one map maximum by
+# 1.1e-3 relative. A real change of what the build produces moved its numbers by > 2% (pred_score 0.1712 -> 0.1670).
+CASE_RELATIVE_TOLERANCE = {"labeled_patchcore": 5e-3}
+
+
 def case_marks(name: str) -> tuple:
     if name in STALE_CASES:
         return (pytest.mark.skip(reason=STALE_CASES[name]),)
@@ -195,7 +201,7 @@ def test_build_produces_the_golden_artefact(name, golden, golden_dataset, tmp_pa
     # the manifest may gain keys (additions are allowed), never lose one
     lost = sorted(set(expected.pop("manifest_keys")) - set(actual.pop("manifest_keys")))
     assert lost == [], f"{name}: manifest keys lost: {lost}"
-    assert_close(json.loads(json.dumps(actual)), expected, name)
+    assert_close(json.loads(json.dumps(actual)), expected, name, rel=CASE_RELATIVE_TOLERANCE.get(name, 1e-3))
 
 
 def record(out: Path = GOLDEN) -> None:

@@ -23,7 +23,7 @@ def test_real_build_matches_torch_reference(method, tmp_path):
     from adtk.toolkit.build import BuildConfig, build
 
     config = BuildConfig(data=root, out=tmp_path / f"{method}.onnx", method=method, backbone="tf_efficientnet_lite0",
-                         image_size_px=256, max_train_images=60, calib_fraction=0.2, seed=0,
+                         image_size_px=256, max_train_images=40, calib_fraction=0.2, seed=0,
                          refine="sroc:0.1" if method == "knn" else None)
     result = build(config, log=lambda message: None)
     index = index_dataset(root)

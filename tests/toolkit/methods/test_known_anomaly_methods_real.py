@@ -1,7 +1,9 @@
 """Issue 4 acceptance on real data: softcore, labeled-patchcore and semlp each build on magnetic-tile (real
 tf_efficientnet_lite0 weights, 256 px), export, and match the torch reference in onnxruntime on real test
 images (pred_score within 1e-4, raw map within 1e-4 of its maximum, fp32). The labelled methods learn
-from test/crack and test/fray and are checked on images of the other types."""
+from test/crack and test/fray and are checked on images of the other types. semlp trains with batch 64
+instead of its default 8 here: parity does not depend on how long the MLP trained, and batch 8 over every patch
+was the slowest part of the suite."""
 
 from __future__ import annotations
 
@@ -19,14 +21,14 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 TRAINED_TYPES = ("crack", "fray")
 
 
-@pytest.mark.parametrize("method,params", [("softcore", {}), ("labeled-patchcore", {}), ("semlp", {})])
+@pytest.mark.parametrize("method,params", [("softcore", {}), ("labeled-patchcore", {}), ("semlp", {"batch_size": 64})])
 def test_real_build_matches_torch_reference(method, params, tmp_path):
     root = require_magnetic_tile()
     require_offline_lite0_weights()
     from adtk.toolkit.build import BuildConfig, build
 
     config = BuildConfig(data=root, out=tmp_path / f"{method}.onnx", method=method, method_params=params,
-                         image_size_px=256, max_train_images=60, calib_fraction=0.2, seed=0,
+                         image_size_px=256, max_train_images=40, calib_fraction=0.2, seed=0,
                          defects_from_test=TRAINED_TYPES)
     result = build(config, log=lambda message: None)
     unseen = [s for s in index_dataset(root).test if s.defect_type not in TRAINED_TYPES]

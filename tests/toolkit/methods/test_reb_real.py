@@ -1,4 +1,4 @@
-"""REB on real images: a small real build (40 magnetic-tile images, real tf_efficientnet_lite0 weights, the
+"""REB on real images: a small real build (24 magnetic-tile images, real tf_efficientnet_lite0 weights, the
 default fine-tuning preset) whose artefact must match its torch reference (pred_score within 1e-4, fp32).
 The full-size figures are in bench/reb_ablation.py."""
 
@@ -21,7 +21,7 @@ def test_reb_artefact_matches_torch_reference_on_real_images(tmp_path):
     from adtk.toolkit.build import BuildConfig, build
 
     config = BuildConfig(data=root, out=tmp_path / "reb.onnx", method="reb", method_params={"coreset_ratio": 0.1},
-                         max_train_images=40, calib_fraction=0.2, seed=0)
+                         max_train_images=24, calib_fraction=0.2, seed=0)
     lines = []
     result = build(config, log=lines.append)
     finetune = result.manifest["method"]["fit"]["finetune"]
