@@ -29,13 +29,16 @@ from adtk.runtime.errors import ConfigError
 from adtk.toolkit.coreset import DEFAULT_GROUP_ROWS, ApproximateGreedyCoreset
 from adtk.toolkit.features import PatchEmbedding
 from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, register_method
-from adtk.toolkit.search import (APPROXIMATE_MIN_ROWS, IVF_LIST_ROWS, approximate_nearest_neighbours,
-                                 nearest_bank_rows, nearest_neighbours, register_search_bank)
+from adtk.toolkit.search import (APPROXIMATE_MIN_ROWS, approximate_nearest_neighbours, nearest_bank_rows,
+                                 nearest_neighbours, register_search_bank)
 
 DISTANCES = ("squared", "euclidean")
-# IVF lists of the approximate density search. Its cost, for N full-bank rows, Q = N / 10 coreset queries and L
-# lists, is ~(10 x 128 L (k-means) + N (adding) + Q (coarse search)) x L + Q x nprobe x N / L rows compared: with
-# N = 700k and nprobe 16 the sum is smallest near L = 1024 (~0.4 T multiply-adds at 152 dims; exact: 7.5 T).
+# IVF lists of the approximate density search: one per DENSITY_IVF_LIST_ROWS full-bank rows, at most
+# DENSITY_IVF_LISTS. For N rows, Q = N / 10 coreset queries and L lists it compares ~(10 x min(128 L, N) (k-means)
+# + N (adding) + Q (coarse search)) x L + Q x nprobe x N / L pairs of rows, against Q x N for the exact search:
+# N = 700k (all magnetic-tile fit images), L = 1024, nprobe 16: ~2.9e9 pairs vs 4.9e10 (17x fewer); N = 98k (the
+# REB check's 96-image bank), L = 191: ~1.5e8 vs 9.6e8. PatchCore's 64 rows per list would make k-means the cost.
+DENSITY_IVF_LIST_ROWS = 512
 DENSITY_IVF_LISTS = 1024
 IMAGE_SCORES = ("pooled", "max", "pooled_overlapping")
 SAMPLERS = ("grouped", "exact")
@@ -67,8 +70,8 @@ def local_densities(full_bank: np.ndarray, bank_rows: np.ndarray, num_neighbors:
     if k < 1:
         return np.zeros(len(bank_rows), dtype=np.float32)
     if approximate and num_rows >= APPROXIMATE_MIN_ROWS:
-        searches = [(bank_rows, approximate_nearest_neighbours(full_bank, full_bank[bank_rows], k + 1,
-                                                               nlist=min(DENSITY_IVF_LISTS, num_rows // IVF_LIST_ROWS),
+        lists = min(DENSITY_IVF_LISTS, max(1, num_rows // DENSITY_IVF_LIST_ROWS))
+        searches = [(bank_rows, approximate_nearest_neighbours(full_bank, full_bank[bank_rows], k + 1, nlist=lists,
                                                                nprobe=nprobe))]
     else:  # exact faiss flat L2 (squared), chunk by chunk
         searches = ((bank_rows[start: start + chunk_rows],
