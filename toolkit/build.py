@@ -7,9 +7,10 @@
       2. extract_features   -> ExtractedFeatures: the method prepares the backbone (REB fine-tunes it), the fit
                             images go through preprocess + backbone + the method's embedding (the very modules
                             the artefact contains); a streaming method fits here; --refine drops images
-      3. fit_for_target     -> FittedModel: fit -> head -> scoring graph -> calibrate on held-out images ->
-                            manifest -> fp32 ONNX; with --target, the cost model may ask to lower a sizing knob,
-                            and the same features are fitted again by the method with that knob changed
+      3. fit_for_target     -> FittedModel: fit -> head -> scoring graph -> fp32 ONNX -> calibrate on the
+                            held-out images scored by that model (onnxruntime) -> manifest; with --target,
+                            the cost model may ask to lower a sizing knob, and the same features are fitted
+                            again by the method with that knob changed
       4. compile_and_write  -> the artefact: precision passes and target checks (export/compiler.py), sealed and
                             written atomically, with the refinement's image list beside it
 
@@ -333,7 +334,9 @@ def export_and_calibrate(graph: ScoringGraph, model_hw, calib_samples, defect_sa
         fp32_model = export_model(graph, {}, model_hw)
         bar.update(1)
     with steps.timed("calibrate"):
-        backend = OnnxRuntimeBackend(fp32_model.SerializeToString(), provider="cpu")
+        # the CPU share torch was given (OMP_NUM_THREADS, torch.set_num_threads), as the trunk runner does
+        backend = OnnxRuntimeBackend(fp32_model.SerializeToString(), provider="cpu",
+                                     intra_op_threads=torch.get_num_threads())
         good_scores, good_map_max, good_map_min = artefact_raw_scores(backend, calib_samples, skip_bad, steps.warn)
         defect_scores = (artefact_raw_scores(backend, defect_samples, skip_bad, steps.warn)[0]
                          if defect_samples else None)
