@@ -3,12 +3,24 @@ random-weights artefact), and the location of the real magnetic-tile data set.""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAGNETIC_TILE = (REPO_ROOT / ".." / "shared" / "data" / "magnetic-tile").resolve()
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, give each worker its share of the cores before torch is imported: two workers each
+    running torch's default one-thread-per-core pool oversubscribe the CPU (OpenMP threads spin while waiting).
+    An explicit OMP_NUM_THREADS from the caller wins."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        share = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ["OMP_NUM_THREADS"] = share
+        os.environ.setdefault("MKL_NUM_THREADS", share)
 
 
 def require_magnetic_tile() -> Path:

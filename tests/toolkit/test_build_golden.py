@@ -53,6 +53,11 @@ FAST_CASES = ("patchcore", "padim")  # the rest are marked slow (one tiny build 
 # this refactor). The case needs re-recording with a looser budget; until then it is skipped, saying why.
 STALE_CASES = {"patchcore_sized": "tight budget predates the probe check of e8f1c38; re-record with a looser one"}
 
+# torch's intra-op threads while a case builds (and was recorded): float32 sums split over another number of threads
+# come out in another order, and REB's fine-tuned weights are compared bit for bit (backbone.weights_sha256), so the
+# count is fixed here rather than left to the machine's cores or to pytest-xdist's per-worker share (conftest.py).
+GOLDEN_TORCH_THREADS = 2
+
 # the head's share of the tight target's budget; the golden records the budget it produced
 TIGHT_HEAD_SHARE = 0.6
 
@@ -95,6 +100,8 @@ def key_paths(value, prefix="") -> list[str]:
 
 def run_case(name: str, dataset, workdir: Path, tight_budget_ms: float | None = None) -> dict:
     """Build one case and summarise what it produced (JSON-able)."""
+    import torch
+
     from adtk.runtime.detector import Detector
     from adtk.runtime.images import read_image
     from adtk.toolkit.build import BuildConfig, build
@@ -105,11 +112,13 @@ def run_case(name: str, dataset, workdir: Path, tight_budget_ms: float | None = 
         fields["target"] = str(tight_target_file(tight_budget_ms, workdir))
     config = BuildConfig(data=dataset.root, out=workdir / f"{name}.onnx", backbone="tf_efficientnet_lite0",
                          random_weights=True, image_size_px=64, calib_fraction=0.25, **fields)
-    saved_presets = dict(finetune.PRESETS)
+    saved_presets, saved_threads = dict(finetune.PRESETS), torch.get_num_threads()
     finetune.PRESETS["golden_tiny"] = finetune.FinetunePreset("golden_tiny", **TINY_FINETUNE)
+    torch.set_num_threads(GOLDEN_TORCH_THREADS)
     try:
         result = build(config, log=lambda message: None, index=dataset)
     finally:
+        torch.set_num_threads(saved_threads)
         finetune.PRESETS.clear()
         finetune.PRESETS.update(saved_presets)
     manifest = result.manifest
