@@ -2,6 +2,11 @@
 online coreset at the same bank size, and REB's default build -- wall time, ratio, phases, peak RSS, bank rows,
 and image / pixel AUROC of each artefact on the data set's test images (`adtk eval`'s code, onnxruntime).
 
+Phases are the CLI's own timings: since ffb003a the build exports before it calibrates ("export" = the
+torch.onnx export, "calibrate" = the held-out images scored by the exported model in onnxruntime; "export_again"
+appears only if the calibrated constants could not be written into the exported model).
+bench/calibrate_export_speed.py splits the export into its stages and times the two calibration paths.
+
 Each build is its own `adtk build` process, one after another in this run (wait4 peak RSS, bench/measure.py);
 the artefacts are evaluated after all builds (not timed). Targets (issue 17, on the 2-core x86 machine, quiet):
 default PatchCore <= 30 s, REB <= 120 s, AUROC within 0.3 points of `sampler=exact`, online no slower than

@@ -61,6 +61,25 @@ def export_model(graph: torch.nn.Module, manifest: dict, image_size_px: tuple[in
     return model
 
 
+def replace_initializers(model, exported: dict, new: dict) -> bool:
+    """Set initializers of an exported model to new values in place: exported = {name: the value it was exported
+    with}, new = {name: its new value}. torch's exporter names a buffer's initializer by its path in the module
+    (e.g. "normaliser.threshold"), so constants fixed after the export (the build's calibration) can be written
+    in without tracing the graph again. -> False, with nothing changed, unless every name is an initializer that
+    still holds exactly its exported value (an optimiser that folded or merged one would have changed that):
+    the caller then exports again."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    found = {init.name: init for init in model.graph.initializer if init.name in exported}
+    if set(found) != set(exported) or any(not np.array_equal(numpy_helper.to_array(found[name]), value)
+                                          for name, value in exported.items()):
+        return False
+    for name, init in found.items():
+        init.CopyFrom(numpy_helper.from_array(np.asarray(new[name], dtype=exported[name].dtype), name))
+    return True
+
+
 def write_artefact(model, manifest: dict, out_path: str | Path) -> Path:
     """Embed the final manifest, check, seal with the integrity record, verify, write atomically."""
     import onnx

@@ -41,6 +41,10 @@ import torch
 
 from adtk.runtime.errors import ConfigError
 
+# Patches per coreset group for the grouped samplers (PatchCore's and LDKNN's default; 32 images of a 32 x 32 grid):
+# see bench/coreset_speed.py for the choice.
+DEFAULT_GROUP_ROWS = 32768
+
 
 class ApproximateGreedyCoreset:
     def __init__(self, ratio: float, projection_dim: int = 128, num_starts: int = 10, seed: int = 0,

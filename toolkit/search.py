@@ -6,6 +6,8 @@ Fit time (numpy in, numpy out; faiss IndexFlatL2, squared L2 distances):
     nearest_neighbours(bank, queries, k) -> (squared distances [Q, k], indices [Q, k])
     bank_neighbours(bank, k)             -> [M, k] each row's k nearest rows, itself first (PatchCore's N_b;
                                             approximate=True: IVF-Flat for big banks)
+    approximate_nearest_neighbours(bank, queries, k) -> the same as nearest_neighbours, through faiss IVF-Flat
+                                            (PatchCore's big-bank N_b, LDKNN's densities)
     patch_rows(maps, rows)               -> rows of the patch matrix of feature maps [N, D, h, w], gathered
 
 In a head (torch; what the compiler exports and the graph passes find by structure, export/passes/graph.py):
@@ -61,22 +63,46 @@ IVF_LIST_ROWS = 64  # bank rows per IVF list (faiss asks for >= 39 training rows
 IVF_NPROBE = 16  # lists searched per row: bench/bank_neighbours_ivf.py measured recall and AUROC
 
 
-def approximate_self_neighbours(bank: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """bank [M, D] -> [M, k] approximate nearest rows of every row (itself included), faiss IVF-Flat."""
+def approximate_nearest_neighbours(bank: np.ndarray, queries: np.ndarray, k: int, seed: int = 0,
+                                   nlist: int | None = None, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """bank [M, D], queries [Q, D] -> approximate (squared distances [Q, k], indices [Q, k]), nearest first: a faiss
+    IVF-Flat index of `nlist` lists (default M // IVF_LIST_ROWS), `nprobe` of them searched (default IVF_NPROBE).
+
+    The lists' k-means is seeded (the same bank gives the same neighbours); with more than IVF_MAX_TRAIN_PER_LIST
+    rows per list it trains on a seeded sample of that many per list (faiss would take 256 per list: on LDKNN's
+    700k-row pre-coreset bank that k-means alone costs about as much as the search it saves). Queries whose probed
+    lists held fewer than k rows are searched exactly."""
     import faiss  # imported here: only fitting needs it
 
     bank = np.ascontiguousarray(bank, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(int(k), bank.shape[0])
+    nlist = max(1, len(bank) // IVF_LIST_ROWS if nlist is None else min(int(nlist), len(bank)))
+    training = bank
+    if len(bank) > IVF_MAX_TRAIN_PER_LIST * nlist:
+        sample = np.random.default_rng(seed).choice(len(bank), IVF_MAX_TRAIN_PER_LIST * nlist, replace=False)
+        training = bank[np.sort(sample)]
     quantizer = faiss.IndexFlatL2(bank.shape[1])
-    index = faiss.IndexIVFFlat(quantizer, bank.shape[1], max(1, len(bank) // IVF_LIST_ROWS))
-    index.cp.seed = seed  # the k-means of the lists is seeded: the same bank gives the same neighbours
-    index.train(bank)
+    index = faiss.IndexIVFFlat(quantizer, bank.shape[1], nlist)
+    index.cp.seed = seed
+    index.train(training)
     index.add(bank)
-    index.nprobe = IVF_NPROBE
-    _, found = index.search(bank, k)
+    index.nprobe = IVF_NPROBE if nprobe is None else int(nprobe)
+    sq_dists, found = index.search(queries, k)
     short = np.flatnonzero((found < 0).any(axis=1))  # probed lists held fewer than k rows
     if len(short):
-        found[short] = nearest_neighbours(bank, bank[short], k)[1]
-    return found.astype(np.int64)
+        sq_dists[short], found[short] = nearest_neighbours(bank, queries[short], k)
+    return sq_dists, found.astype(np.int64)
+
+
+# k-means training rows per list at most (default lists, M // IVF_LIST_ROWS, never reach it: PatchCore's bank
+# neighbours train on every row, as before)
+IVF_MAX_TRAIN_PER_LIST = 128
+
+
+def approximate_self_neighbours(bank: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """bank [M, D] -> [M, k] approximate nearest rows of every row (itself included), faiss IVF-Flat."""
+    return approximate_nearest_neighbours(bank, bank, k, seed)[1]
 
 
 def patch_rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -47,3 +47,21 @@ def test_rows_with_too_few_candidates_are_searched_exactly(monkeypatch):
     assert len(searched) == 1 and 0 < len(searched[0]) < 400 and (found >= 0).all()
     short = [int(np.flatnonzero((bank == row).all(axis=1))[0]) for row in searched[0]]
     np.testing.assert_array_equal(found[short], exact[short])
+
+
+def test_approximate_nearest_neighbours_of_other_queries_on_a_sampled_k_means(monkeypatch):
+    # LDKNN's density search: queries apart from the bank, fewer lists than rows // IVF_LIST_ROWS, and k-means trained
+    # on a sample (lowered here so the sampling runs on a small bank)
+    monkeypatch.setattr(search, "IVF_MAX_TRAIN_PER_LIST", 40)
+    bank, queries = clustered_bank(6000, seed=2), clustered_bank(300, seed=3)
+    exact_sq, exact = search.nearest_neighbours(bank, queries, 6)
+    sq, found = search.approximate_nearest_neighbours(bank, queries, 6, nlist=50, nprobe=4)
+    assert sq.shape == found.shape == (300, 6) and (found >= 0).all()
+    # the distances are those of the rows returned, nearest first, never below the exact k-th nearest
+    true_sq = ((queries[:, None].astype(np.float64) - bank[found]) ** 2).sum(-1)
+    np.testing.assert_allclose(sq, true_sq, rtol=1e-4, atol=1e-3)
+    assert (np.diff(sq, axis=1) >= 0).all() and (sq >= exact_sq - 1e-3).all()
+    recall = np.mean([len(set(a) & set(e)) / 6 for a, e in zip(found, exact)])
+    assert recall >= 0.8
+    again = search.approximate_nearest_neighbours(bank, queries, 6, nlist=50, nprobe=4)
+    np.testing.assert_array_equal(again[1], found)  # seeded sample and k-means: repeatable

@@ -4,6 +4,10 @@ density of the retrieved bank item, so that distance in sparse regions of normal
 fit:   all training patches [N*h*w, D] -> approximate greedy coreset (ratio, seeded) -> memory bank M.
        density d_i = mean distance of bank item i to its K nearest neighbours, searched (faiss) in the
        FULL pre-coreset bank (spec P3), the item itself excluded by index, not by distance 0 (spec P4).
+       Faster options (issue 17): sampler="grouped" (PatchCore's greedy within groups of images, toolkit/coreset.py)
+       and density_search="approximate" (faiss IVF-Flat over the full bank, toolkit/search.py, once the full bank
+       has >= 16,384 rows); sampler="exact" and density_search="exact" (the defaults) are the spec's global greedy
+       and exact search. bench/ldknn_fit_speed.py measures both (time, density recall, test AUROC / AU-PRO).
 score: i* = argmin_i dist(f, m_i) on the raw distance, THEN s = dist(f, m_i*) - alpha * d_i* (spec §8, §14.3;
        not min_i(dist - alpha d_i)). Scores can be negative.
        distance="squared" (the official code, both terms squared; spec P1) or "euclidean" (the paper's Eq. 2-3).
@@ -22,13 +26,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from adtk.runtime.errors import ConfigError
-from adtk.toolkit.coreset import ApproximateGreedyCoreset
+from adtk.toolkit.coreset import DEFAULT_GROUP_ROWS, ApproximateGreedyCoreset
 from adtk.toolkit.features import PatchEmbedding
 from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, register_method
-from adtk.toolkit.search import nearest_bank_rows, nearest_neighbours, register_search_bank
+from adtk.toolkit.search import (APPROXIMATE_MIN_ROWS, approximate_nearest_neighbours, nearest_bank_rows,
+                                 nearest_neighbours, register_search_bank)
 
 DISTANCES = ("squared", "euclidean")
+# IVF lists of the approximate density search: one per DENSITY_IVF_LIST_ROWS full-bank rows, at most
+# DENSITY_IVF_LISTS. For N rows, Q = N / 10 coreset queries and L lists it compares ~(10 x min(128 L, N) (k-means)
+# + N (adding) + Q (coarse search)) x L + Q x nprobe x N / L pairs of rows, against Q x N for the exact search:
+# N = 700k (all magnetic-tile fit images), L = 1024, nprobe 16: ~2.9e9 pairs vs 4.9e10 (17x fewer); N = 98k (the
+# REB check's 96-image bank), L = 191: ~1.5e8 vs 9.6e8. PatchCore's 64 rows per list would make k-means the cost.
+DENSITY_IVF_LIST_ROWS = 512
+DENSITY_IVF_LISTS = 1024
 IMAGE_SCORES = ("pooled", "max", "pooled_overlapping")
+SAMPLERS = ("grouped", "exact")
+DENSITY_SEARCHES = ("approximate", "exact")
 
 
 @dataclass(frozen=True)
@@ -41,28 +55,40 @@ class LDKNNState:
 
 
 def local_densities(full_bank: np.ndarray, bank_rows: np.ndarray, num_neighbors: int, distance: str,
-                    chunk_rows: int = 16384, progress=None) -> np.ndarray:
+                    chunk_rows: int = 16384, progress=None, approximate: bool = False,
+                    nprobe: int | None = None) -> np.ndarray:
     """[M] mean distance of full_bank[bank_rows] to their K nearest rows of full_bank, excluding themselves.
 
-    full_bank [N, D]; bank_rows [M] indices into it. Queries go in chunks so progress can be reported.
+    full_bank [N, D]; bank_rows [M] indices into it. approximate=False: exact faiss flat search, queries in chunks
+    so progress can be reported. approximate=True: one faiss IVF-Flat index over full_bank (search.py's
+    approximate_nearest_neighbours, PatchCore's big-bank neighbour search; nprobe lists probed), for banks of
+    >= APPROXIMATE_MIN_ROWS rows: the exact search is N x M x D multiply-adds (7.5 T on all magnetic-tile
+    images, most of the fit after the coreset); a missed neighbour can only make a density larger.
     """
     num_rows = full_bank.shape[0]
     k = min(num_neighbors, num_rows - 1)
     if k < 1:
         return np.zeros(len(bank_rows), dtype=np.float32)
-    densities = np.empty(len(bank_rows), dtype=np.float32)
-    for start in range(0, len(bank_rows), chunk_rows):
-        rows = bank_rows[start: start + chunk_rows]
-        sq_dists, found = nearest_neighbours(full_bank, full_bank[rows], k + 1)  # exact faiss flat L2, squared
+    if approximate and num_rows >= APPROXIMATE_MIN_ROWS:
+        lists = min(DENSITY_IVF_LISTS, max(1, num_rows // DENSITY_IVF_LIST_ROWS))
+        searches = [(bank_rows, approximate_nearest_neighbours(full_bank, full_bank[bank_rows], k + 1, nlist=lists,
+                                                               nprobe=nprobe))]
+    else:  # exact faiss flat L2 (squared), chunk by chunk
+        searches = ((bank_rows[start: start + chunk_rows],
+                     nearest_neighbours(full_bank, full_bank[bank_rows[start: start + chunk_rows]], k + 1))
+                    for start in range(0, len(bank_rows), chunk_rows))
+    densities, done = np.empty(len(bank_rows), dtype=np.float32), 0
+    for rows, (sq_dists, found) in searches:
         # spec P4: drop the query's own row by index wherever faiss put it; when it was not returned
         # (ties with duplicates), drop the farthest instead so K neighbours remain.
         is_self = found == rows[:, None]
         is_self[~is_self.any(1), -1] = True
         is_self[np.cumsum(is_self, axis=1) > 1] = False  # at most one dropped per row
         kept = sq_dists[~is_self].reshape(len(rows), k).astype(np.float64).clip(min=0.0)
-        densities[start: start + len(rows)] = (kept if distance == "squared" else np.sqrt(kept)).mean(1)
+        densities[done: done + len(rows)] = (kept if distance == "squared" else np.sqrt(kept)).mean(1)
+        done += len(rows)
         if progress is not None:
-            progress(min(start + chunk_rows, len(bank_rows)), len(bank_rows))
+            progress(done, len(bank_rows))
     return densities
 
 
@@ -108,7 +134,8 @@ class LDKNN(AnomalyMethod):
 
     def __init__(self, coreset_ratio: float = 0.1, num_neighbors: int = 5, alpha: float = 1.0,
                  distance: str = "squared", image_score: str = "pooled", embed_dim: int | None = None,
-                 projection_dim: int = 128, seed: int = 0):
+                 projection_dim: int = 128, seed: int = 0, sampler: str = "exact",
+                 group_rows: int = DEFAULT_GROUP_ROWS, density_search: str = "exact"):
         if num_neighbors < 1:
             raise ConfigError(f"{self.name}: num_neighbors (K of the density) must be >= 1, got {num_neighbors}")
         if distance not in DISTANCES:
@@ -116,7 +143,15 @@ class LDKNN(AnomalyMethod):
         if image_score not in IMAGE_SCORES:
             raise ConfigError(f"{self.name}: image_score must be one of {', '.join(IMAGE_SCORES)}, "
                               f"got {image_score!r}")
-        self.coreset = ApproximateGreedyCoreset(coreset_ratio, projection_dim=projection_dim, seed=seed)
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"{self.name}: sampler must be 'exact' (one greedy over all patches) or 'grouped' "
+                              f"(greedy within groups of images), got {sampler!r}")
+        if density_search not in DENSITY_SEARCHES:
+            raise ConfigError(f"{self.name}: density_search must be 'exact' or 'approximate' (faiss IVF-Flat for "
+                              f"big banks), got {density_search!r}")
+        self.sampler, self.density_search = sampler, density_search
+        self.coreset = ApproximateGreedyCoreset(coreset_ratio, projection_dim=projection_dim, seed=seed,
+                                                group_rows=int(group_rows) if sampler == "grouped" else None)
         self.num_neighbors, self.alpha, self.seed = int(num_neighbors), float(alpha), int(seed)
         self.distance, self.image_score, self.embed_dim = distance, image_score, embed_dim
 
@@ -130,7 +165,7 @@ class LDKNN(AnomalyMethod):
         patches = np.ascontiguousarray(features.transpose(0, 2, 3, 1).reshape(-1, features.shape[1]))
         selected = self.coreset.select(patches, progress=_scaled(progress, 0))
         densities = local_densities(patches, selected, self.num_neighbors, self.distance,
-                                    progress=_scaled(progress, 1))
+                                    progress=_scaled(progress, 1), approximate=self.density_search == "approximate")
         return LDKNNState(memory_bank=np.ascontiguousarray(patches[selected]), densities=densities,
                           alpha=self.alpha, distance=self.distance, image_score=self.image_score)
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from adtk.runtime.errors import ConfigError
-from adtk.toolkit.coreset import ApproximateGreedyCoreset
+from adtk.toolkit.coreset import DEFAULT_GROUP_ROWS, ApproximateGreedyCoreset
 from adtk.toolkit.features import PatchEmbedding
 from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, SizingKnob, register_method
 from adtk.toolkit.online_coreset import online_coreset_bank
@@ -35,8 +35,6 @@ from adtk.toolkit.search import (bank_neighbours, min_partial_sq_distances, part
 
 
 SAMPLERS = ("grouped", "exact", "greedy", "online")  # "greedy": the name "exact" had before grouping existed
-# Patches per coreset group (32 images of a 32 x 32 grid): see bench/coreset_speed.py for the choice.
-DEFAULT_GROUP_ROWS = 32768
 
 
 @dataclass(frozen=True)

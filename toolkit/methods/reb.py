@@ -34,6 +34,7 @@ from torch import nn
 
 from adtk.runtime.errors import ConfigError, DataError
 from adtk.toolkit.backbones import deepest_stage, state_dict_sha256
+from adtk.toolkit.coreset import DEFAULT_GROUP_ROWS
 from adtk.toolkit.methods.base import FitInputs, PreparedBackbone, register_method
 from adtk.toolkit.methods.ldknn import LDKNN
 from adtk.toolkit.preprocess import RESIZE_ALIGN_CORNERS, RESIZE_ANTIALIAS, RESIZE_MODE
@@ -71,12 +72,14 @@ class REB(LDKNN):
 
     def __init__(self, preset: str = "fast", coreset_ratio: float = 0.1, num_neighbors: int = 5,
                  alpha: float = 1.0, distance: str = "squared", image_score: str = "pooled",
-                 embed_dim: int | None = None, projection_dim: int = 128, seed: int = 0, validate: bool = True):
+                 embed_dim: int | None = None, projection_dim: int = 128, seed: int = 0, validate: bool = True,
+                 sampler: str = "exact", group_rows: int = DEFAULT_GROUP_ROWS, density_search: str = "exact"):
         if preset not in PRESETS:
             raise ConfigError(f"reb: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         super().__init__(coreset_ratio=coreset_ratio, num_neighbors=num_neighbors, alpha=alpha,
                          distance=distance, image_score=image_score, embed_dim=embed_dim,
-                         projection_dim=projection_dim, seed=seed)
+                         projection_dim=projection_dim, seed=seed, sampler=sampler, group_rows=group_rows,
+                         density_search=density_search)
         self.preset = preset
         self.validate = bool(validate)
         self.finetune_report: dict | None = None

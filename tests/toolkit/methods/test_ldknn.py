@@ -247,3 +247,50 @@ def test_reb_keeps_the_fine_tuned_weights_only_when_held_out_synthetic_defects_s
     assert (validation["kept"] == "finetuned") == clear
     assert method.finetune_report["shipped"] == validation["kept"]
     assert method.finetune_report["shipped_reason"] == validation["reason"] and validation["reason"] in lines[0]
+
+
+def clustered_rows(rows: int, dims: int = 8, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=3.0, size=(30, dims))
+    return (centres[rng.integers(0, 30, rows)] + rng.normal(size=(rows, dims))).astype(np.float32)
+
+
+def test_approximate_densities_agree_with_exact_ones_on_a_big_enough_bank(monkeypatch):
+    from adtk.toolkit.methods import ldknn
+    from adtk.toolkit.search import APPROXIMATE_MIN_ROWS
+
+    full = clustered_rows(APPROXIMATE_MIN_ROWS)  # the smallest full bank that takes the IVF path
+    rows = np.sort(np.random.default_rng(1).choice(len(full), 1600, replace=False))
+    calls, ivf = [], ldknn.approximate_nearest_neighbours
+    monkeypatch.setattr(ldknn, "approximate_nearest_neighbours", lambda *a, **kw: calls.append(kw) or ivf(*a, **kw))
+    exact = local_densities(full, rows, num_neighbors=5, distance="squared")
+    fast = local_densities(full, rows, num_neighbors=5, distance="squared", approximate=True)
+    assert len(calls) == 1  # the IVF search ran once, for every query
+    # a missed neighbour can only raise a density; most are found exactly, the rest barely above
+    assert (fast >= exact * (1 - 1e-5)).all()
+    assert np.mean(np.isclose(fast, exact, rtol=1e-5)) >= 0.9
+    assert np.mean(fast / exact - 1) < 0.01
+    small, small_rows = full[:4000], rows[rows < 4000]
+    np.testing.assert_array_equal(local_densities(small, small_rows, 5, "squared", approximate=True),
+                                  local_densities(small, small_rows, 5, "squared"))
+    assert len(calls) == 1  # below APPROXIMATE_MIN_ROWS rows the search stays exact
+
+
+def test_exact_sampler_and_density_search_stay_reachable():
+    from adtk.toolkit.coreset import ApproximateGreedyCoreset
+
+    train = clustered_rows(600, seed=3).reshape(6, 10, 10, 8).transpose(0, 3, 1, 2)  # 6 images of 10 x 10
+    patches = train.transpose(0, 2, 3, 1).reshape(-1, 8)
+    fast = create_method("ldknn", coreset_ratio=0.1, num_neighbors=3, group_rows=200, sampler="grouped",
+                         density_search="approximate").fit(FitInputs(train))
+    exact_method = create_method("ldknn", coreset_ratio=0.1, num_neighbors=3, group_rows=200, sampler="exact",
+                                 density_search="exact")
+    exact = exact_method.fit(FitInputs(train))
+    selected = ApproximateGreedyCoreset(0.1, seed=0).select(patches)  # one greedy over all 600 patches
+    np.testing.assert_array_equal(exact.memory_bank, patches[selected])
+    np.testing.assert_allclose(exact.densities, local_densities(patches, selected, 3, "squared"), rtol=1e-6)
+    assert not np.array_equal(fast.memory_bank, exact.memory_bank)  # 3 groups of 200 rows pick other rows
+    with pytest.raises(ConfigError):
+        create_method("ldknn", sampler="online")
+    with pytest.raises(ConfigError):
+        create_method("reb", density_search="hnsw")

@@ -135,3 +135,41 @@ def test_updates_on_cuda_match_the_cpu_updates_and_leave_the_backbone_on_the_cpu
             assert torch.allclose(cuda_weights[name], cpu_value, rtol=1e-3, atol=1e-4), name
     assert any(not torch.equal(before[k], v) for k, v in deep.state_dict().items())  # it did train
     deep.load_state_dict(before)
+
+
+def test_defectmaker_images_made_one_update_ahead_in_a_thread_give_the_same_weights(monkeypatch):
+    import concurrent.futures
+    import copy
+
+    from adtk.toolkit.training import finetune
+
+    class InlineExecutor:  # runs each job at submit, in this thread: the plain loop's order
+        def __init__(self, max_workers):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, job):
+            future = concurrent.futures.Future()
+            future.set_result(job())
+            return future
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        start = TinyBackbone()
+    frames = np.random.default_rng(3).integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
+    preset = FinetunePreset("tiny", updates=4, sources_per_pass=2, accumulation=1, frozen_updates=1,
+                            learning_rate=0.05)
+    normalise = FramePreprocess(32, (0.5,) * 3, (0.5,) * 3)
+    threaded, inline = copy.deepcopy(start), copy.deepcopy(start)
+    report = finetune.finetune_backbone(threaded, 16, frames, normalise, preset, seed=5, device="cpu")
+    monkeypatch.setattr(finetune, "ThreadPoolExecutor", InlineExecutor)
+    reference = finetune.finetune_backbone(inline, 16, frames, normalise, preset, seed=5, device="cpu")
+    assert report.losses == reference.losses and len(report.losses) == 4
+    for (name, a), (_, b) in zip(threaded.state_dict().items(), inline.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, b) for a, b in zip(threaded.state_dict().values(), start.state_dict().values()))
