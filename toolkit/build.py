@@ -260,6 +260,7 @@ def fit_for_target(config: BuildConfig, inputs: BuildInputs, extracted: Extracte
         graph = scoring_graph(extracted.preprocess, extracted.backbone, extracted.embedding, method.head(state),
                               inputs.geometry, config.blur_sigma, extracted.tiling)
         steps.timings["total_before_export"] = time.perf_counter() - steps.started
+        records = training_records(config, inputs, extracted)  # reads the labelled defects: before they are freed
         if inputs.target is None:  # no sizing round will refit: free the features before the export's peak
             extracted.features = extracted.defects = None
         fp32_model, calibration = export_and_calibrate(graph, inputs.geometry.model_hw, inputs.calibration_samples,
@@ -268,7 +269,7 @@ def fit_for_target(config: BuildConfig, inputs: BuildInputs, extracted: Extracte
         manifest = make_manifest(config, method, extracted.backbone, extracted.preprocess, calibration,
                                  extracted.fit_samples, inputs.calibration_samples,
                                  {**method.fit_report(state), **extracted.backbone_report}, steps.timings,
-                                 training_records(config, inputs, extracted), inputs.geometry)
+                                 records, inputs.geometry)
         set_manifest(fp32_model, manifest)
         if inputs.target is None:
             return FittedModel(method, graph, manifest, fp32_model, precision)
