@@ -6,7 +6,10 @@
     --refine paire             PaIRE's iterative trimming (spec B4, seed 001): keep D_clean.
     --refine auto[:DETECTOR]   no R: the contamination is estimated from the refiner's scores (contamination.py);
                                without DETECTOR a Gaussian refines (the build's method if Gaussian, else
-                               refine.AUTO_REFINER = PaDiM) and the build's method is fitted on what it kept.
+                               refine.AUTO_REFINER = PaDiM), ranked by the rank sum of its in-sample scores
+                               and per-position LOF scores (rank_sum.py), its estimated count dropped, and
+                               the build's method is fitted on what it kept. auto:DETECTOR: that detector's
+                               scores alone.
 
 The refiner scores through its method's exported head in torch, exactly as the artefact would.
 """

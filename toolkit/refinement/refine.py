@@ -15,8 +15,12 @@ from adtk.runtime.errors import ConfigError
 from adtk.toolkit.methods.base import FitInputs
 from adtk.toolkit.methods.registry import canonical_name, create_method, method_class
 from adtk.toolkit.refinement.contamination import DEFAULT_FOLDS, crossfit_scores, estimate_contamination
+from adtk.toolkit.refinement.rank_sum import RankSumRefiner
 
 SCORE_BATCH = 32
+# plain `--refine auto`: the Gaussian's in-sample scores and per-position LOF, rank-summed (rank_sum.py); a named
+# detector (auto:padim) scores alone
+AUTO_COMBINATION = RankSumRefiner()
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ class RefinementResult:
     detector_params: dict
     kept: np.ndarray  # int64, indices into the candidate training images, ascending
     dropped: np.ndarray  # int64, ascending
-    scores: np.ndarray  # float64 [N]: the refiner's in-sample image scores (higher = more anomalous)
+    scores: np.ndarray  # float64 [N]: the refiner's image scores (higher = more anomalous; plain auto: rank sum)
     details: dict  # strategy-specific facts (PaIRE's rounds)
 
 
@@ -83,17 +87,32 @@ def refine(spec: RefineSpec, detector, features: np.ndarray, channels: tuple[int
            seed: int = 0) -> RefinementResult:
     """Fit `detector` (a method whose embedding(channels) produced `features`) and choose the images to keep: the
     clean subset its fit found (a trimming method, for the paire strategy), all but the outliers of in-sample
-    (Gaussian refiners) or cross-fitted (the others) scores (auto), or all but the top-scoring (sroc)."""
+    (Gaussian refiners) or cross-fitted (the others) scores (auto), or all but the top-scoring (sroc). Plain auto
+    (no detector in the spec) with a Gaussian drops the Gaussian's estimated count, taken from the top of the
+    rank sum of its scores and per-position LOF scores (AUTO_COMBINATION, rank_sum.py)."""
     num_images = len(features)
     details: dict = {}
 
     def fit(rows: np.ndarray):
         return detector.fit(FitInputs(rows, None if channels is None else tuple(channels)))
 
+    def finish(kept: np.ndarray, scores: np.ndarray) -> RefinementResult:
+        dropped = np.setdiff1d(np.arange(num_images), kept).astype(np.int64)
+        if log is not None:
+            combined = f" + {details['scorers'][1]} ({details['combination']})" if "combination" in details else ""
+            log(f"refine {spec}: {detector.name}{combined} dropped {len(dropped)} of {num_images} training images")
+        return RefinementResult(spec, detector.name, detector.params(), kept, dropped, scores, details)
+
     if spec.strategy == "auto":  # contamination.py: honest scores, outliers of their distribution dropped
         if detector.refines_in_sample:  # a Gaussian: in-sample ~ leave-one-out, and fitted on every image
             scores = head_image_scores(detector, fit(features), features)
             details["scoring"] = "in-sample"
+            if spec.detector is None:  # plain auto: rank sum with the LOF discriminator (rank_sum.py)
+                estimate = estimate_contamination(scores)  # the Gaussian's count ...
+                scores = AUTO_COMBINATION.combine(scores, features)  # ... of the combined ranking's first
+                kept = np.sort(np.argsort(-scores, kind="stable")[len(estimate.dropped):]).astype(np.int64)
+                details.update(estimate.as_dict(), score_threshold=None, **AUTO_COMBINATION.record(detector.name))
+                return finish(kept, scores)
         else:  # a memory bank would find each image's own patches: each image scored by a fit without it
             scores = crossfit_scores(features, lambda rows, held: head_image_scores(detector, fit(rows), held),
                                      folds=DEFAULT_FOLDS, seed=seed)
@@ -114,10 +133,7 @@ def refine(spec: RefineSpec, detector, features: np.ndarray, channels: tuple[int
         num_dropped = min(num_dropped, num_images - 2)  # a detector needs images to fit
         order = np.argsort(-scores, kind="stable")
         kept = np.sort(order[num_dropped:]).astype(np.int64)
-    dropped = np.setdiff1d(np.arange(num_images), kept).astype(np.int64)
-    if log is not None:
-        log(f"refine {spec}: {detector.name} dropped {len(dropped)} of {num_images} training images")
-    return RefinementResult(spec, detector.name, detector.params(), kept, dropped, scores, details)
+    return finish(kept, scores)
 
 
 # `--refine auto` without a detector, for a build whose method is not a Gaussian: PaDiM refines. Its in-sample
