@@ -75,9 +75,10 @@ CLI_ONLY = frozenset({"config_file", "print_config", "as_json", "engine", "param
 @click.option("--refine", default=None, metavar="SPEC",
               help="Drop suspected defects from the training images before the fit: sroc:R (drop the top R "
                    "fraction as scored by this method), sroc:R:DETECTOR (scored by DETECTOR, e.g. "
-                   "sroc:0.2:mahalanobis), paire (PaIRE's iterative trimming) or auto[:DETECTOR] (each image "
-                   "scored by a detector fitted without it; the outliers of the score distribution are dropped, so "
-                   "no rate is needed). Kept/dropped images are "
+                   "sroc:0.2:mahalanobis), paire (PaIRE's iterative trimming) or auto[:DETECTOR] (no rate needed: "
+                   "a Gaussian refiner, PaDiM unless the method is one, estimates how many images are outliers "
+                   "of its score distribution; that many are dropped, ranked by the rank sum of its scores and "
+                   "per-position LOF; auto:DETECTOR ranks by DETECTOR's scores alone). Kept/dropped images are "
                    "written to ARTEFACT.training.json.")
 @click.option("--defects-from-test", "defects_from_test", default=None, metavar="TYPES",
               help="Comma-separated test/<type> folders whose images and masks methods that learn from labelled "
