@@ -14,6 +14,7 @@ offline at the same bank size.
 
     .venv/bin/python bench/build_speed.py                       # all 761 magnetic-tile training images
     .venv/bin/python bench/build_speed.py --max-train-images 40 --rows default,exact --no-record  # a quick check
+    .venv/bin/python bench/build_speed.py --rows reb,reb_exact   # REB's fit: fast vs exact LDKNN (issue 17)
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ ROWS = {
     "default": ["--method", "patchcore"],
     "exact": ["--method", "patchcore", "--param", "sampler=exact"],
     "online": ["--method", "patchcore", "--param", "sampler=online"],
-    "reb": ["--method", "reb"],
+    "reb": ["--method", "reb"],  # LDKNN's grouped coreset and IVF densities (its defaults), the threaded fine-tune
+    # REB before issue 17's LDKNN changes: the global greedy coreset and exact densities (the fit ~5x slower)
+    "reb_exact": ["--method", "reb", "--param", "sampler=exact", "--param", "density_search=exact"],
 }
 
 
@@ -53,7 +56,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--rows", default="default,exact,online,reb", help=f"comma list of {', '.join(ROWS)}")
     parser.add_argument("--max-train-images", type=int, default=None, help="a seeded subset (a quick check)")
-    parser.add_argument("--eval", default="default,exact,online", help="rows whose artefact is evaluated")
+    parser.add_argument("--eval", default="default,exact,online,reb,reb_exact", help="rows whose artefact is evaluated")
     parser.add_argument("--workdir", type=Path, default=None, help="artefacts and logs (default: a temporary folder)")
     parser.add_argument("--record", type=Path, default=REPO / "bench" / "results" / "build_speed.md")
     parser.add_argument("--no-record", action="store_true")
@@ -94,7 +97,7 @@ def main() -> None:
             print(json.dumps({k: row[k] for k in ("row", "image_auroc", "pixel_auroc")}), flush=True)
 
     base = next((r for r in rows if r["row"] == "default"), rows[0])
-    exact = next((r for r in rows if r["row"] == "exact" and "image_auroc" in r), None)
+    evaluated = {r["row"]: r for r in rows if "image_auroc" in r}
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"## {stamp}: {args.data.name}, {base['num_fit_images']} fit images per build", "",
              f"`{' '.join([Path(sys.executable).name] + sys.argv)}` -- {platform.machine()}, {os.cpu_count()} cores; "
@@ -102,6 +105,8 @@ def main() -> None:
              "", "| build | wall s | vs default | phases s | peak RSS MB | bank rows | load avg | image AUROC | "
              "pixel AUROC | vs exact (points) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        # PatchCore rows against `exact` (the global greedy coreset), REB against `reb_exact` (exact LDKNN fit)
+        exact = evaluated.get("reb_exact" if r["row"].startswith("reb") else "exact")
         auroc = ("| - | - | - |" if "image_auroc" not in r else
                  f"| {r['image_auroc']:.4f} | {r['pixel_auroc']:.4f} | " + (
                      f"{100 * (r['image_auroc'] - exact['image_auroc']):+.2f} / "
