@@ -7,6 +7,7 @@
       -> embedding (the method's feature aggregation)           same module as the fit used
       -> head (the method's scoring, its state as buffers)      -> patch scores [B,h,w], image score [B]
       -> smoother (upsample + Gaussian blur; stitches tiles)    -> raw anomaly map [B, H, W] at the model size
+      -> image score: the head's, or the raw map's maximum     (image_score_from: IMAGE_SCORE_SOURCES)
       -> normalisers (0.5 = threshold; maps calibrated apart)   -> pred_score, pred_label, anomaly_map, pred_mask
 
 EnsembleGraph averages several such graphs (standardised on held-out good images) into one artefact.
@@ -22,13 +23,26 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from adtk.runtime.manifest import IMAGE_SCORE_SOURCES  # where raw_score comes from (the manifest records which)
+
+
+def check_image_score_source(source: str) -> str:
+    if source not in IMAGE_SCORE_SOURCES:
+        raise ValueError(f"image_score_from {source!r}: expected one of {', '.join(IMAGE_SCORE_SOURCES)}")
+    return source
+
+
+def map_max_score(raw_map: torch.Tensor) -> torch.Tensor:
+    """raw anomaly maps [B, H, W] -> their maxima [B]: the image score image_score_from="map_max" takes."""
+    return raw_map.flatten(1).max(dim=1).values
+
 
 class ScoringOutputs(NamedTuple):
     pred_score: torch.Tensor  # [B] float32 in [0, 1]; 0.5 is the calibrated threshold
     pred_label: torch.Tensor  # [B] bool; raw_score > threshold
     anomaly_map: torch.Tensor  # [B, H, W] float32 in [0, 1]; 0.5 = the highest held-out good map value
     pred_mask: torch.Tensor  # [B, H, W] bool; raw map > map threshold (anomaly_map > 0.5), anomalib's 4th output
-    raw_score: torch.Tensor  # [B] float32, the method's unnormalised image score
+    raw_score: torch.Tensor  # [B] float32, the unnormalised image score (the head's, or the raw map's max)
     raw_anomaly_map: torch.Tensor  # [B, H, W] float32, unnormalised
 
 
@@ -52,8 +66,11 @@ class CalibratedOutputs(nn.Module):
 class ScoringGraph(CalibratedOutputs):
     def __init__(self, preprocess: nn.Module, backbone: nn.Module, embedding: nn.Module, head: nn.Module,
                  smoother: nn.Module, normaliser: nn.Module, map_normaliser: nn.Module | None = None,
-                 tiling: nn.Module | None = None):
+                 tiling: nn.Module | None = None, image_score_from: str = "head"):
         super().__init__()
+        # "map_max": the image score is the smoothed map's maximum, so calibration, pred_score and pred_label see
+        # the same number the map shows (IMAGE_SCORE_SOURCES); the head's own image score is then unused.
+        self.image_score_from = check_image_score_source(image_score_from)
         self.preprocess = preprocess
         # tiling: the resized frames -> the backbone's inputs (tiles, all in one batch), and the inputs' image
         # scores -> the frames'; None = the whole frame is the one input (toolkit/geometry.py).
@@ -80,9 +97,12 @@ class ScoringGraph(CalibratedOutputs):
         """The embedding's features [B (* T tiles), ...] -> raw_scores' outputs: the head and smoother alone, for
         callers whose features came from elsewhere (the build's onnxruntime trunk, toolkit/build.py)."""
         patch_scores, image_score = self.head(features)
+        raw_map = self.smoother(patch_scores)  # with tiling: already stitched into the frame's map
+        if self.image_score_from == "map_max":
+            return map_max_score(raw_map), raw_map
         if self.tiling is not None:
             image_score = self.tiling.frame_scores(image_score)
-        return image_score, self.smoother(patch_scores)
+        return image_score, raw_map
 
 
 class EnsembleGraph(CalibratedOutputs):
@@ -92,11 +112,14 @@ class EnsembleGraph(CalibratedOutputs):
     Standardising first puts the members on one scale (distances in two feature spaces can differ by
     orders of magnitude), so the mean is not just the member with the largest numbers. The members' maps must
     have one size (the build gives every member the same geometry). The ensemble is calibrated like one graph.
+    image_score_from="map_max": the image score is the maximum of the averaged map (the artefact's map), not a
+    mean of the members' maxima.
     """
 
     def __init__(self, members, score_mean, score_std, map_mean, map_std, normaliser: nn.Module,
-                 map_normaliser: nn.Module | None = None):
+                 map_normaliser: nn.Module | None = None, image_score_from: str = "head"):
         super().__init__()
+        self.image_score_from = check_image_score_source(image_score_from)
         self.members = nn.ModuleList(members)
         self.register_buffer("score_mean", torch.as_tensor(score_mean, dtype=torch.float32).reshape(-1, 1))
         self.register_buffer("score_inv_std", 1.0 / torch.as_tensor(score_std, dtype=torch.float32).reshape(-1, 1))
@@ -108,5 +131,7 @@ class EnsembleGraph(CalibratedOutputs):
     def raw_scores(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores, maps = zip(*(member.raw_scores(frames) for member in self.members))
         scores = (torch.stack(scores) - self.score_mean) * self.score_inv_std  # [K, B]
-        maps = (torch.stack(maps) - self.map_mean) * self.map_inv_std  # [K, B, H, W]
-        return scores.mean(dim=0), maps.mean(dim=0)
+        raw_map = ((torch.stack(maps) - self.map_mean) * self.map_inv_std).mean(dim=0)  # [B, H, W]
+        if self.image_score_from == "map_max":
+            return map_max_score(raw_map), raw_map
+        return scores.mean(dim=0), raw_map

@@ -40,9 +40,18 @@ OUTPUTS_DESCRIPTION = {
     "anomaly_map": "[B, H, W] float32 in [0, 1] at the model size (input.model_size_px); 0.5 = the highest value of any "
                    "held-out good image's map (calibration.map_threshold)",
     "pred_mask": "[B, H, W] bool; True where the raw map is above calibration.map_threshold (anomaly_map > 0.5)",
-    "raw_score": "[B] float32, the method's image score before normalisation",
+    "raw_score": "[B] float32, the image score before normalisation (postprocess.image_score_from: the method "
+                 "head's own, or map_max = the raw anomaly map's maximum)",
     "raw_anomaly_map": "[B, H, W] float32, before normalisation",
     "order": list(OUTPUT_NAMES),
+}
+# postprocess.image_score_from: where raw_score (and so pred_score, pred_label and the calibration) comes from;
+# the build option of the same name (export/compose.py applies it). Artefacts without the field took "head".
+IMAGE_SCORE_SOURCES = {
+    "head": "the method head's own image score (e.g. PatchCore's re-weighted largest patch distance; the largest "
+            "tile score when tiled)",
+    "map_max": "the largest value of the smoothed raw anomaly map (raw_anomaly_map: stitched when tiled, the "
+               "members' mean in an ensemble)",
 }
 NORMALISATION_DESCRIPTION = ("clip((raw - threshold) / (score_max - score_min) + 0.5, 0, 1); maps likewise "
                              "with map_threshold, map_min, map_max")
@@ -165,7 +174,8 @@ def adtk_version() -> str:
 
 
 def build_manifest(*, method: dict, backbone: dict, input_contract: dict, calibration: dict, training: dict,
-                   blur_sigma: float, toolchain: dict, timings_s: dict, target: dict | None = None) -> dict:
+                   blur_sigma: float, toolchain: dict, timings_s: dict, target: dict | None = None,
+                   image_score_from: str = "head") -> dict:
     """The manifest of a freshly built artefact, validated against SCHEMA.
 
     method: {"name", "params", "fit"}; backbone: name, stages, channels, strides, weights_source, weights_sha256;
@@ -183,7 +193,9 @@ def build_manifest(*, method: dict, backbone: dict, input_contract: dict, calibr
         "input": {"name": INPUT_NAME, **input_contract},
         "outputs": copy.deepcopy(OUTPUTS_DESCRIPTION),
         "postprocess": {"map_upsample": "bilinear", "blur_sigma": blur_sigma,
-                        "normalisation": NORMALISATION_DESCRIPTION},
+                        "normalisation": NORMALISATION_DESCRIPTION,
+                        # not in SCHEMA: artefacts built before it have none, and took the head's ("head")
+                        "image_score_from": image_score_from},
         "calibration": dict(calibration),
         "training": dict(training),
         "target": dict(target) if target is not None else {"name": "generic", "precision": "fp32"},

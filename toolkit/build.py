@@ -258,14 +258,16 @@ def fit_for_target(config: BuildConfig, inputs: BuildInputs, extracted: Extracte
                 state = method.fit(FitInputs(extracted.features, tuple(extracted.backbone.channels),
                                              defects=extracted.defects, progress=progress, log=steps.log))
         graph = scoring_graph(extracted.preprocess, extracted.backbone, extracted.embedding, method.head(state),
-                              inputs.geometry, config.blur_sigma, extracted.tiling)
+                              inputs.geometry, config.blur_sigma, extracted.tiling,
+                              image_score_source(config, method))
         steps.timings["total_before_export"] = time.perf_counter() - steps.started
         records = training_records(config, inputs, extracted)  # reads the labelled defects: before they are freed
         if inputs.target is None:  # no sizing round will refit: free the features before the export's peak
             extracted.features = extracted.defects = None
         fp32_model, calibration = export_and_calibrate(graph, inputs.geometry.model_hw, inputs.calibration_samples,
                                                        inputs.index.defects, config.skip_bad, steps)
-        steps.log(f"threshold {calibration.threshold:.4f} ({calibration.method})")
+        steps.log(f"threshold {calibration.threshold:.4f} on the image score from {graph.image_score_from} "
+                  f"({calibration.method})")
         manifest = make_manifest(config, method, extracted.backbone, extracted.preprocess, calibration,
                                  extracted.fit_samples, inputs.calibration_samples,
                                  {**method.fit_report(state), **extracted.backbone_report}, steps.timings,
@@ -381,6 +383,11 @@ def calibrate_graph(graph, calib_samples, defect_samples, skip_bad: bool, warn, 
     calibration = calibrate(good_scores, defect_scores, good_map_max=good_map_max, good_map_min=good_map_min)
     set_calibration(graph, calibration)
     return calibration
+
+
+def image_score_source(config: BuildConfig, method) -> str:
+    """Where the artefact's image score comes from: --image-score-from, else the method's default."""
+    return config.image_score_from or method.default_image_score_from
 
 
 def training_records(config: BuildConfig, inputs: BuildInputs, extracted: ExtractedFeatures) -> dict:
@@ -527,7 +534,8 @@ def make_manifest(config: BuildConfig, method, backbone, preprocess, calibration
                   "list_sha256": training_list_sha256(fit_samples),
                   "calibration_list_sha256": training_list_sha256(calibration_samples),
                   "seed": config.seed, "max_train_images": config.max_train_images, **(training_records or {})},
-        blur_sigma=config.blur_sigma, toolchain={"torch": torch.__version__}, timings_s=timings_s,
+        blur_sigma=config.blur_sigma, image_score_from=image_score_source(config, method),
+        toolchain={"torch": torch.__version__}, timings_s=timings_s,
     ) | {"build_config": config_to_dict(config)}  # every option, so `adtk inspect --config` can re-run the build
 
 
@@ -608,7 +616,8 @@ def build_ensemble(config: BuildConfig, choices, geometry: Geometry, index: Data
         timings[f"member_{choice.name}"] = time.perf_counter() - tic
     fit_samples = used
     graph = EnsembleGraph(members, *([s[key] for s in statistics] for key in
-                                     ("score_mean", "score_std", "map_mean", "map_std")), ScoreNormaliser()).eval()
+                                     ("score_mean", "score_std", "map_mean", "map_std")), ScoreNormaliser(),
+                          image_score_from=image_score_source(config, method)).eval()
     tic = time.perf_counter()
     calibration = calibrate_graph(graph, calib_samples, index.defects, config.skip_bad, warn)
     timings["calibrate"] = time.perf_counter() - tic

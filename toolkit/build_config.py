@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from adtk.runtime.errors import ConfigError, TargetError
+from adtk.runtime.manifest import IMAGE_SCORE_SOURCES
 
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 
@@ -49,6 +50,10 @@ class BuildConfig:
     # ~25 MB per image, so 16 images at once lifted the build's peak RSS by ~200 MB for no speed gain on CPU.
     batch_size: int = 4
     blur_sigma: float = 4.0
+    # where the artefact's image score comes from: "head" (the method's own) or "map_max" (the smoothed anomaly
+    # map's maximum); calibration, pred_score and pred_label all use it (runtime/manifest.py IMAGE_SCORE_SOURCES).
+    # None: the method's default (AnomalyMethod.default_image_score_from); the manifest's postprocess records which.
+    image_score_from: str | None = None
     target: str | None = None  # a targets/*.yaml name or path: size, check and record for that device
     precision: str = "auto"  # fp32 | fp16 | int8 | auto (the target's default; fp32 without a target)
     max_auroc_drop: float = 0.01  # refuse a precision that loses more image AUROC than this against fp32
@@ -192,6 +197,10 @@ def validate_build_config(config) -> None:
             load_target(config.target)
         except TargetError as error:
             raise ConfigError(f"--target: {error}") from None
+    if config.image_score_from is not None and config.image_score_from not in IMAGE_SCORE_SOURCES:
+        raise ConfigError(f"--image-score-from {config.image_score_from!r}: expected one of "
+                          f"{', '.join(IMAGE_SCORE_SOURCES)} (head = the method's own image score, map_max = the "
+                          "smoothed anomaly map's maximum)")
     if config.precision not in PRECISIONS:
         raise ConfigError(f"--precision {config.precision!r}: expected one of {', '.join(PRECISIONS)}")
     # N, (H, W), "N", "HxW" or "auto[:PIXELS]": parsed by the build's own parser (one set of messages), then

@@ -28,8 +28,10 @@ def head_grid_hw(preprocess, backbone, embedding, head, tiling=None) -> tuple[in
 
 
 def scoring_graph(preprocess, backbone: nn.Module, embedding: nn.Module, head: nn.Module, geometry: Geometry,
-                  blur_sigma: float, tiling=None) -> ScoringGraph:
-    """preprocess (-> tiles) -> backbone -> embedding -> head -> smoother -> normalisers (still at identity: the
-    build's calibration sets them), in eval mode."""
+                  blur_sigma: float, tiling=None, image_score_from: str = "head") -> ScoringGraph:
+    """preprocess (-> tiles) -> backbone -> embedding -> head -> smoother -> image score (the head's, or the map's
+    maximum: export/compose.py IMAGE_SCORE_SOURCES) -> normalisers (still at identity: the build's calibration sets
+    them), in eval mode."""
     smoother = make_smoother(geometry, blur_sigma, head_grid_hw(preprocess, backbone, embedding, head, tiling))
-    return ScoringGraph(preprocess, backbone, embedding, head, smoother, ScoreNormaliser(), tiling=tiling).eval()
+    return ScoringGraph(preprocess, backbone, embedding, head, smoother, ScoreNormaliser(), tiling=tiling,
+                        image_score_from=image_score_from).eval()

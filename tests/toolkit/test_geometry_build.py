@@ -122,26 +122,58 @@ def test_cli_size_and_tile_errors_are_one_line_and_write_nothing(tall_dataset, t
 def test_inspect_shows_the_geometry(tall_dataset, tmp_path):
     out = tmp_path / "model.onnx"
     result = CliRunner().invoke(cli, ["build", "--data", str(tall_dataset.root), "-o", str(out), "--random-weights",
-                                      "--tile", "64", "--coreset-ratio", "0.5", "--max-train-images", "6"])
+                                      "--tile", "64", "--coreset-ratio", "0.5", "--max-train-images", "6",
+                                      "--image-score-from", "map_max"])
     assert result.exit_code == 0, result.output
     shown = CliRunner().invoke(cli, ["inspect", str(out)])
     assert shown.exit_code == 0, shown.output
     assert "160x64 px" in shown.output and "3 tiles" in shown.output
-    assert read_artefact(out).manifest["input"]["tile_requested"] == "64"
+    assert "image score from map_max" in shown.output
+    manifest = read_artefact(out).manifest
+    assert manifest["input"]["tile_requested"] == "64"
+    assert manifest["postprocess"]["image_score_from"] == manifest["build_config"]["image_score_from"] == "map_max"
+    # tiled: the image score is the maximum of the stitched frame map, not of any one tile's scores
+    outputs = Detector.load(out, backend="cpu").backend.run(
+        {"frames": np.array(Image.open(tall_dataset.test[5].path).convert("RGB"))[None]})
+    assert outputs["raw_anomaly_map"].shape[1:] == (160, 64)
+    assert float(outputs["raw_score"][0]) == float(outputs["raw_anomaly_map"][0].max())
+
+
+@pytest.mark.parametrize("via", ["api", "cli"])
+def test_unknown_image_score_source_is_refused_before_any_feature(tall_dataset, tmp_path, monkeypatch, via):
+    def no_features(*args, **kwargs):
+        raise AssertionError("features were extracted before --image-score-from was checked")
+
+    monkeypatch.setattr(FeatureExtractorPipeline, "feature_batches", no_features)
+    if via == "api":
+        with pytest.raises(ConfigError, match="'mapmax'.*expected one of head, map_max"):
+            build(_config(tall_dataset, tmp_path, image_score_from="mapmax"), log=lambda m: None, index=tall_dataset)
+    else:
+        result = CliRunner().invoke(cli, ["build", "--data", str(tall_dataset.root), "-o", str(tmp_path / "m.onnx"),
+                                          "--random-weights", "--image-score-from", "mapmax"])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert "--image-score-from" in result.output and "map_max" in result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ensemble_of_two_backbones_standardises_members_and_matches_the_torch_reference(tall_dataset, tmp_path):
-    """Two members (a fine stride-4 stage set and the default stages), tiled: one artefact, parity with torch."""
+    """Two members (a fine stride-4 stage set and the default stages), non-square: one artefact, parity with torch.
+    Its image score is the averaged map's maximum (--image-score-from map_max: that path's ensemble parity)."""
     config = _config(tall_dataset, tmp_path, image_size_px="128x64", backbone="tf_efficientnet_lite0",
-                     stages=("blocks.1", "blocks.2"), ensemble=("mobilenetv2_100",))
+                     stages=("blocks.1", "blocks.2"), ensemble=("mobilenetv2_100",), image_score_from="map_max")
     result = build(config, log=lambda m: None, index=tall_dataset)
     members = result.manifest["ensemble"]["members"]
     assert [m["backbone"]["name"] for m in members] == ["tf_efficientnet_lite0", "mobilenetv2_100"]
     assert members[0]["backbone"]["strides"] == [4, 8]
     assert_parity(result, tall_dataset.test[:4])
-    # the raw score is the mean of the members' standardised raw scores
     frame = torch.from_numpy(np.array(Image.open(tall_dataset.test[6].path).convert("RGB")))[None]
+    outputs = Detector.load(result.artefact, backend="cpu").backend.run({"frames": frame.numpy()})
+    assert float(outputs["raw_score"][0]) == float(outputs["raw_anomaly_map"][0].max())  # the averaged map's max
     with torch.no_grad():
+        raw_score, raw_map = result.graph.raw_scores(frame)
+        assert float(raw_score[0]) == float(raw_map[0].max())
+        # with the head's score, the raw score is the mean of the members' standardised raw scores
+        result.graph.image_score_from = "head"
         expected = np.mean([(float(member.raw_scores(frame)[0][0]) - m["standardisation"]["score_mean"])
                             / m["standardisation"]["score_std"] for member, m in zip(result.graph.members, members)])
         assert float(result.graph.raw_scores(frame)[0][0]) == pytest.approx(expected, rel=1e-4, abs=1e-5)

@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from adtk.toolkit.cli.progress import log_info, progress_factory
+from adtk.runtime.manifest import IMAGE_SCORE_SOURCES
 from adtk.toolkit.data_layouts import LAYOUT_OPTIONS, data_layout_options
 
 
@@ -83,6 +84,11 @@ CLI_ONLY = frozenset({"config_file", "print_config", "as_json", "engine", "param
 @click.option("--defects-from-test", "defects_from_test", default=None, metavar="TYPES",
               help="Comma-separated test/<type> folders whose images and masks methods that learn from labelled "
                    "defects (semlp, labeled-patchcore) may fit on, besides DATA/defects/<type>/.")
+@click.option("--image-score-from", type=click.Choice(list(IMAGE_SCORE_SOURCES)), default=None,
+              help="Where the image score (pred_score, pred_label, and the threshold's calibration) comes from: head "
+                   "= the method's own image score, map_max = the maximum of the smoothed anomaly map the artefact "
+                   "outputs (stitched when tiled, the members' mean in an ensemble). Default: the method's (`adtk inspect` "
+                   "shows which an artefact took).")
 @click.option("--target", default=None, help="Device to build for (see `adtk targets`): sizes, checks, records.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
               help="auto = the target's default (fp32 without a target).")
@@ -94,7 +100,8 @@ CLI_ONLY = frozenset({"config_file", "print_config", "as_json", "engine", "param
 @click.pass_context
 def command(ctx, config_file, print_config, as_json, method, data, out, backbones, stages, weights, random_weights,
             image_size_px, tile, coreset_ratio, num_neighbors, params, calib_fraction, max_train_images, seed, skip_bad,
-            target, precision, max_auroc_drop, check_images, engine, refine=None, defects_from_test=None, **layout):
+            image_score_from, target, precision, max_auroc_drop, check_images, engine, refine=None, defects_from_test=None,
+            **layout):
     """Fit a detector on DATA and compile it into one ONNX artefact."""
     import json
 
@@ -120,8 +127,8 @@ def command(ctx, config_file, print_config, as_json, method, data, out, backbone
         random_weights=random_weights, image_size_px=image_size_px, tile=tile, calib_fraction=calib_fraction,
         max_train_images=max_train_images, seed=seed, skip_bad=skip_bad, refine=refine,
         defects_from_test=tuple(t.strip() for t in defects_from_test.split(",") if t.strip()) if defects_from_test else (),
-        target=target, precision=precision, max_auroc_drop=max_auroc_drop, check_images=check_images,
-        ensemble=tuple(backbones[1:]), data_layout={key: value for key, value in layout.items() if value is not None},
+        image_score_from=image_score_from, target=target, precision=precision, max_auroc_drop=max_auroc_drop,
+        check_images=check_images, ensemble=tuple(backbones[1:]), data_layout={key: value for key, value in layout.items() if value is not None},
     )
     config = config_from_dict(resolve_options(ctx, from_flags, read_config_file(config_file) if config_file else {}),
                               "adtk build")

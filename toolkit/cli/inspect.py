@@ -53,6 +53,11 @@ def command(model, as_json, as_config):
              f"{tiling['grid'][1]}, rows at {tiling['row_starts']}, columns at {tiling['col_starts']})" if tiling else "")
     click.echo(f"input     {m['input']['layout']} uint8 {m['input']['channels']} any size -> {height}x{width} px "
                f"(HxW){tiles}; maps [B, {height}, {width}]")
+    postprocess = m["postprocess"]
+    image_score_from = postprocess.get("image_score_from", "head")  # artefacts built before the field took the head's
+    click.echo(f"score     image score from {image_score_from} ("
+               + ("the method's own" if image_score_from == "head" else "max of the smoothed anomaly map")
+               + f"); map blur sigma {postprocess['blur_sigma']:g}")
     cal = m["calibration"]
     click.echo(f"threshold {cal['threshold']:.5g} ({cal['method']})")
     click.echo(f"training  {m['training']['num_fit_images']} images, list sha256 {m['training']['list_sha256'][:16]}...")

@@ -83,6 +83,10 @@ class AnomalyMethod:
     # cross-fitted on half of them (refinement/contamination.py). A memory bank holds the image's own patches, so
     # in-sample scoring hides its defects: False there.
     refines_in_sample: bool = False
+    # Where the artefact's image score comes from when the build does not say (BuildConfig.image_score_from):
+    # "head" = this method head's own image score, "map_max" = the smoothed anomaly map's maximum
+    # (runtime/manifest.py IMAGE_SCORE_SOURCES). A method changes it only on measured evidence (bench/results).
+    default_image_score_from: str = "head"
     log: Callable[[str], None] | None = None  # the build's log, for decisions a method makes while it prepares
     _constructor_args: dict[str, Any]  # set by the wrapper register_method puts around __init__
 
