@@ -28,7 +28,10 @@ are in (image, y, x) order) and the same greedy runs inside each group, picking 
 coreset (largest-remainder rounding, so the total is still max(1, int(N * ratio))). That costs N x M x d /
 num_groups. What it gives up: a row is only kept away from rows of its own group, so near-duplicates in two
 groups can both be kept. The accuracy cost is measured in bench/coreset_speed.py; `group_rows=None` is the
-paper's global greedy.
+paper's global greedy. The cost grows as each group's share shrinks: at a 1% coreset of 200 magnetic-tile images
+(1,843 picks in 6 groups) grouping lost 1.7 image AUROC points against the global greedy, which there costs about a
+second. So grouping only applies when the global greedy would cost more than `exact_max_macs` multiply-adds
+(N x M x projection_dim; DEFAULT_EXACT_MAX_MACS ~ 5 s on a 2-core x86 machine).
 """
 
 from __future__ import annotations
@@ -44,12 +47,16 @@ from adtk.runtime.errors import ConfigError
 # Patches per coreset group for the grouped samplers (PatchCore's and LDKNN's default; 32 images of a 32 x 32 grid):
 # see bench/coreset_speed.py for the choice.
 DEFAULT_GROUP_ROWS = 32768
+# Below this many multiply-adds (rows x picks x projected dims) the global greedy runs even when group_rows is set:
+# it is cheap there (~4e10 multiply-adds a second on 2 cores: the 6e12 of a 10% coreset of 700k rows took ~150 s)
+# and grouping costs the most accuracy at small coresets (module docstring).
+DEFAULT_EXACT_MAX_MACS = 2e11
 
 
 class ApproximateGreedyCoreset:
     def __init__(self, ratio: float, projection_dim: int = 128, num_starts: int = 10, seed: int = 0,
                  block_size: int = 256, num_candidates: int | None = None, chunk_rows: int = 16384,
-                 group_rows: int | None = None):
+                 group_rows: int | None = None, exact_max_macs: float | None = None):
         if not 0.0 < ratio <= 1.0:
             raise ConfigError(f"coreset ratio must be in (0, 1], got {ratio}")
         self.ratio = float(ratio)
@@ -62,6 +69,7 @@ class ApproximateGreedyCoreset:
         if group_rows is not None and int(group_rows) < 1:
             raise ConfigError(f"coreset group_rows must be >= 1 (or None for one global greedy), got {group_rows}")
         self.group_rows = int(group_rows) if group_rows is not None else None
+        self.exact_max_macs = float(DEFAULT_EXACT_MAX_MACS if exact_max_macs is None else exact_max_macs)
 
     def target_size(self, num_rows: int) -> int:
         return max(1, int(num_rows * self.ratio))
@@ -112,7 +120,7 @@ class ApproximateGreedyCoreset:
         # groups of whole images when the features are maps: rows are in (image, y, x) order
         unit = features.shape[2] * features.shape[3] if features.ndim == 4 else 1
         num_groups = 1 if self.group_rows is None else max(1, round(num_rows / max(self.group_rows, unit)))
-        if num_groups == 1:
+        if num_groups == 1 or self.global_greedy_is_cheap(num_rows, target, rows.shape[1]):
             return np.sort(self._greedy(rows, target, generator, progress))
         bounds = np.linspace(0, num_rows // unit, num_groups + 1).round().astype(np.int64) * unit
         sizes = np.diff(bounds)
@@ -127,6 +135,10 @@ class ApproximateGreedyCoreset:
             selected.append(start + self._greedy(rows[start:stop], int(quota), generator, group_progress))
             done += int(quota)
         return np.sort(np.concatenate(selected))
+
+    def global_greedy_is_cheap(self, num_rows: int, target: int, dims: int) -> bool:
+        """True when the global greedy's N x M x d multiply-adds are within exact_max_macs (then no grouping)."""
+        return float(num_rows) * float(target) * float(dims) <= self.exact_max_macs
 
     def _greedy(self, rows: torch.Tensor, target: int, generator: torch.Generator, progress=None) -> np.ndarray:
         """The greedy k-center over all of `rows` (projected [n, d]) -> indices [target] in pick order; each row's

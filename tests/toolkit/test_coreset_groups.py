@@ -16,7 +16,8 @@ from tests.toolkit.methods.test_patchcore import reference_greedy
 def test_groups_are_whole_images_with_their_share_and_the_textbook_picks_inside():
     rng = np.random.default_rng(0)
     maps = rng.normal(size=(10, 8, 4, 5)).astype(np.float32)  # 10 images x 20 patches, D <= 128: no projection
-    sampler = ApproximateGreedyCoreset(0.1, seed=2, group_rows=100)  # 200 rows -> 2 groups of 5 images
+    # exact_max_macs=0: group however cheap the global greedy (tiny rows here)
+    sampler = ApproximateGreedyCoreset(0.1, seed=2, group_rows=100, exact_max_macs=0)  # 200 rows -> 2 groups of 5 images
     selected = sampler.select(maps)
     assert len(selected) == 20
     rows = maps.transpose(0, 2, 3, 1).reshape(-1, 8).astype(np.float64)
@@ -32,8 +33,13 @@ def test_one_group_is_the_global_greedy_and_shares_add_up():
     rows = np.random.default_rng(1).normal(size=(997, 16)).astype(np.float32)
     exact = ApproximateGreedyCoreset(0.05, seed=0).select(rows)
     np.testing.assert_array_equal(ApproximateGreedyCoreset(0.05, seed=0, group_rows=5000).select(rows), exact)
-    grouped = ApproximateGreedyCoreset(0.05, seed=0, group_rows=130).select(rows)  # 8 uneven groups
+    grouped = ApproximateGreedyCoreset(0.05, seed=0, group_rows=130, exact_max_macs=0).select(rows)  # 8 uneven groups
     assert len(grouped) == len(exact) == 49 and len(np.unique(grouped)) == 49
+    assert not np.array_equal(grouped, exact)  # the groups did change the picks here ...
+    # ... and within the multiply-add budget (997 x 49 x 16 here) the global greedy runs though groups are asked for
+    cheap = ApproximateGreedyCoreset(0.05, seed=0, group_rows=130, exact_max_macs=997 * 49 * 16)
+    np.testing.assert_array_equal(cheap.select(rows), exact)
+    assert not cheap.global_greedy_is_cheap(997, 50, 16)
     with pytest.raises(ConfigError):
         ApproximateGreedyCoreset(0.1, group_rows=0)
 

@@ -276,8 +276,11 @@ def test_approximate_densities_agree_with_exact_ones_on_a_big_enough_bank(monkey
     assert len(calls) == 1  # below APPROXIMATE_MIN_ROWS rows the search stays exact
 
 
-def test_exact_sampler_and_density_search_stay_reachable():
+def test_exact_sampler_and_density_search_stay_reachable(monkeypatch):
+    from adtk.toolkit import coreset
     from adtk.toolkit.coreset import ApproximateGreedyCoreset
+
+    monkeypatch.setattr(coreset, "DEFAULT_EXACT_MAX_MACS", 0)  # group these tiny rows (cheap to do globally)
 
     train = clustered_rows(600, seed=3).reshape(6, 10, 10, 8).transpose(0, 3, 1, 2)  # 6 images of 10 x 10
     patches = train.transpose(0, 2, 3, 1).reshape(-1, 8)
