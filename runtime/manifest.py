@@ -48,8 +48,8 @@ OUTPUTS_DESCRIPTION = {
 # postprocess.image_score_from: where raw_score (and so pred_score, pred_label and the calibration) comes from;
 # the build option of the same name (export/compose.py applies it). Artefacts without the field took "head".
 IMAGE_SCORE_SOURCES = {
-    "head": "the method head's own image score (e.g. PatchCore's re-weighted largest patch distance; the largest "
-            "tile score when tiled)",
+    "head": "the method head's own image score (e.g. a memory bank's re-weighted largest patch distance; the "
+            "largest tile score when tiled)",
     "map_max": "the largest value of the smoothed raw anomaly map (raw_anomaly_map: stitched when tiled, the "
                "members' mean in an ensemble)",
 }
