@@ -51,3 +51,27 @@ def test_held_out_good_images_score_below_threshold_and_their_maps_below_half(ti
     cal = tiny_build.manifest["calibration"]
     # good-only calibration: the threshold is the highest held-out score the artefact itself outputs
     assert max(raw_scores) == cal["threshold"] and min(raw_scores) == cal["score_min"]
+
+
+def test_a_build_whose_exporter_folded_the_normalisers_exports_again_with_the_calibrated_ones(
+        tiny_dataset, tiny_build, tmp_path, monkeypatch):
+    """export_and_calibrate's fallback: when the calibrated constants cannot be written into the exported model
+    (replace_initializers refuses: an exporter folded them), the graph is exported again with them. The artefact
+    must then be the one the normal path writes: same calibration, same scores and maps."""
+    import adtk.toolkit.build as build_module
+    from adtk.toolkit.build import BuildConfig, build
+
+    monkeypatch.setattr(build_module, "replace_initializers", lambda model, exported, new: False)
+    config = BuildConfig(data=tiny_dataset.root, out=tmp_path / "model.onnx", method="patchcore",
+                         method_params={"coreset_ratio": 0.25}, backbone="tf_efficientnet_lite0",
+                         random_weights=True, image_size_px=64, calib_fraction=0.25)
+    messages = []
+    result = build(config, log=messages.append, index=tiny_dataset)
+    assert any("exporting again" in message for message in messages)
+    assert result.manifest["calibration"] == tiny_build.manifest["calibration"]
+    again, normal = Detector.load(result.artefact), Detector.load(tiny_build.artefact)
+    for sample in list(tiny_build.calibration_samples) + list(tiny_dataset.test)[:4]:
+        image = read_image(sample.path)[None]
+        got, expected = again.predict(image), normal.predict(image)
+        np.testing.assert_allclose(got.pred_score, expected.pred_score, atol=1e-5)
+        np.testing.assert_allclose(got.anomaly_map, expected.anomaly_map, atol=1e-5)
