@@ -39,7 +39,9 @@ DEFAULT_DATA = (REPO / ".." / "shared" / "data" / "magnetic-tile").resolve()
 ROWS = {
     "default": ["--method", "patchcore"],
     "exact": ["--method", "patchcore", "--param", "sampler=exact"],
-    "online": ["--method", "patchcore", "--param", "sampler=online"],
+    "online": ["--method", "patchcore", "--param", "sampler=online"],  # windows of 32,768 patches (its default)
+    # the paper's online coreset: every batch against every stored row (the online default before windows)
+    "online_paper": ["--method", "patchcore", "--param", "sampler=online", "--param", "online_window_rows=0"],
     "reb": ["--method", "reb"],  # LDKNN's grouped coreset and IVF densities (its defaults), the threaded fine-tune
     # REB before issue 17's LDKNN changes: the global greedy coreset and exact densities (the fit ~5x slower)
     "reb_exact": ["--method", "reb", "--param", "sampler=exact", "--param", "density_search=exact"],

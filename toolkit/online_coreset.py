@@ -10,6 +10,15 @@ dims than it would produce); the stored entries are the full feature vectors (B.
 When nothing is stored yet, the batch's distances start from one random row of the batch that is not
 itself stored (the code's "virtual" centre, B.9.10).
 
+Windows (`window_rows`, not in the paper): the paper compares every batch with every stored row, so the whole
+stream costs about N x M x d / 2 multiply-adds, as much as the offline exact greedy (at a 10% bank of 700k
+magnetic-tile rows the online build was 1.9x slower than the grouped offline default, bench/results/build_speed.md).
+With `window_rows` set, the stream is cut into consecutive windows of at least that many input rows (whole
+batches) and the paper's sampler runs inside each window: a batch is compared only with the rows stored in its own
+window, and each window starts from a virtual centre again. That bounds a batch's distance work by
+window_rows x ratio stored rows, as toolkit/coreset.py's grouped selection bounds its greedy, and gives up the same
+thing: rows of two windows are not kept away from each other. `window_rows=None` is the paper's sampler.
+
 Hand-written (like toolkit/coreset.py): neither faiss nor scikit-learn has a streaming k-center sampler.
 The picks within a batch are toolkit/coreset.py's farthest_first (the same picks as the textbook loop, made
 with blocked matrix products instead of one [n, d] difference per pick), on squared distances (same arg-max);
@@ -39,14 +48,18 @@ def jl_min_dim(num_rows: int, eps: float) -> int:
 
 
 class OnlineGreedyCoreset:
-    def __init__(self, ratio: float, seed: int = 0, eps: float = JL_EPS):
+    def __init__(self, ratio: float, seed: int = 0, eps: float = JL_EPS, window_rows: int | None = None):
         if not 0.0 < ratio <= 1.0:
             raise ConfigError(f"online coreset ratio must be in (0, 1], got {ratio}")
+        if window_rows is not None and int(window_rows) < 1:
+            raise ConfigError(f"online coreset window_rows must be >= 1 (or None: one window), got {window_rows}")
+        self.window_rows = None if window_rows is None else int(window_rows)
+        self.window_input_rows = 0  # input rows the current window has seen
         self.ratio, self.seed, self.eps = float(ratio), int(seed), float(eps)
         self.projection = None  # fitted on the first batch
         self.rows: list[np.ndarray] = []  # stored full rows, one array per batch
-        self.projected: torch.Tensor | None = None  # [M, d] stored rows in psi-space
-        self.projected_sq_norms: torch.Tensor | None = None  # [M]
+        self.projected: torch.Tensor | None = None  # [m, d] the current window's stored rows in psi-space
+        self.projected_sq_norms: torch.Tensor | None = None  # [m]
         self.picker = ApproximateGreedyCoreset(1.0)  # its farthest-first loop
         self.generator = np.random.default_rng(seed)
         self.projection_dims: int | None = None
@@ -66,6 +79,11 @@ class OnlineGreedyCoreset:
 
     def add(self, patches: np.ndarray) -> np.ndarray:
         """patches [n, D] (one batch) -> indices of the rows of this batch that were stored, in pick order."""
+        if self.window_rows is not None and self.window_input_rows >= self.window_rows:
+            # a new window: its batches are compared with its own stored rows only (module docstring)
+            self.projected = self.projected_sq_norms = None
+            self.window_input_rows = 0
+        self.window_input_rows += len(patches)
         batch = self._project(patches)
         count = min(max(1, int(len(patches) * self.ratio)), len(patches))
         batch_sq_norms = (batch * batch).sum(1)
@@ -99,14 +117,15 @@ class OnlineGreedyCoreset:
 
 
 def online_coreset_bank(batches: Iterable[np.ndarray], ratio: float, seed: int, images_per_step: int,
-                        num_images: int, progress=None) -> np.ndarray:
+                        num_images: int, progress=None, window_rows: int | None = None) -> np.ndarray:
     """Feature batches [b, D, h, w] of any sizes -> the online coreset's bank [M, D], holding one group of
     `images_per_step` images at a time (the released code's 8, spec B.5).
 
     The batches are regrouped into `images_per_step` images per sampler step whatever batch size the backbone
     ran at, so the bank does not depend on it. Patch rows go in (image, y, x) order, as the offline coreset
-    reads them. progress(done_images, num_images) after each step; an empty stream is a DataError."""
-    sampler = OnlineGreedyCoreset(ratio, seed=seed)
+    reads them. progress(done_images, num_images) after each step; an empty stream is a DataError.
+    window_rows: OnlineGreedyCoreset's windows (None: the paper's one window)."""
+    sampler = OnlineGreedyCoreset(ratio, seed=seed, window_rows=window_rows)
     pending: list[np.ndarray] = []
     held = done = 0
 

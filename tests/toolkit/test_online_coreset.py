@@ -9,11 +9,16 @@ from adtk.runtime.errors import ConfigError
 from adtk.toolkit.online_coreset import OnlineGreedyCoreset
 
 
-def reference_online(batches, ratio, seed):
-    """Farthest-first per batch against everything stored, in float64 (spec B.5, Algorithm 2)."""
+def reference_online(batches, ratio, seed, window_rows=None):
+    """Farthest-first per batch against everything stored, in float64 (spec B.5, Algorithm 2); with window_rows,
+    against what was stored since the current window of >= window_rows input rows began."""
     stored, order = np.zeros((0, batches[0].shape[1])), []
     rng = np.random.default_rng(seed)
+    window_seen = 0
     for batch in batches:
+        if window_rows is not None and window_seen >= window_rows:
+            stored, window_seen = np.zeros((0, batch.shape[1])), 0
+        window_seen += len(batch)
         if len(stored) == 0:
             dist = np.linalg.norm(batch - batch[rng.integers(len(batch))], axis=1)
         else:
@@ -52,3 +57,26 @@ def test_high_dimensional_rows_are_projected_but_stored_in_full():
     np.testing.assert_array_equal(sampler.bank(), rows[picks])
     with pytest.raises(ConfigError):
         OnlineGreedyCoreset(0.0)
+
+
+def test_windows_compare_a_batch_only_with_its_own_windows_rows():
+    rng = np.random.default_rng(3)
+    batches = [rng.normal(size=(40, 2)).astype(np.float32) + shift for shift in (0.0, 2.0, 0.5, 3.0, 1.0)]
+    windowed = OnlineGreedyCoreset(0.1, seed=5, window_rows=80)  # windows: batches 0-1, 2-3, 4
+    for batch in batches:
+        windowed.add(batch)
+    np.testing.assert_allclose(windowed.bank(), reference_online(batches, 0.1, 5, window_rows=80), atol=1e-6)
+    # what a window keeps does not depend on the rows of earlier windows
+    changed = [batches[0] * 3.0 - 1.0, batches[1][::-1].copy()] + batches[2:]
+    again = OnlineGreedyCoreset(0.1, seed=5, window_rows=80)
+    for batch in changed:
+        again.add(batch)
+    np.testing.assert_array_equal(again.bank()[8:], windowed.bank()[8:])
+    assert not np.array_equal(again.bank()[:8], windowed.bank()[:8])
+    # a window as long as the stream is the paper's sampler
+    whole = OnlineGreedyCoreset(0.1, seed=5, window_rows=200)
+    for batch in batches:
+        whole.add(batch)
+    np.testing.assert_allclose(whole.bank(), reference_online(batches, 0.1, 5), atol=1e-6)
+    with pytest.raises(ConfigError, match="window_rows"):
+        OnlineGreedyCoreset(0.1, window_rows=0)

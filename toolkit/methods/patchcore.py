@@ -7,7 +7,9 @@ fit:   all training patches [N*h*w, D] -> approximate greedy coreset (ratio, see
        patches (bench/coreset_speed.py measures both: time and AUROC).
        sampler="online": seed 003's online coreset instead (toolkit/online_coreset.py), fed
        `online_batch_images` images at a time as the build extracts them (fit_stream), so a large training
-       set is fitted without ever holding all of its features.
+       set is fitted without ever holding all of its features. Each batch is compared with the rows stored
+       within its window of `online_window_rows` patches (the grouped sampler's group size, so the two cost
+       about the same); online_window_rows=0 compares it with every stored row, as the paper does.
 score: patch score = L2 distance to the nearest bank row; image score = max patch score, optionally
        re-weighted as in the paper (Eq. 7) and anomalib: s * (1 - softmax(distances to the nearest
        row's `num_neighbors` bank neighbours)[0]). The neighbours of every bank row are found at fit
@@ -88,7 +90,7 @@ class PatchCore(AnomalyMethod):
 
     def __init__(self, coreset_ratio: float = 0.1, num_neighbors: int = 9, embed_dim: int | None = None,
                  projection_dim: int = 128, seed: int = 0, sampler: str = "grouped", online_batch_images: int = 8,
-                 group_rows: int = DEFAULT_GROUP_ROWS):
+                 group_rows: int = DEFAULT_GROUP_ROWS, online_window_rows: int = DEFAULT_GROUP_ROWS):
         if num_neighbors < 1:
             raise ConfigError(f"patchcore: num_neighbors must be >= 1, got {num_neighbors}")
         if sampler not in SAMPLERS:
@@ -97,7 +99,11 @@ class PatchCore(AnomalyMethod):
                               f"'online' (seed 003's bounded-memory coreset), got {sampler!r}")
         if int(online_batch_images) < 1:
             raise ConfigError(f"patchcore: online_batch_images must be >= 1, got {online_batch_images}")
+        if int(online_window_rows) < 0:
+            raise ConfigError(f"patchcore: online_window_rows must be >= 0 (0: one window, the paper's), "
+                              f"got {online_window_rows}")
         self.sampler, self.online_batch_images = sampler, int(online_batch_images)
+        self.online_window_rows = int(online_window_rows) or None
         self.coreset = ApproximateGreedyCoreset(coreset_ratio, projection_dim=projection_dim, seed=seed,
                                                 group_rows=int(group_rows) if sampler == "grouped" else None)
         self.num_neighbors = int(num_neighbors)
@@ -124,7 +130,8 @@ class PatchCore(AnomalyMethod):
         """Feature batches [b, D, h, w] of any sizes -> PatchCoreState, holding one group of
         `online_batch_images` images at a time (online_coreset.online_coreset_bank)."""
         return self.state_for_bank(online_coreset_bank(batches, self.coreset.ratio, self.seed,
-                                                       self.online_batch_images, num_images, progress))
+                                                       self.online_batch_images, num_images, progress,
+                                                       window_rows=self.online_window_rows))
 
     def state_for_bank(self, memory_bank: np.ndarray) -> PatchCoreState:
         # approximate (IVF) neighbours for big banks: they only re-weight the image score, and

@@ -14,9 +14,10 @@ from adtk.toolkit.methods.registry import create_method
 from adtk.toolkit.online_coreset import OnlineGreedyCoreset
 
 
-def online_reference_bank(features: np.ndarray, ratio: float, group_images: int, seed: int) -> np.ndarray:
+def online_reference_bank(features: np.ndarray, ratio: float, group_images: int, seed: int,
+                          window_rows: int | None = None) -> np.ndarray:
     """OnlineGreedyCoreset fed groups of `group_images` images' patch rows in (image, y, x) order."""
-    sampler = OnlineGreedyCoreset(ratio, seed=seed)
+    sampler = OnlineGreedyCoreset(ratio, seed=seed, window_rows=window_rows)
     dims = features.shape[1]
     for start in range(0, len(features), group_images):
         group = features[start:start + group_images]
@@ -46,6 +47,22 @@ def test_fit_stream_gives_the_online_samplers_bank_whatever_the_batch_sizes():
     np.testing.assert_array_equal(state.bank_neighbours[:, 0], np.arange(15))
     # fit on features already held uses the same sampler and groups
     np.testing.assert_array_equal(method.fit(FitInputs(features)).memory_bank, reference)
+
+
+def test_online_window_rows_reaches_the_sampler_and_0_is_the_papers_single_window():
+    rng = np.random.default_rng(4)
+    features = rng.normal(size=(12, 6, 4, 4)).astype(np.float32)
+    windowed = create_method("patchcore", coreset_ratio=0.1, sampler="online", online_batch_images=2,
+                             online_window_rows=64, seed=1)  # windows of 4 images (2 groups of 2 x 16 rows)
+    state = windowed.fit_stream(iter(np.array_split(features, 5)), len(features))
+    np.testing.assert_array_equal(state.memory_bank, online_reference_bank(features, 0.1, 2, seed=1, window_rows=64))
+    paper = create_method("patchcore", coreset_ratio=0.1, sampler="online", online_batch_images=2,
+                          online_window_rows=0, seed=1)
+    paper_bank = paper.fit_stream(iter(np.array_split(features, 5)), len(features)).memory_bank
+    np.testing.assert_array_equal(paper_bank, online_reference_bank(features, 0.1, 2, seed=1))
+    assert not np.array_equal(paper_bank, state.memory_bank)
+    with pytest.raises(ConfigError, match="online_window_rows"):
+        create_method("patchcore", sampler="online", online_window_rows=-1)
 
 
 def test_online_bank_is_bounded_by_the_ratio_and_keeps_far_outliers():
