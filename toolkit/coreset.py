@@ -47,6 +47,23 @@ from adtk.runtime.errors import ConfigError
 # Patches per coreset group for the grouped samplers (PatchCore's and LDKNN's default; 32 images of a 32 x 32 grid):
 # see bench/coreset_speed.py for the choice.
 DEFAULT_GROUP_ROWS = 32768
+# The ratio at which a DEFAULT_GROUP_ROWS group makes enough picks. At the default 10% ratio a 32,768-row group picks
+# 3,277 rows (its share of the coreset) and the grouped coreset is 0.30 image AUROC points below the global greedy on
+# all magnetic-tile images (bench/results/build_speed.md); at 1% the same groups pick ~330 rows, and that lost 1.7
+# points at 200 images (bench/results/quality_table.md) and ~2 on a 4x training set
+# (bench/results/online_coreset_memory.md). So below 10% the default groups grow to keep the picks a group makes at
+# 10%; the grouped work per training row (rows x picks per group x dims) then stays that of the 10% default.
+GROUP_PICKS_RATIO = 0.1
+
+
+def default_group_rows(ratio: float) -> int:
+    """The grouped samplers' default group size at a coreset ratio: DEFAULT_GROUP_ROWS, or as many more rows as keep
+    a group's picks at DEFAULT_GROUP_ROWS x GROUP_PICKS_RATIO (3,277) below that ratio."""
+    if not float(ratio) > 0.0:  # the coreset itself refuses such a ratio, with its own message
+        return DEFAULT_GROUP_ROWS
+    return max(DEFAULT_GROUP_ROWS, int(round(DEFAULT_GROUP_ROWS * GROUP_PICKS_RATIO / float(ratio))))
+
+
 # Below this many multiply-adds (rows x picks x projected dims) the global greedy runs even when group_rows is set:
 # it is cheap there (~4e10 multiply-adds a second on 2 cores: the 6e12 of a 10% coreset of 700k rows took ~150 s)
 # and grouping costs the most accuracy at small coresets (module docstring).

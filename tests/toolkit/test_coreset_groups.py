@@ -10,6 +10,7 @@ import torch
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.coreset import ApproximateGreedyCoreset
 from adtk.toolkit.methods.patchcore import PatchCore
+from adtk.toolkit.methods.registry import create_method
 from tests.toolkit.methods.test_patchcore import reference_greedy
 
 
@@ -45,7 +46,15 @@ def test_one_group_is_the_global_greedy_and_shares_add_up():
 
 
 def test_patchcore_sampler_choice():
-    assert PatchCore().coreset.group_rows is not None  # grouped by default
+    assert PatchCore().coreset.group_rows == 32768  # grouped by default
+    # below a 10% ratio the default groups grow so that each still picks ~3,277 rows; a size given is kept
+    assert PatchCore(coreset_ratio=0.01).coreset.group_rows == 327680
+    assert PatchCore(coreset_ratio=0.01, group_rows=32768).coreset.group_rows == 32768
+    assert create_method("ldknn", coreset_ratio=0.01).coreset.group_rows == 327680
+    assert create_method("reb", coreset_ratio=0.01).coreset.group_rows == 327680
+    assert create_method("patchcore", coreset_ratio=0.2).coreset.group_rows == 32768
+    with pytest.raises(ConfigError, match="ratio"):
+        PatchCore(coreset_ratio=0.0)
     assert PatchCore(sampler="exact").coreset.group_rows is None
     assert PatchCore(sampler="greedy").coreset.group_rows is None
     with pytest.raises(ConfigError):

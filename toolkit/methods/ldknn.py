@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adtk.runtime.errors import ConfigError
-from adtk.toolkit.coreset import DEFAULT_GROUP_ROWS, ApproximateGreedyCoreset
+from adtk.toolkit.coreset import ApproximateGreedyCoreset, default_group_rows
 from adtk.toolkit.features import PatchEmbedding
 from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, register_method
 from adtk.toolkit.search import (APPROXIMATE_MIN_ROWS, approximate_nearest_neighbours, nearest_bank_rows,
@@ -137,7 +137,7 @@ class LDKNN(AnomalyMethod):
     def __init__(self, coreset_ratio: float = 0.1, num_neighbors: int = 5, alpha: float = 1.0,
                  distance: str = "squared", image_score: str = "pooled", embed_dim: int | None = None,
                  projection_dim: int = 128, seed: int = 0, sampler: str = "grouped",
-                 group_rows: int = DEFAULT_GROUP_ROWS, density_search: str = "approximate"):
+                 group_rows: int | None = None, density_search: str = "approximate"):
         if num_neighbors < 1:
             raise ConfigError(f"{self.name}: num_neighbors (K of the density) must be >= 1, got {num_neighbors}")
         if distance not in DISTANCES:
@@ -152,8 +152,10 @@ class LDKNN(AnomalyMethod):
             raise ConfigError(f"{self.name}: density_search must be 'approximate' (faiss IVF-Flat for big banks, "
                               f"default) or 'exact', got {density_search!r}")
         self.sampler, self.density_search = sampler, density_search
+        groups = None if sampler != "grouped" else (  # None: the default size at this ratio
+            default_group_rows(coreset_ratio) if group_rows is None else int(group_rows))
         self.coreset = ApproximateGreedyCoreset(coreset_ratio, projection_dim=projection_dim, seed=seed,
-                                                group_rows=int(group_rows) if sampler == "grouped" else None)
+                                                group_rows=groups)
         self.num_neighbors, self.alpha, self.seed = int(num_neighbors), float(alpha), int(seed)
         self.distance, self.image_score, self.embed_dim = distance, image_score, embed_dim
 

@@ -3,8 +3,9 @@ of locally aware patch features.
 
 fit:   all training patches [N*h*w, D] -> approximate greedy coreset (ratio, seeded) -> memory bank.
        sampler="grouped" (default): the greedy runs within groups of `group_rows` patches (whole images,
-       toolkit/coreset.py), ~num_groups times less work than sampler="exact", the paper's one greedy over all
-       patches (bench/coreset_speed.py measures both: time and AUROC).
+       toolkit/coreset.py; by default 32,768, more below a 10% ratio so that each group still picks >= 3,277
+       rows, coreset.default_group_rows), ~num_groups times less work than sampler="exact", the paper's one
+       greedy over all patches (bench/coreset_speed.py measures both: time and AUROC).
        sampler="online": seed 003's online coreset instead (toolkit/online_coreset.py), fed
        `online_batch_images` images at a time as the build extracts them (fit_stream), so a large training
        set is fitted without ever holding all of its features. Each batch is compared with the rows stored
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from adtk.runtime.errors import ConfigError
-from adtk.toolkit.coreset import DEFAULT_GROUP_ROWS, ApproximateGreedyCoreset
+from adtk.toolkit.coreset import DEFAULT_GROUP_ROWS, ApproximateGreedyCoreset, default_group_rows
 from adtk.toolkit.features import PatchEmbedding
 from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, SizingKnob, register_method
 from adtk.toolkit.online_coreset import online_coreset_bank
@@ -90,7 +91,7 @@ class PatchCore(AnomalyMethod):
 
     def __init__(self, coreset_ratio: float = 0.1, num_neighbors: int = 9, embed_dim: int | None = None,
                  projection_dim: int = 128, seed: int = 0, sampler: str = "grouped", online_batch_images: int = 8,
-                 group_rows: int = DEFAULT_GROUP_ROWS, online_window_rows: int = DEFAULT_GROUP_ROWS):
+                 group_rows: int | None = None, online_window_rows: int = DEFAULT_GROUP_ROWS):
         if num_neighbors < 1:
             raise ConfigError(f"patchcore: num_neighbors must be >= 1, got {num_neighbors}")
         if sampler not in SAMPLERS:
@@ -104,8 +105,10 @@ class PatchCore(AnomalyMethod):
                               f"got {online_window_rows}")
         self.sampler, self.online_batch_images = sampler, int(online_batch_images)
         self.online_window_rows = int(online_window_rows) or None
+        groups = None if sampler != "grouped" else (  # None: the default size at this ratio
+            default_group_rows(coreset_ratio) if group_rows is None else int(group_rows))
         self.coreset = ApproximateGreedyCoreset(coreset_ratio, projection_dim=projection_dim, seed=seed,
-                                                group_rows=int(group_rows) if sampler == "grouped" else None)
+                                                group_rows=groups)
         self.num_neighbors = int(num_neighbors)
         self.embed_dim, self.seed = embed_dim, int(seed)
 

@@ -34,7 +34,6 @@ from torch import nn
 
 from adtk.runtime.errors import ConfigError, DataError
 from adtk.toolkit.backbones import deepest_stage, state_dict_sha256
-from adtk.toolkit.coreset import DEFAULT_GROUP_ROWS
 from adtk.toolkit.methods.base import FitInputs, PreparedBackbone, register_method
 from adtk.toolkit.methods.ldknn import LDKNN
 from adtk.toolkit.preprocess import RESIZE_ALIGN_CORNERS, RESIZE_ANTIALIAS, RESIZE_MODE
@@ -73,7 +72,7 @@ class REB(LDKNN):
     def __init__(self, preset: str = "fast", coreset_ratio: float = 0.1, num_neighbors: int = 5,
                  alpha: float = 1.0, distance: str = "squared", image_score: str = "pooled",
                  embed_dim: int | None = None, projection_dim: int = 128, seed: int = 0, validate: bool = True,
-                 sampler: str = "grouped", group_rows: int = DEFAULT_GROUP_ROWS, density_search: str = "approximate"):
+                 sampler: str = "grouped", group_rows: int | None = None, density_search: str = "approximate"):
         if preset not in PRESETS:
             raise ConfigError(f"reb: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         super().__init__(coreset_ratio=coreset_ratio, num_neighbors=num_neighbors, alpha=alpha,
