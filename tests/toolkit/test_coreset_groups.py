@@ -53,6 +53,10 @@ def test_patchcore_sampler_choice():
     assert create_method("ldknn", coreset_ratio=0.01).coreset.group_rows == 327680
     assert create_method("reb", coreset_ratio=0.01).coreset.group_rows == 327680
     assert create_method("patchcore", coreset_ratio=0.2).coreset.group_rows == 32768
+    # the online sampler's windows follow the same default size; 0 is the paper's single window
+    assert PatchCore(sampler="online").online_window_rows == 32768
+    assert PatchCore(coreset_ratio=0.01, sampler="online").online_window_rows == 327680
+    assert PatchCore(sampler="online", online_window_rows=0).online_window_rows is None
     with pytest.raises(ConfigError, match="ratio"):
         PatchCore(coreset_ratio=0.0)
     assert PatchCore(sampler="exact").coreset.group_rows is None

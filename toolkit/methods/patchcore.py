@@ -9,8 +9,9 @@ fit:   all training patches [N*h*w, D] -> approximate greedy coreset (ratio, see
        sampler="online": seed 003's online coreset instead (toolkit/online_coreset.py), fed
        `online_batch_images` images at a time as the build extracts them (fit_stream), so a large training
        set is fitted without ever holding all of its features. Each batch is compared with the rows stored
-       within its window of `online_window_rows` patches (the grouped sampler's group size, so the two cost
-       about the same); online_window_rows=0 compares it with every stored row, as the paper does.
+       within its window of `online_window_rows` patches (by default the grouped sampler's default group size
+       at this ratio, so the two cost about the same); online_window_rows=0 compares it with every stored row,
+       as the paper does.
 score: patch score = L2 distance to the nearest bank row; image score = max patch score, optionally
        re-weighted as in the paper (Eq. 7) and anomalib: s * (1 - softmax(distances to the nearest
        row's `num_neighbors` bank neighbours)[0]). The neighbours of every bank row are found at fit
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from adtk.runtime.errors import ConfigError
-from adtk.toolkit.coreset import DEFAULT_GROUP_ROWS, ApproximateGreedyCoreset, default_group_rows
+from adtk.toolkit.coreset import ApproximateGreedyCoreset, default_group_rows
 from adtk.toolkit.features import PatchEmbedding
 from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, SizingKnob, register_method
 from adtk.toolkit.online_coreset import online_coreset_bank
@@ -91,7 +92,7 @@ class PatchCore(AnomalyMethod):
 
     def __init__(self, coreset_ratio: float = 0.1, num_neighbors: int = 9, embed_dim: int | None = None,
                  projection_dim: int = 128, seed: int = 0, sampler: str = "grouped", online_batch_images: int = 8,
-                 group_rows: int | None = None, online_window_rows: int = DEFAULT_GROUP_ROWS):
+                 group_rows: int | None = None, online_window_rows: int | None = None):
         if num_neighbors < 1:
             raise ConfigError(f"patchcore: num_neighbors must be >= 1, got {num_neighbors}")
         if sampler not in SAMPLERS:
@@ -100,6 +101,8 @@ class PatchCore(AnomalyMethod):
                               f"'online' (seed 003's bounded-memory coreset), got {sampler!r}")
         if int(online_batch_images) < 1:
             raise ConfigError(f"patchcore: online_batch_images must be >= 1, got {online_batch_images}")
+        if online_window_rows is None:  # the default group size at this ratio (coreset.default_group_rows)
+            online_window_rows = default_group_rows(coreset_ratio)
         if int(online_window_rows) < 0:
             raise ConfigError(f"patchcore: online_window_rows must be >= 0 (0: one window, the paper's), "
                               f"got {online_window_rows}")
