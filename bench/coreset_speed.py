@@ -47,6 +47,24 @@ def embed(stage_maps: list[np.ndarray], rows: np.ndarray, embedding, step: int =
     return out
 
 
+def cached_fit_and_test(cache: Path, fit_images: int | None, seed: int):
+    """The feature cache's fit images (the build's seeded split, the first `fit_images` of them) and all test images,
+    embedded as PatchCore embeds them -> (fit [N, D, h, w], test [T, D, h, w], labels [T], masks, smoother)."""
+    from adtk.toolkit.build import split_training_set
+    from adtk.toolkit.features import PatchEmbedding
+    from adtk.toolkit.postprocess import AnomalyMapSmoother
+
+    meta, stages, masks = load(cache)
+    embedding = PatchEmbedding(meta["channels"]).eval()
+    fit_rows, _ = split_training_set(range(len(meta["splits"]["train"])), 0.1, None, seed)  # as the build
+    fit = embed(stages["train"], np.asarray(fit_rows[:fit_images]), embedding)
+    test = embed(stages["test"], np.arange(len(meta["splits"]["test"])), embedding)
+    labels = np.array([int(s["label"]) for s in meta["splits"]["test"]])
+    size = meta["image_size_px"]
+    smoother = AnomalyMapSmoother((size, size), sigma=4.0, grid_hw=fit.shape[2:]).eval()
+    return fit, test, labels, masks, smoother
+
+
 def score(bank: np.ndarray, test: np.ndarray, smoother) -> tuple[np.ndarray, np.ndarray]:
     """-> image scores [T], maps [T, S, S]: nearest-row L2 distance per patch (faiss), max, smoothed map."""
     import faiss
@@ -84,21 +102,11 @@ def main() -> None:
     parser.add_argument("--record", type=Path, default=REPO / "bench" / "results" / "coreset_speed.md")
     args = parser.parse_args()
 
-    from adtk.toolkit.build import split_training_set
     from adtk.toolkit.evaluation.metrics import image_auroc, pixel_auroc
-    from adtk.toolkit.features import PatchEmbedding
-    from adtk.toolkit.postprocess import AnomalyMapSmoother
 
     if not (args.cache / "meta.json").exists():
         extract(args.data, args.cache, "tf_efficientnet_lite0", 256)
-    meta, stages, masks = load(args.cache)
-    embedding = PatchEmbedding(meta["channels"]).eval()
-    fit_rows, _ = split_training_set(range(len(meta["splits"]["train"])), 0.1, None, args.seed)  # as the build
-    fit = embed(stages["train"], np.asarray(fit_rows[:args.fit_images]), embedding)
-    test = embed(stages["test"], np.arange(len(meta["splits"]["test"])), embedding)
-    labels = np.array([int(s["label"]) for s in meta["splits"]["test"]])
-    size = meta["image_size_px"]
-    smoother = AnomalyMapSmoother((size, size), sigma=4.0, grid_hw=fit.shape[2:]).eval()
+    fit, test, labels, masks, smoother = cached_fit_and_test(args.cache, args.fit_images, args.seed)
     log = lambda message: print(message, flush=True)  # noqa: E731
     log(f"fit {fit.shape}, test {test.shape}")
 

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from coreset_speed import embed  # noqa: E402
-from feature_cache import DEFAULT_DATA, load  # noqa: E402
+from coreset_speed import cached_fit_and_test  # noqa: E402
+from feature_cache import DEFAULT_DATA  # noqa: E402
 from measure import append_record  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,21 +74,11 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
-    from adtk.toolkit.build import split_training_set
     from adtk.toolkit.evaluation.metrics import au_pro, image_auroc, pixel_auroc
-    from adtk.toolkit.features import PatchEmbedding
     from adtk.toolkit.methods.ldknn import local_densities, pool_image_score
-    from adtk.toolkit.postprocess import AnomalyMapSmoother
 
     log = lambda message: print(message, flush=True)  # noqa: E731
-    meta, stages, masks = load(args.cache)
-    embedding = PatchEmbedding(meta["channels"]).eval()
-    fit_rows, _ = split_training_set(range(len(meta["splits"]["train"])), 0.1, None, args.seed)  # as the build
-    fit = embed(stages["train"], np.asarray(fit_rows[:args.fit_images]), embedding)
-    test = embed(stages["test"], np.arange(len(meta["splits"]["test"])), embedding)
-    labels = np.array([int(s["label"]) for s in meta["splits"]["test"]])
-    size = meta["image_size_px"]
-    smoother = AnomalyMapSmoother((size, size), sigma=4.0, grid_hw=fit.shape[2:]).eval()
+    fit, test, labels, masks, smoother = cached_fit_and_test(args.cache, args.fit_images, args.seed)
     patches = np.ascontiguousarray(fit.transpose(0, 2, 3, 1).reshape(-1, fit.shape[1]))
     log(f"fit {fit.shape} -> {patches.shape[0]} patches, test {test.shape}")
     if args.workdir:
