@@ -64,6 +64,14 @@ def default_group_rows(ratio: float) -> int:
     return max(DEFAULT_GROUP_ROWS, int(round(DEFAULT_GROUP_ROWS * GROUP_PICKS_RATIO / float(ratio))))
 
 
+def sampler_group_rows(sampler: str, group_rows: int | None, ratio: float) -> int | None:
+    """ApproximateGreedyCoreset's group_rows for a method's `sampler` and `group_rows` params: None (the global
+    greedy) unless sampler is "grouped"; then group_rows, or default_group_rows(ratio) where it is None."""
+    if sampler != "grouped":
+        return None
+    return default_group_rows(ratio) if group_rows is None else int(group_rows)
+
+
 # Below this many multiply-adds (rows x picks x projected dims) the global greedy runs even when group_rows is set:
 # it is cheap there (~4e10 multiply-adds a second on 2 cores: the 6e12 of a 10% coreset of 700k rows took ~150 s)
 # and grouping costs the most accuracy at small coresets (module docstring).

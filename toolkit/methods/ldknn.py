@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adtk.runtime.errors import ConfigError
-from adtk.toolkit.coreset import ApproximateGreedyCoreset, default_group_rows
+from adtk.toolkit.coreset import ApproximateGreedyCoreset, sampler_group_rows
 from adtk.toolkit.features import PatchEmbedding
 from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, register_method
 from adtk.toolkit.search import (APPROXIMATE_MIN_ROWS, approximate_nearest_neighbours, nearest_bank_rows,
@@ -152,10 +152,8 @@ class LDKNN(AnomalyMethod):
             raise ConfigError(f"{self.name}: density_search must be 'approximate' (faiss IVF-Flat for big banks, "
                               f"default) or 'exact', got {density_search!r}")
         self.sampler, self.density_search = sampler, density_search
-        groups = None if sampler != "grouped" else (  # None: the default size at this ratio
-            default_group_rows(coreset_ratio) if group_rows is None else int(group_rows))
         self.coreset = ApproximateGreedyCoreset(coreset_ratio, projection_dim=projection_dim, seed=seed,
-                                                group_rows=groups)
+                                                group_rows=sampler_group_rows(sampler, group_rows, coreset_ratio))
         self.num_neighbors, self.alpha, self.seed = int(num_neighbors), float(alpha), int(seed)
         self.distance, self.image_score, self.embed_dim = distance, image_score, embed_dim
 

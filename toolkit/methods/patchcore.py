@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from adtk.runtime.errors import ConfigError
-from adtk.toolkit.coreset import ApproximateGreedyCoreset, default_group_rows
+from adtk.toolkit.coreset import ApproximateGreedyCoreset, default_group_rows, sampler_group_rows
 from adtk.toolkit.features import PatchEmbedding
 from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, SizingKnob, register_method
 from adtk.toolkit.online_coreset import online_coreset_bank
@@ -108,10 +108,8 @@ class PatchCore(AnomalyMethod):
                               f"got {online_window_rows}")
         self.sampler, self.online_batch_images = sampler, int(online_batch_images)
         self.online_window_rows = int(online_window_rows) or None
-        groups = None if sampler != "grouped" else (  # None: the default size at this ratio
-            default_group_rows(coreset_ratio) if group_rows is None else int(group_rows))
         self.coreset = ApproximateGreedyCoreset(coreset_ratio, projection_dim=projection_dim, seed=seed,
-                                                group_rows=groups)
+                                                group_rows=sampler_group_rows(sampler, group_rows, coreset_ratio))
         self.num_neighbors = int(num_neighbors)
         self.embed_dim, self.seed = embed_dim, int(seed)
 
