@@ -40,7 +40,7 @@ class BuildConfig:
     weights: Path | None = None
     random_weights: bool = False
     # --size: N, (H, W), "HxW", "auto" or "auto:PIXELS" (toolkit/geometry.py: parse_size, resolve_geometry)
-    image_size_px: int | tuple[int, int] | str = 256
+    image_size_px: int | tuple[int, int] | str = "auto"
     tile: str | None = None  # --tile "SIZE[:OVERLAP]": score overlapping tiles inside the graph (geometry.py)
     calib_fraction: float = 0.1
     max_train_images: int | None = None

@@ -1,10 +1,12 @@
 """Input geometry: the model's input size (any height and width, or kept from the training images' aspect
 ratio) and the tiling of a frame into overlapping tiles inside the scoring graph.
 
-    --size 256          square 256 x 256 (the default)
+    --size auto         the default: 256 x 256 for near-square training images (long / short side <= 4:3),
+                        otherwise their median aspect ratio kept with the short side at 256 px (a 500 x 1250 frame
+                        -> 256 x 640 wide, not squashed to a square)
+    --size 256          square 256 x 256 (anomalib's image_size; every frame squashed to it)
     --size 256x640      height 256, width 640 (HxW, as every shape in adtk)
-    --size auto         the training images' median aspect ratio at 256 * 256 pixels
-    --size auto:65536   ... at this pixel budget
+    --size auto:65536   the training images' median aspect ratio at this pixel budget
     --tile 256[:64]     cut the (aspect-kept) frame into 256 x 256 tiles overlapping by at least 64 px
 
 With --tile, --size says what the tiles are cut from: N = the aspect-kept frame with its short side at N px,
@@ -37,7 +39,15 @@ from torch import nn
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.postprocess import AnomalyMapSmoother, TiledMapSmoother
 
-DEFAULT_PIXEL_BUDGET = 256 * 256
+DEFAULT_SHORT_SIDE_PX = 256
+DEFAULT_PIXEL_BUDGET = DEFAULT_SHORT_SIDE_PX ** 2
+# Plain `auto` squashes near-square frames into the square (a shape changes by at most a third, and the square is
+# what every cost figure was measured at) and keeps the aspect ratio of elongated ones: squashing a 500 x 1250 frame
+# into 256 x 256 narrows a thin crack across the long side 2.5x more than along the short one. Measured with the
+# default PatchCore (bench/results/geometry.md, 2026-12-03): three self-made tall sets gain 16-22 image AUROC
+# points with the short side at 256 (a 256x256-pixel budget, auto:65536, gains ~5); magnetic-tile (median
+# height / width 1.16) scores 0.9578 at 304 x 256 against 0.9621 squashed, at 1.19x the cost.
+NEAR_SQUARE_ASPECT = 4 / 3
 MAX_SIDE_PX = 4096  # the exported graph accepts frames up to 8192 px a side; a model side beyond 4096 px would
 # not fit any target's frame budget anyway
 DEFAULT_TILE_OVERLAP_FRACTION = 0.25
@@ -52,9 +62,9 @@ class SizeSpec:
     """What --size asked for: a fixed (height, width), or `auto` at a pixel budget."""
 
     fixed_hw: tuple[int, int] | None = None
-    pixel_budget: int | None = None  # set for auto
+    pixel_budget: int | None = None  # set for auto:PIXELS
     square: bool = False  # given as one number N (with --tile: the short side of the working size)
-    budget_given: bool = False  # auto:PIXELS rather than plain auto
+    budget_given: bool = False  # auto:PIXELS rather than plain auto (which has no budget: see auto_model_size)
 
     @property
     def is_auto(self) -> bool:
@@ -63,7 +73,7 @@ class SizeSpec:
     def __str__(self) -> str:
         if self.fixed_hw is not None:
             return f"{self.fixed_hw[0]}x{self.fixed_hw[1]}"
-        return f"auto:{self.pixel_budget}"
+        return f"auto:{self.pixel_budget}" if self.budget_given else "auto"
 
 
 @dataclass(frozen=True)
@@ -139,9 +149,10 @@ def parse_size(value: int | str | Sequence[int] | SizeSpec) -> SizeSpec:
         return SizeSpec(fixed_hw=(height, width), square=fixed.group(2) is None)
     auto = _AUTO.match(text)
     if auto:
-        budget = _positive_int(auto.group(1), "--size auto:PIXELS", "--size auto:65536") if auto.group(1) \
-            else DEFAULT_PIXEL_BUDGET
-        return SizeSpec(pixel_budget=budget, budget_given=auto.group(1) is not None)
+        if auto.group(1) is None:
+            return SizeSpec()
+        budget = _positive_int(auto.group(1), "--size auto:PIXELS", "--size auto:65536")
+        return SizeSpec(pixel_budget=budget, budget_given=True)
     if re.match(r"^\s*-", text) or re.search(r"x\s*-", text):
         raise ConfigError(f"--size {value!r}: sizes must be positive; e.g. --size 256 or --size 256x640")
     raise ConfigError(f"--size {value!r}: expected N (square), HxW (e.g. 256x640), auto or auto:PIXELS "
@@ -184,6 +195,22 @@ def auto_size(aspect_hw: float, pixel_budget: int, stride: int) -> tuple[int, in
     return round_to_multiple(width * aspect_hw, stride), round_to_multiple(width, stride)
 
 
+def auto_model_size(aspect_hw: float, stride: int, short_side_px: int = DEFAULT_SHORT_SIDE_PX) -> tuple[int, int]:
+    """Plain `--size auto`: short_side_px square for near-square images (long / short <= NEAR_SQUARE_ASPECT),
+    otherwise the aspect ratio kept with the short side at short_side_px, the long side rounded to `stride`."""
+    if max(aspect_hw, 1 / aspect_hw) <= NEAR_SQUARE_ASPECT:
+        return short_side_px, short_side_px
+    longest = (MAX_SIDE_PX // stride) * stride  # a line-scan strip is squashed beyond 16:1, not refused
+    return tuple(min(side, longest) for side in short_side_hw(aspect_hw, short_side_px, stride))
+
+
+def short_side_hw(aspect_hw: float, short_side_px: int, stride: int) -> tuple[int, int]:
+    """(H, W) with H / W ~= aspect_hw and the shorter side exactly short_side_px; the longer rounded to `stride`."""
+    if aspect_hw >= 1:
+        return round_to_multiple(short_side_px * aspect_hw, stride), short_side_px
+    return short_side_px, round_to_multiple(short_side_px / aspect_hw, stride)
+
+
 def check_model_size(hw: tuple[int, int], stride: int, what: str = "--size") -> None:
     """A model size the backbone can use: both sides multiples of its deepest stride, >= 2 strides, bounded."""
     for side_name, side in zip(("height", "width"), hw):
@@ -223,7 +250,8 @@ def resolve_geometry(size: int | str | Sequence[int] | SizeSpec, tile: str | int
         if spec.is_auto:
             if aspect_hw is None:
                 raise ConfigError("--size auto needs the training images' aspect ratio; none was read")
-            hw = auto_size(aspect_hw, spec.pixel_budget, stride)
+            hw = (auto_size(aspect_hw, spec.pixel_budget, stride) if spec.budget_given
+                  else auto_model_size(aspect_hw, stride))
         else:
             hw = spec.fixed_hw
         check_model_size(hw, stride)
@@ -239,8 +267,7 @@ def resolve_geometry(size: int | str | Sequence[int] | SizeSpec, tile: str | int
             working = auto_size(aspect_hw, spec.pixel_budget, stride)
         else:
             short = spec.fixed_hw[0] if spec.square else tile_spec.size_px
-            working = ((round_to_multiple(short * aspect_hw, stride), short) if aspect_hw >= 1
-                       else (short, round_to_multiple(short / aspect_hw, stride)))
+            working = short_side_hw(aspect_hw, short, stride)
     check_model_size(working, stride, what="--size (the working size the tiles are cut from)")
     if tile_spec.size_px > min(working):
         raise ConfigError(f"--tile {tile_spec.size_px}: the tile is larger than the frame's working size "

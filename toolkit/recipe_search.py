@@ -649,7 +649,7 @@ def search_and_build(config, log=print, progress_factory=None, index=None, space
     started = time.perf_counter()
     if config.method_params:
         raise ConfigError("--method auto chooses the method's parameters itself; drop --param/--coreset-ratio")
-    if config.ensemble or config.tile or str(config.image_size_px) != "256" or config.stages:
+    if config.ensemble or config.tile or str(config.image_size_px) not in ("auto", "256") or config.stages:
         raise ConfigError("--method auto chooses the backbone(s), stages, --size and --tile itself; drop them")
     check_output_path(config.out)  # an unwritable -o is found now, not after the search
     found = search(config, log, index, space, time_budget_s=space.time_budget_s, started=started)

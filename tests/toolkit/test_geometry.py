@@ -8,7 +8,7 @@ import torch
 
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.geometry import (
-    Tiling, TileLayout, auto_size, parse_size, parse_tile, resolve_geometry, tile_starts,
+    MAX_SIDE_PX, Tiling, TileLayout, auto_size, parse_size, parse_tile, resolve_geometry, tile_starts,
 )
 from adtk.toolkit.postprocess import AnomalyMapSmoother, TiledMapSmoother
 
@@ -19,10 +19,32 @@ def test_fixed_sizes_parse(text, hw):
     assert parse_size(text).fixed_hw == hw
 
 
-def test_auto_sizes_parse_with_default_and_given_budget():
-    assert parse_size("auto").pixel_budget == 256 * 256
+def test_auto_sizes_parse_with_and_without_a_budget():
+    plain = parse_size("auto")
+    assert plain.is_auto and not plain.budget_given and str(plain) == "auto"
     assert parse_size("auto:65536").pixel_budget == 65536
-    assert parse_size("AUTO:4096").is_auto
+    assert parse_size("AUTO:4096").is_auto and str(parse_size("auto:4096")) == "auto:4096"
+
+
+@pytest.mark.parametrize("aspect_hw, hw", [
+    (1.0, (256, 256)), (1.16, (256, 256)), (0.8, (256, 256)), (4 / 3, (256, 256)),  # near-square: the square
+    (1250 / 500, (640, 256)), (500 / 1250, (256, 640)),  # tall / wide frames: short side 256, not squashed
+    (1080 / 1920, (256, 448)), (1.5, (384, 256)),
+])
+def test_plain_auto_squares_near_square_frames_and_keeps_the_aspect_of_elongated_ones(aspect_hw, hw):
+    geometry = resolve_geometry("auto", None, stride=16, aspect_hw=aspect_hw)
+    assert geometry.model_hw == hw and geometry.tiles is None
+    assert resolve_geometry("auto", None, stride=32, aspect_hw=aspect_hw).model_hw[0] % 32 == 0
+
+
+def test_plain_auto_caps_a_line_scan_strip_at_the_side_limit_instead_of_refusing_it():
+    assert resolve_geometry("auto", None, stride=16, aspect_hw=1 / 40).model_hw == (256, MAX_SIDE_PX)
+
+
+def test_the_default_build_size_is_plain_auto():
+    from adtk.toolkit.build_config import BuildConfig
+
+    assert str(parse_size(BuildConfig(data=".", out="x.onnx").image_size_px)) == "auto"
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -94,6 +94,19 @@ def test_size_auto_keeps_the_training_aspect_ratio(tall_dataset, tmp_path):
     assert result.manifest["input"]["size_requested"] == "auto:4096"
 
 
+def test_the_default_size_keeps_tall_frames_tall_and_says_so(tall_dataset, tmp_path):
+    """No --size: tall training images (median 2.5 : 1) are not squashed into a square; the short side is 256 px."""
+    from adtk.toolkit.build import build_geometry
+
+    config = BuildConfig(data=tall_dataset.root, out=tmp_path / "model.onnx")
+    logged = []
+    geometry = build_geometry(config, 16, tall_dataset.train, logged.append)
+    height, width = geometry.model_hw
+    assert width == 256 and height % 16 == 0 and 2.4 <= height / width <= 2.7 and geometry.tiles is None
+    assert any(f"{height}x{width}" in line for line in logged)
+    assert not (tmp_path / "model.onnx").exists()
+
+
 @pytest.mark.parametrize("size, tile, message", [
     ("0", None, "positive"), ("-64", None, "positive"), ("100", None, "multiple of the backbone's deepest stride"),
     ("64", "128", "larger than the frame"), ("auto", "40", "multiple of the backbone's deepest stride"),

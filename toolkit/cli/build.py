@@ -57,11 +57,12 @@ CLI_ONLY = frozenset({"config_file", "print_config", "as_json", "engine", "param
 @click.option("--weights", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Local backbone weights (.safetensors / .pth state dict).")
 @click.option("--random-weights", is_flag=True, help="Random backbone weights (tests and size checks only).")
-@click.option("--size", "image_size_px", default=None, metavar="N|HxW|auto[:PIXELS]",
-              help="Model input size: N (square), HxW (e.g. 256x640), auto (the training images' median aspect "
-                   "ratio at 256*256 px, sides rounded to the backbone's stride) or auto:PIXELS. With --tile: "
-                   "the size the tiles are cut from (N = its short side, aspect kept; default auto = short side at the "
-                   "tile size). Default 256.")
+@click.option("--size", "image_size_px", default=None, metavar="auto|N|HxW|auto:PIXELS",
+              help="Model input size. auto (default): 256x256 for near-square training images (up to 4:3), "
+                   "otherwise their median aspect ratio with the short side at 256 px (tall frames are not "
+                   "squashed). N: N x N, every frame squashed (anomalib's way); HxW (e.g. 256x640); auto:PIXELS: the "
+                   "aspect ratio at a pixel budget. Sides are rounded to the backbone's stride. With --tile: the size "
+                   "the tiles are cut from (N = its short side, aspect kept; auto = short side at the tile size).")
 @click.option("--tile", default=None, metavar="SIZE[:OVERLAP]",
               help="Score overlapping SIZE x SIZE tiles of the aspect-kept frame in one batch inside the artefact "
                    "(image score = max over tiles, maps stitched); OVERLAP = least overlap in px (default SIZE/4).")
@@ -116,8 +117,8 @@ def command(ctx, config_file, print_config, as_json, method, data, out, backbone
         raise ConfigError(f"--backbone {backbones[0]} names its stages and --stages is given too; give them once")
     backbone = first.name if first else "tf_efficientnet_lite0"
     stages = ",".join(first.stages) if first and first.stages else stages
-    if image_size_px is None:  # with --tile, auto: the aspect-kept frame whose short side is the tile
-        image_size_px = "auto" if tile else "256"
+    if image_size_px is None:  # geometry.py: near-square -> 256 x 256, else aspect kept (with --tile: short side
+        image_size_px = "auto"  # at the tile size)
     for key, value in (("coreset_ratio", coreset_ratio), ("num_neighbors", num_neighbors)):
         if value is not None:
             method_params[key] = value
