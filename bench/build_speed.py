@@ -38,6 +38,9 @@ DEFAULT_DATA = (REPO / ".." / "shared" / "data" / "magnetic-tile").resolve()
 # row name -> `adtk build` arguments besides --data / -o (and --max-train-images when given)
 ROWS = {
     "default": ["--method", "patchcore"],
+    # the default before the input size became `auto` (which keeps elongated frames' aspect ratio): the 256 x 256
+    # square; the same build as `default` on near-square images such as magnetic-tile's
+    "square": ["--method", "patchcore", "--size", "256"],
     "exact": ["--method", "patchcore", "--param", "sampler=exact"],
     "online": ["--method", "patchcore", "--param", "sampler=online"],  # windows of 32,768 patches (its default)
     # the paper's online coreset: every batch against every stored row (the online default before windows)
