@@ -265,7 +265,8 @@ def fit_for_target(config: BuildConfig, inputs: BuildInputs, extracted: Extracte
         if inputs.target is None:  # no sizing round will refit: free the features before the export's peak
             extracted.features = extracted.defects = None
         fp32_model, calibration = export_and_calibrate(graph, inputs.geometry.model_hw, inputs.calibration_samples,
-                                                       inputs.index.defects, config.skip_bad, steps)
+                                                       inputs.index.defects, config.skip_bad, steps,
+                                                       refined_share(extracted.refinement))
         steps.log(f"threshold {calibration.threshold:.4f} on the image score from {graph.image_score_from} "
                   f"({calibration.method})")
         manifest = make_manifest(config, method, extracted.backbone, extracted.preprocess, calibration,
@@ -316,8 +317,17 @@ def normaliser_constants(graph) -> dict:
             if name.split(".")[0] in PROVISIONAL_NORMALISERS}
 
 
+def refined_share(refinement: RefinementResult | None) -> float:
+    """The share of the fit split a refinement dropped: what calibration sets aside of the held-out split, which
+    was drawn from the same pool (toolkit/calibration.py)."""
+    if refinement is None:
+        return 0.0
+    total = len(refinement.kept) + len(refinement.dropped)
+    return len(refinement.dropped) / total if total else 0.0
+
+
 def export_and_calibrate(graph: ScoringGraph, model_hw, calib_samples, defect_samples, skip_bad: bool,
-                         steps: BuildSteps):
+                         steps: BuildSteps, set_aside_fraction: float = 0.0):
     """Export the scoring graph to fp32 ONNX, score the held-out images with that model in onnxruntime (the
     runtime's own CPU backend), calibrate on those scores, and write the constants into the graph's normalisers
     and the model's -> (fp32 ModelProto without its manifest, Calibration).
@@ -344,7 +354,8 @@ def export_and_calibrate(graph: ScoringGraph, model_hw, calib_samples, defect_sa
         defect_scores = (artefact_raw_scores(backend, defect_samples, skip_bad, steps.warn)[0]
                          if defect_samples else None)
         del backend
-        calibration = calibrate(good_scores, defect_scores, good_map_max=good_map_max, good_map_min=good_map_min)
+        calibration = calibrate(good_scores, defect_scores, good_map_max=good_map_max, good_map_min=good_map_min,
+                                set_aside_fraction=set_aside_fraction)
         set_calibration(graph, calibration)
         replaced = replace_initializers(fp32_model, provisional, normaliser_constants(graph))
     if not replaced:

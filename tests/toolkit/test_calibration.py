@@ -18,6 +18,23 @@ def test_good_only_threshold_is_the_highest_held_out_score_and_maps_good_into_lo
     assert "3 held-out good" in calibration.method
 
 
+def test_a_refined_build_sets_aside_the_refiners_share_of_its_highest_held_out_scores():
+    """Held-out images from a polluted pool: 2 of 20 are defects (scores 50, 60); the refiner dropped 10% of the fit
+    split, so the 2 highest are set aside and the threshold is the highest of the other 18, maps alike."""
+    rng = np.random.default_rng(0)
+    good = np.r_[rng.uniform(1.0, 2.0, 18), 50.0, 60.0][rng.permutation(20)]
+    map_max, map_min = good * 3.0, good * 0.1
+    plain = calibrate(good, good_map_max=map_max, good_map_min=map_min)
+    refined = calibrate(good, good_map_max=map_max, good_map_min=map_min, set_aside_fraction=0.1)
+    assert plain.threshold == 60.0 and plain.num_good == 20
+    assert refined.threshold == np.sort(good)[-3] < 2.0 and refined.num_good == 18
+    assert refined.map_threshold == 3.0 * refined.threshold
+    assert "2 of 20 with the highest scores set aside" in refined.method and "10.0%" in refined.method
+    # never every image, and nothing set aside at a share that rounds to none
+    assert calibrate(good, set_aside_fraction=1.0).num_good == 1
+    assert calibrate(good, set_aside_fraction=0.02).num_good == 20
+
+
 def test_f1_optimal_threshold_matches_a_brute_force_search():
     rng = np.random.default_rng(0)
     good, bad = rng.normal(0, 1, 40), rng.normal(1.5, 1, 25)
