@@ -77,8 +77,8 @@ def calibrate(good_scores, defective_scores=None, good_quantile: float = 1.0, go
     note = ""
     if set_aside:
         keep = np.sort(np.argsort(-good, kind="stable")[set_aside:])
-        note = (f" ({set_aside} of {good.size} with the highest scores set aside as presumed defective: the "
-                f"refiner dropped {set_aside_fraction:.1%} of the fit split)")
+        note = (f"; {set_aside} of {good.size} with the highest scores set aside as presumed defective: the "
+                f"refiner dropped {set_aside_fraction:.1%} of the fit split")
         good = good[keep]
         if good_map_max is not None:
             good_map_max, good_map_min = np.asarray(good_map_max)[keep], np.asarray(good_map_min)[keep]
