@@ -40,6 +40,14 @@ NUM_CLASSES = len(DEFECT_CLASSES)
 _TRANSPOSES = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270,
                Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE, Image.Transpose.TRANSVERSE,
                Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_LEFT_RIGHT)
+# A transpose that swaps the sides turns an H x W frame into W x H: on a non-square frame (the default input of tall
+# parts, toolkit/geometry.py) each is replaced by a side-keeping flip or rotation, so a training batch has one shape
+# (the artefact's input) and no image shows the part turned sideways; the draw is the same, so square images (the
+# spec's) get exactly the spec's transposes.
+_SIDE_KEEPING = {Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_180,
+                 Image.Transpose.ROTATE_270: Image.Transpose.FLIP_TOP_BOTTOM,
+                 Image.Transpose.TRANSPOSE: Image.Transpose.FLIP_TOP_BOTTOM,
+                 Image.Transpose.TRANSVERSE: Image.Transpose.ROTATE_180}
 _NOISE_MEANS = np.arange(50, 191, 10)  # spec §3.4: 15 x 10 x 3 x 5 = 2250 combinations
 _NOISE_FLUCTS = np.arange(0, 46, 5)
 _NOISE_SCALES = (1, 2, 4)
@@ -186,9 +194,12 @@ class DefectMaker:
         self.jitter_strength = float(jitter_strength)
 
     def augment(self, image: np.ndarray, salient: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Source augmentation (spec §3.1): colour jitter, then one of the 9 transposes on image and saliency."""
+        """Source augmentation (spec §3.1): colour jitter, then one of the 9 transposes on image and saliency (on a
+        non-square image, side-swapping ones are replaced: _SIDE_KEEPING)."""
         image = colour_jitter(image, self.rng, self.jitter_strength)
         transpose = _TRANSPOSES[int(self.rng.integers(len(_TRANSPOSES)))]
+        if image.shape[0] != image.shape[1]:
+            transpose = _SIDE_KEEPING.get(transpose, transpose)
         if transpose is not None:
             image = np.asarray(Image.fromarray(image).transpose(transpose))
             salient = np.asarray(Image.fromarray(salient.astype(np.uint8)).transpose(transpose)) > 0

@@ -106,3 +106,18 @@ def test_cli_writes_examples_with_masks(tiny_dataset, tmp_path):
     assert len(images) == 2 * NUM_CLASSES
     assert all((out / f"{p.stem}_mask.png").is_file() for p in images)
     assert (out / "sheet.png").is_file()
+
+
+def test_tall_frames_keep_their_shape_so_a_fine_tune_batch_stacks():
+    """The default input of tall parts is not square (toolkit/geometry.py): every variant of every source keeps the
+    frame's H x W, whichever transpose was drawn, so REB's fine-tune can stack a batch of several sources."""
+    from adtk.toolkit.training.finetune import _make_pass
+
+    rng = np.random.default_rng(1)
+    tall = rng.integers(0, 256, (6, 80, 32, 3), dtype=np.uint8)
+    maker = DefectMaker(seed=3)
+    shapes = {variant.image.shape for index in range(len(tall)) for _ in range(6)
+              for variant in maker.make_variants(index, tall)}
+    assert shapes == {(80, 32, 3)}
+    batch, labels = _make_pass(DefectMaker(seed=4), tall, [0, 1, 2, 3], lambda x: x)
+    assert batch.shape == (4 * NUM_CLASSES, 80, 32, 3) and labels.shape == (4 * NUM_CLASSES,)
