@@ -109,6 +109,24 @@ def test_runtime_errors_exit_1(runner, tmp_path):
     assert result.exit_code == 1 and result.stderr.startswith("DataError: ")
 
 
+def test_an_unexpected_error_is_one_line_not_a_traceback(runner, monkeypatch):
+    """A bug inside a command (here: target loading raising a plain ValueError) reaches the user as one line that
+    names the command and the error, exit 1; --debug gives the traceback back."""
+    import adtk.export.targets as targets
+
+    def broken(name):
+        raise ValueError("all input arrays must have the same shape\nsecond line")
+
+    monkeypatch.setattr(targets, "load_target", broken)
+    result = runner.invoke(cli, ["targets"])
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("internal error in adtk targets: ValueError: all input arrays must have the "
+                                    "same shape (") and "--debug" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    debug = runner.invoke(cli, ["--debug", "targets"])
+    assert isinstance(debug.exception, ValueError)
+
+
 def test_click_usage_errors_exit_2(runner):
     result = runner.invoke(cli, ["build", "--no-such-flag"])
     assert result.exit_code == 2 and "No such option" in result.stderr

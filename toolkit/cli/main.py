@@ -5,7 +5,7 @@ Conventions every command follows:
 - exit status 0 on success, 1 for a runtime error (bad data, a damaged artefact, a backend or target that
   fails, a missing optional dependency), 2 for a usage error (an unknown option or method, a bad value or
   combination: ConfigError, and click's own usage errors); each printed as one line (`--debug` shows the
-  traceback);
+  traceback); any other exception is a bug of ours: one line saying so, exit status 1, never a traceback;
 - `--json` prints the result as one JSON document on stdout; logs and progress go to stderr;
 - `-q` shows only warnings and errors, `-v` adds debug lines (`logging`, logger "adtk")."""
 
@@ -44,6 +44,16 @@ class AdtkGroup(click.Group):
             if message is None or ctx.params.get("debug"):
                 raise
             click.echo(message, err=True)
+            sys.exit(RUNTIME_ERROR)
+        except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise  # click's own usage errors, Ctrl-C and exits: click prints and exits as it should
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: one line that says so, not a traceback
+            if ctx.params.get("debug"):
+                raise
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(f"internal error in adtk {ctx.invoked_subcommand}: {type(exc).__name__}: {first_line} (an "
+                       f"unexpected error inside adtk, a bug: rerun with `adtk --debug {ctx.invoked_subcommand} ...` "
+                       "for the traceback and report it)", err=True)
             sys.exit(RUNTIME_ERROR)
 
 
