@@ -266,7 +266,8 @@ def fit_for_target(config: BuildConfig, inputs: BuildInputs, extracted: Extracte
             extracted.features = extracted.defects = None
         fp32_model, calibration = export_and_calibrate(graph, inputs.geometry.model_hw, inputs.calibration_samples,
                                                        inputs.index.defects, config.skip_bad, steps,
-                                                       refined_share(extracted.refinement))
+                                                       extracted.refinement.dropped_fraction
+                                                       if extracted.refinement is not None else 0.0)
         steps.log(f"threshold {calibration.threshold:.4f} on the image score from {graph.image_score_from} "
                   f"({calibration.method})")
         manifest = make_manifest(config, method, extracted.backbone, extracted.preprocess, calibration,
@@ -315,15 +316,6 @@ def normaliser_constants(graph) -> dict:
     """The graph's two normalisers' buffers, by the names the exporter gives their initializers."""
     return {name: buffer.detach().numpy().copy() for name, buffer in graph.named_buffers()
             if name.split(".")[0] in PROVISIONAL_NORMALISERS}
-
-
-def refined_share(refinement: RefinementResult | None) -> float:
-    """The share of the fit split a refinement dropped: what calibration sets aside of the held-out split, which
-    was drawn from the same pool (toolkit/calibration.py)."""
-    if refinement is None:
-        return 0.0
-    total = len(refinement.kept) + len(refinement.dropped)
-    return len(refinement.dropped) / total if total else 0.0
 
 
 def export_and_calibrate(graph: ScoringGraph, model_hw, calib_samples, defect_samples, skip_bad: bool,

@@ -40,7 +40,6 @@ from adtk.runtime.errors import ConfigError
 from adtk.toolkit.postprocess import AnomalyMapSmoother, TiledMapSmoother
 
 DEFAULT_SHORT_SIDE_PX = 256
-DEFAULT_PIXEL_BUDGET = DEFAULT_SHORT_SIDE_PX ** 2
 # Plain `auto` squashes near-square frames into the square (a shape changes by at most a third, and the square is
 # what every cost figure was measured at) and keeps the aspect ratio of elongated ones: squashing a 500 x 1250 frame
 # into 256 x 256 narrows a thin crack across the long side 2.5x more than along the short one. Measured with the

@@ -73,6 +73,13 @@ class RefinementResult:
     scores: np.ndarray  # float64 [N]: the refiner's image scores (higher = more anomalous; plain auto: rank sum)
     details: dict  # strategy-specific facts (PaIRE's rounds)
 
+    @property
+    def dropped_fraction(self) -> float:
+        """The share of the candidate images dropped; calibration sets aside this share of the held-out images,
+        drawn from the same pool (toolkit/calibration.py)."""
+        total = len(self.kept) + len(self.dropped)
+        return len(self.dropped) / total if total else 0.0
+
 
 @torch.no_grad()
 def head_image_scores(method, state, features: np.ndarray) -> np.ndarray:
