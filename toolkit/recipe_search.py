@@ -16,7 +16,7 @@ from good images.
      its predicted validation time plus its predicted final build (all fit images) still fit in what is left;
      the rest are listed as skipped, with the reason. Stage A validates every architecture with the first recipe
      (or, where that is over the frame budget, the largest of SearchSpace.smaller_banks that fits); stage B gives
-     the other recipes (bank sizes, methods) to the best `refine_top` architectures.
+     the other recipes (bank sizes, methods) to the best `refine_top` architectures that have one within budget.
   4. features are extracted once per (backbone, stages, geometry) for a seeded subsample of the fit images and for
      the validation frames, and kept on disk (memory-mapped) while the search runs: single-backbone candidates
      and the ensembles they belong to share them. An ensemble's validation score is the mean of its members'
@@ -510,7 +510,11 @@ def plan_and_validate(config, rows: list[CandidateRow], validator: Validator, sp
     stage_a = stage_a_rows(eligible, space)
     for number, row in enumerate(stage_a):
         attempt(row, always=number == 0)
-    ranked = sorted((r for r in stage_a if r.validation_auroc is not None), key=lambda r: -r.validation_auroc)
+    # Stage B goes to the best architectures that have a stage-B recipe left to try: one whose other recipes are all
+    # over the frame budget (a larger input at its smallest bank) would otherwise take a slot and try nothing.
+    refinable = {r.architecture for r in eligible if r not in stage_a and r.recipe in space.recipes[1:]}
+    ranked = sorted((r for r in stage_a if r.validation_auroc is not None and r.architecture in refinable),
+                    key=lambda r: -r.validation_auroc)
     best_architectures = [r.architecture for r in ranked[:space.refine_top]]
     for row in eligible:
         if row in stage_a:

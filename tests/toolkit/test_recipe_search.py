@@ -207,3 +207,35 @@ def test_an_architecture_over_budget_at_the_first_bank_is_validated_at_the_large
     validator = _TimedValidator(seconds=1.0)
     plan_and_validate(None, rows, validator, space, 100, 10, time.perf_counter(), False, lambda m: None, None)
     assert {r.recipe.bank_rows_per_image for r in validator.validated} == {10.0, 40.0}
+
+
+def test_stage_b_goes_to_the_best_architectures_that_have_a_stage_b_recipe_within_budget():
+    """An architecture validated at a smaller bank whose other recipes are all over the frame budget must not take
+    a stage-B slot in which nothing can be tried (magnetic-tile, session 9: the two best of stage A were larger
+    inputs at 2-5 rows/img, and stage B tried nothing)."""
+    import time
+
+    from adtk.toolkit.geometry import Geometry
+    from adtk.toolkit.recipe_search import CandidateRow, plan_and_validate
+
+    big, small = Architecture("tf_efficientnet_lite0", None, 96), Architecture("tf_efficientnet_lite0", None, 64)
+    space = SearchSpace(architectures=(big, small), recipes=(Recipe("patchcore", 10.0), Recipe("ldknn", 10.0)),
+                        smaller_banks=(Recipe("patchcore", 2.0),), refine_top=1)
+    fits = {(big, "patchcore", 10.0): False, (big, "ldknn", 10.0): False, (big, "patchcore", 2.0): True,
+            (small, "patchcore", 10.0): True, (small, "ldknn", 10.0): True, (small, "patchcore", 2.0): True}
+    rows = []
+    for a in space.architectures:
+        for r in space.all_recipes:
+            ok = fits[(a, r.method, r.bank_rows_per_image)]
+            rows.append(CandidateRow(a, r, 0.1, 1.0, 1.0, 10, ok, Geometry((a.image_size_px,) * 2),
+                                     status="not tried" if ok else "over the frame budget"))
+    class BigScoresHigher(_TimedValidator):
+        def validate(self, row):
+            row.validation_auroc, row.status = (0.9 if row.architecture is big else 0.8), "validated"
+
+    validator = BigScoresHigher(seconds=1.0)
+    plan_and_validate(None, rows, validator, space, 100, 10, time.perf_counter(), True, lambda m: None, None)
+    status = {(r.architecture, r.recipe.method, r.recipe.bank_rows_per_image): r.status for r in rows}
+    assert status[(big, "patchcore", 2.0)] == "validated"  # stage A, the best of it
+    assert status[(small, "patchcore", 10.0)] == "validated"  # stage A
+    assert status[(small, "ldknn", 10.0)] == "validated"  # stage B: the best architecture with a recipe to try
