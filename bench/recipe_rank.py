@@ -136,7 +136,8 @@ def cached_ranking(args) -> None:
     row_of = {entry["path"]: i for i, entry in enumerate(meta["splits"]["train"])}
     subsample = [row_of[str(s.path)] for s in _subset(fit, SEARCH_SPACE.fit_images, args.seed)]
     goods = load_good_images(_subset(calib, SEARCH_SPACE.validation_images, args.seed), skip_bad=False)
-    validation = synthetic_validation(goods, seed=args.seed)
+    validation = synthetic_validation(goods, seed=args.seed,
+                                      defects_per_image=SEARCH_SPACE.defects_per_validation_image)
     backbone = create_backbone(meta["backbone"], stages=tuple(meta["stages"]))
     preprocess = FramePreprocess(meta["image_size_px"], backbone.mean, backbone.std)
     embedding = create_method("patchcore").embedding(tuple(backbone.channels)).eval()

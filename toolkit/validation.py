@@ -95,9 +95,10 @@ def paint_thin_defect(image: np.ndarray, mask: np.ndarray, rng: np.random.Genera
 
 def synthetic_validation(good_images, seed: int = 0, kinds: tuple[str, ...] = DEFAULT_MIX,
                          source: str = "held-out good images",
-                         min_images: int = MIN_VALIDATION_IMAGES) -> SyntheticValidation:
-    """Each good image (uint8 [H, W, 3]) once as is and once with a synthetic defect of the next kind in
-    `kinds` (a seeded order). DefectMaker's cut-paste fills come from the same held-out images."""
+                         min_images: int = MIN_VALIDATION_IMAGES, defects_per_image: int = 1) -> SyntheticValidation:
+    """Each good image (uint8 [H, W, 3]) once as is and `defects_per_image` times with a synthetic defect, of
+    the next kinds in `kinds` (a seeded order: one image's defects are of different kinds while there are as many
+    kinds). DefectMaker's cut-paste fills come from the same held-out images."""
     images = [np.ascontiguousarray(np.asarray(image, dtype=np.uint8)) for image in good_images]
     if len(images) < min_images:
         raise DataError(f"synthetic-defect validation needs at least {min_images} held-out good images, "
@@ -106,32 +107,42 @@ def synthetic_validation(good_images, seed: int = 0, kinds: tuple[str, ...] = DE
     unknown = sorted(set(kinds) - set(ALL_KINDS))
     if unknown or not kinds:
         raise ValueError(f"unknown defect kinds {unknown} (known: {', '.join(ALL_KINDS)})")
+    if defects_per_image < 1:
+        raise ValueError(f"defects_per_image must be at least 1, got {defects_per_image}")
     rng = np.random.default_rng(seed)
     maker = DefectMaker(seed=int(rng.integers(2**31)))
-    order = [kinds[i % len(kinds)] for i in rng.permutation(len(images))]
+    starts = rng.permutation(len(images))
     frames, labels, masks, used_kinds = [], [], [], []
-    for index, (image, kind) in enumerate(zip(images, order)):
+    for image, start in zip(images, starts):
         frames.append(image)
         labels.append(0)
         masks.append(np.zeros(image.shape[:2], dtype=bool))
         used_kinds.append("good")
-        if kind in THIN_KINDS:
-            mask = thin_defect_mask(kind, image.shape[:2], rng)
-            defective = paint_thin_defect(image, mask, rng)
-        else:
-            label = DEFECTMAKER_KINDS.index(kind) + 1
-            # cut-paste from the image itself: held-out images differ in size, and a fill box must fit its source
-            sample = maker.make_defect(label, image, np.ones(image.shape[:2], dtype=bool), [image])
-            defective, mask = sample.image, sample.mask > 0.1
-            if not mask.any():  # a fill identical to what it covers would be a "defect" with no pixels
-                mask = sample.mask > 0
-        frames.append(np.ascontiguousarray(defective))
-        labels.append(1)
-        masks.append(mask)
-        used_kinds.append(kind)
+        for step in range(defects_per_image):
+            kind = kinds[(start + step) % len(kinds)]
+            defective, mask = _paste_defect(image, kind, rng, maker)
+            frames.append(np.ascontiguousarray(defective))
+            labels.append(1)
+            masks.append(mask)
+            used_kinds.append(kind)
+    each = "a synthetic defect" if defects_per_image == 1 else f"{defects_per_image} synthetic defects"
     return SyntheticValidation(frames, np.asarray(labels, dtype=np.int64), masks, tuple(used_kinds),
-                               f"{len(images)} {source}, each also with a synthetic defect "
-                               f"({', '.join(sorted(set(order)))}; seed {seed})")
+                               f"{len(images)} {source}, each also with {each} "
+                               f"({', '.join(sorted(set(used_kinds) - {'good'}))}; seed {seed})")
+
+
+def _paste_defect(image: np.ndarray, kind: str, rng: np.random.Generator, maker: DefectMaker):
+    """-> (the image with one synthetic defect of `kind`, its bool mask)."""
+    if kind in THIN_KINDS:
+        mask = thin_defect_mask(kind, image.shape[:2], rng)
+        return paint_thin_defect(image, mask, rng), mask
+    label = DEFECTMAKER_KINDS.index(kind) + 1
+    # cut-paste from the image itself: held-out images differ in size, and a fill box must fit its source
+    sample = maker.make_defect(label, image, np.ones(image.shape[:2], dtype=bool), [image])
+    mask = sample.mask > 0.1
+    if not mask.any():  # a fill identical to what it covers would be a "defect" with no pixels
+        mask = sample.mask > 0
+    return sample.image, mask
 
 
 def load_good_images(samples, skip_bad: bool, warn=None) -> list[np.ndarray]:

@@ -48,3 +48,22 @@ def test_thin_defects_are_at_most_3_px_wide_at_the_images_own_resolution(kind):
 def test_too_few_held_out_images_is_a_clear_error():
     with pytest.raises(DataError, match=f"at least {MIN_VALIDATION_IMAGES} held-out good images, got 3"):
         synthetic_validation(_goods(3))
+
+
+def test_several_defects_per_image_each_of_another_kind_after_the_image_itself():
+    goods = _goods(10)
+    one = synthetic_validation(goods, seed=2, kinds=ALL_KINDS)
+    data = synthetic_validation(goods, seed=2, kinds=ALL_KINDS, defects_per_image=3)
+    assert len(data) == 40 and data.labels.tolist() == [0, 1, 1, 1] * 10
+    assert "each also with 3 synthetic defects" in data.description
+    for i in range(10):
+        group = slice(4 * i, 4 * i + 4)
+        assert np.array_equal(data.frames[4 * i], goods[i])
+        kinds = data.kinds[group][1:]
+        assert len(set(kinds)) == 3  # three kinds, as many as there are
+        assert kinds[0] == one.kinds[2 * i + 1]  # the first defect's kind is the one-defect set's
+        for defective, mask in zip(data.frames[group][1:], data.masks[group][1:]):
+            changed = np.abs(defective.astype(int) - goods[i].astype(int)).max(-1) > 0
+            assert mask.any() and changed[mask].mean() > 0.5
+    with pytest.raises(ValueError, match="at least 1"):
+        synthetic_validation(goods, defects_per_image=0)
