@@ -125,7 +125,8 @@ def cached_ranking(args) -> None:
     from adtk.toolkit.methods.base import FitInputs
     from adtk.toolkit.methods.registry import create_method
     from adtk.toolkit.preprocess import FramePreprocess
-    from adtk.toolkit.recipe_search import SEARCH_SPACE, _frame_features, _image_scores, _subset
+    from adtk.toolkit.recipe_search import (SEARCH_SPACE, _frame_features, _image_scores, _subset,
+                                           validation_goods)
     from adtk.toolkit.validation import load_good_images, synthetic_validation
 
     load_start = " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -134,8 +135,10 @@ def cached_ranking(args) -> None:
     index = index_dataset(args.data)
     fit, calib = split_training_set(index.train, 0.1, args.max_train_images, args.seed)
     row_of = {entry["path"]: i for i, entry in enumerate(meta["splits"]["train"])}
-    subsample = [row_of[str(s.path)] for s in _subset(fit, SEARCH_SPACE.fit_images, args.seed)]
-    goods = load_good_images(_subset(calib, SEARCH_SPACE.validation_images, args.seed), skip_bad=False)
+    fit_subsample = _subset(fit, SEARCH_SPACE.fit_images, args.seed)
+    subsample = [row_of[str(s.path)] for s in fit_subsample]
+    goods = load_good_images(validation_goods(calib, fit, fit_subsample, SEARCH_SPACE.validation_images, args.seed),
+                             skip_bad=False)
     validation = synthetic_validation(goods, seed=args.seed,
                                       defects_per_image=SEARCH_SPACE.defects_per_validation_image)
     backbone = create_backbone(meta["backbone"], stages=tuple(meta["stages"]))

@@ -3,8 +3,9 @@ from good images.
 
     result = search_and_build(config)        # config.method == "auto"; the rest of BuildConfig as for any build
 
-  1. split train/good exactly as the build will (same seed): the held-out calibration goods become the
-     validation set, each also shown with synthetic defects of several kinds (toolkit/validation.py). The test split is never
+  1. split train/good exactly as the build will (same seed): the held-out calibration goods, and fit images
+     outside the candidates' seeded subsample, become the validation set, each also shown with synthetic
+     defects of several kinds (toolkit/validation.py). The test split is never
      read. Too few goods for a validation split -> a DataError saying how many are needed, before anything else.
   2. resolve every architecture's input geometry from the training images' headers (toolkit/geometry.py: square,
      `auto` at a pixel budget, tiles) and cost it with the compiler's cost model on an export with an almost
@@ -94,7 +95,7 @@ class SearchSpace:
     # a larger input or an ensemble is compared at the bank the target can afford instead of never being fitted.
     smaller_banks: tuple[Recipe, ...] = ()
     fit_images: int = 120  # seeded subsample the candidates are fitted on (the final build uses all)
-    # Held-out goods at most, each also with this many synthetic defects. The candidates' AUROCs differ by a point
+    # Good images no candidate is fitted on (validation_goods) at most, each also with this many synthetic defects. The candidates' AUROCs differ by a point
     # or two: on magnetic-tile, 48 goods with one defect each ranked 11 candidates against the real test at
     # Spearman 0.21 (paired bootstrap SE of a difference ~2 points); all 76 held-out goods with three defects
     # each at 0.66 (SE ~1.2), for ~2x the validation frames' extraction (bench/results/recipe_rank.md).
@@ -582,8 +583,8 @@ def format_table(rows: list[CandidateRow], chosen: CandidateRow | None, budget_m
 
 def prepare_search(config, log, index=None, space: SearchSpace = SEARCH_SPACE):
     """Steps 1-2: split, geometry, costs, validation set (no feature extracted yet).
-    -> (index, fit samples, calibration samples, validation, rows, costs, target, precision, enforce_budget,
-        components)"""
+    -> (index, fit samples, calibration samples, the candidates' fit subsample, validation, rows, costs, target,
+        precision, enforce_budget, components)"""
     from adtk.export.targets import load_target
     from adtk.toolkit.build import split_training_set
     from adtk.toolkit.data import index_dataset
@@ -616,11 +617,23 @@ def prepare_search(config, log, index=None, space: SearchSpace = SEARCH_SPACE):
                           f"budget (the fastest, {fastest.architecture.label()} {fastest.recipe.method}, is predicted "
                           f"at {fastest.predicted_ms:.1f} ms, {fastest.predicted_mb:.0f} MB); nothing was extracted "
                           "or fitted. Use a faster target or build a method by hand")
-    goods = load_good_images(_subset(calib_samples, space.validation_images, config.seed), config.skip_bad)
-    validation = synthetic_validation(goods, seed=config.seed,
+    subsample = _subset(fit_samples, space.fit_images, config.seed)
+    goods = load_good_images(validation_goods(calib_samples, fit_samples, subsample, space.validation_images,
+                                              config.seed), config.skip_bad)
+    validation = synthetic_validation(goods, seed=config.seed, source="good images no candidate is fitted on",
                                       defects_per_image=space.defects_per_validation_image)
-    return (index, fit_samples, calib_samples, validation, rows, costs, target, precision, enforce_budget,
-            components)
+    return (index, fit_samples, calib_samples, subsample, validation, rows, costs, target, precision,
+            enforce_budget, components)
+
+
+def validation_goods(calib_samples, fit_samples, subsample, limit: int, seed: int) -> list:
+    """The validation's good images, at most `limit`: the held-out calibration goods, then fit images outside the
+    candidates' subsample (no candidate is fitted on them either; only the final build is). On small sets the
+    calibration split alone is a handful of images (20 of 200): too few goods to rank candidates a point apart."""
+    fitted = {sample.path for sample in subsample}
+    unused = [sample for sample in fit_samples if sample.path not in fitted]
+    calib = _subset(calib_samples, limit, seed)
+    return calib + _subset(unused, max(0, limit - len(calib)), seed + 1)
 
 
 def search(config, log, index=None, space: SearchSpace = SEARCH_SPACE, extra_sets: dict | None = None,
@@ -628,9 +641,8 @@ def search(config, log, index=None, space: SearchSpace = SEARCH_SPACE, extra_set
     """Steps 1-4 without the final build -> dict with rows, chosen, validation, notes, ... (benches call this with
     extra_sets: name -> (frames, labels), scored with the same heads, and time_budget_s None)."""
     started = time.perf_counter() if started is None else started
-    (index, fit_samples, calib_samples, validation, rows, costs, target, precision, enforce_budget,
+    (index, fit_samples, calib_samples, subsample, validation, rows, costs, target, precision, enforce_budget,
      components) = prepare_search(config, log, index, space)
-    subsample = _subset(fit_samples, space.fit_images, config.seed)
     sets = {"validation": (validation.frames, validation.labels), **(extra_sets or {})}
     log(f"auto: validating up to {sum(r.geometry is not None and (r.fits or not enforce_budget) for r in rows)} "
         f"candidates on {validation.description}")

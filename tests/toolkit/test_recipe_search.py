@@ -239,3 +239,21 @@ def test_stage_b_goes_to_the_best_architectures_that_have_a_stage_b_recipe_withi
     assert status[(big, "patchcore", 2.0)] == "validated"  # stage A, the best of it
     assert status[(small, "patchcore", 10.0)] == "validated"  # stage A
     assert status[(small, "ldknn", 10.0)] == "validated"  # stage B: the best architecture with a recipe to try
+
+
+def test_validation_goods_are_the_held_out_ones_then_fit_images_no_candidate_is_fitted_on():
+    from pathlib import Path
+
+    from adtk.toolkit.recipe_search import _subset, validation_goods
+    from adtk.toolkit.samples import Sample
+
+    def goods(prefix, count):
+        return [Sample(Path(f"{prefix}{i}.png"), 0, "good", None) for i in range(count)]
+
+    calib, fit = goods("calib", 20), goods("fit", 180)
+    subsample = _subset(fit, 120, seed=0)
+    chosen = validation_goods(calib, fit, subsample, limit=96, seed=0)
+    assert len(chosen) == 80 and chosen[:20] == calib  # all 20 held out, then the 60 fit images outside the subsample
+    assert not {s.path for s in chosen} & {s.path for s in subsample}
+    assert len({s.path for s in chosen}) == 80
+    assert validation_goods(calib, fit, subsample, limit=12, seed=0) == _subset(calib, 12, seed=0)
