@@ -366,8 +366,21 @@ def _frame_features(pipeline, frames, batch: int = 4) -> np.ndarray:
     return np.concatenate(list(_frame_feature_batches(pipeline, frames, batch)))
 
 
-def _write_batches(path: Path, batches) -> np.ndarray:
-    """Concatenate float32 feature batches into a raw file without holding them all -> its read-only memory map."""
+@dataclass(frozen=True)
+class FeatureFile:
+    """Features kept on disk between uses: mapped only while a candidate reads them. Maps held open for the whole
+    search keep every page they have read in the process's resident set: `--method auto` on magnetic-tile peaked
+    at 6.5 GB RSS so, 3.0 GB with maps per use (bench/results/quality_table.md)."""
+
+    path: Path
+    shape: tuple[int, ...]
+
+    def map(self) -> np.ndarray:
+        return np.memmap(self.path, dtype=np.float32, mode="r", shape=self.shape)
+
+
+def _write_batches(path: Path, batches) -> FeatureFile:
+    """Concatenate float32 feature batches into a raw file without holding them all."""
     shape, rows = None, 0
     with open(path, "wb") as handle:
         for chunk in batches:
@@ -376,7 +389,7 @@ def _write_batches(path: Path, batches) -> np.ndarray:
             rows, shape = rows + len(chunk), chunk.shape[1:]
     if shape is None:
         raise DataError("no image could be read for the recipe search")
-    return np.memmap(path, dtype=np.float32, mode="r", shape=(rows, *shape))
+    return FeatureFile(path, (rows, *shape))
 
 
 def standardised_mean(member_scores: list[np.ndarray], good: np.ndarray, reference: list[np.ndarray]) -> np.ndarray:
@@ -450,7 +463,7 @@ class Validator:
             return self.scores[(key, recipe)]
         if key not in self.features:
             self._extract(key, recipe)
-        features = self.features[key]
+        features = {name: file.map() for name, file in self.features[key].items()}  # unmapped on return
         cost = self.costs[key]
         ratio = min(1.0, recipe.bank_rows_per_image / cost.patches_per_image)
         tic = time.perf_counter()
@@ -650,7 +663,7 @@ def search(config, log, index=None, space: SearchSpace = SEARCH_SPACE, extra_set
         validator = Validator(config, components, subsample, sets, costs, Path(workdir), log)
         notes = plan_and_validate(config, rows, validator, space, len(fit_samples), len(calib_samples), started,
                                   enforce_budget, log, time_budget_s)
-        validator.features.clear()  # the memory maps, before their folder goes
+        validator.features.clear()  # the feature files go with the folder
     chosen = choose(rows, enforce_budget)
     return {"rows": rows, "chosen": chosen, "validation": validation, "target": target, "precision": precision,
             "enforce_budget": enforce_budget, "skipped": notes, "index": index, "fit_samples": fit_samples,
