@@ -95,10 +95,11 @@ class SearchSpace:
     # a larger input or an ensemble is compared at the bank the target can afford instead of never being fitted.
     smaller_banks: tuple[Recipe, ...] = ()
     fit_images: int = 120  # seeded subsample the candidates are fitted on (the final build uses all)
-    # Good images no candidate is fitted on (validation_goods) at most, each also with this many synthetic defects. The candidates' AUROCs differ by a point
-    # or two: on magnetic-tile, 48 goods with one defect each ranked 11 candidates against the real test at
-    # Spearman 0.21 (paired bootstrap SE of a difference ~2 points); all 76 held-out goods with three defects
-    # each at 0.66 (SE ~1.2), for ~2x the validation frames' extraction (bench/results/recipe_rank.md).
+    # At most this many good images no candidate is fitted on (validation_goods), each also with this many
+    # synthetic defects. The candidates' AUROCs differ by a point or two: on magnetic-tile, 48 goods with one
+    # defect each ranked 11 candidates against the real test at Spearman 0.21 (paired bootstrap SE of a difference
+    # ~2.3 points), all 76 held-out goods with three defects each at 0.66 (SE ~1.3), for 4x the validation frames
+    # (bench/results/validation_width.md).
     validation_images: int = 96
     defects_per_validation_image: int = 3
     time_budget_s: float = 600.0  # the whole `--method auto` build, search and final build

@@ -8,8 +8,8 @@ on it (toolkit/recipe_search.py) and the compiler's precision gate compares fp16
 (toolkit/sizing.py compile_check_data) when the data set has no `defects/` folder. It never reads the
 test split: a model chosen or gated on the test split would report a test score it was tuned on.
 
-Every held-out good image appears twice, as itself (label 0) and with one defect (label 1): the pair
-differs only in the defect, so the AUROC measures how well the model sees defects, not which good
+Every held-out good image appears as itself (label 0) and with one or more defects (label 1, one per
+frame): each pair differs only in the defect, so the AUROC measures how well the model sees defects, not which good
 images happen to look unusual. The defect kinds cycle through
   - DefectMaker's six (REB, seed 004 §3: Bezier rect / scar / clump, cut-paste or noise fill), and
   - thin scratches and branching cracks 1-3 px wide at the image's own resolution (what a 256 px
@@ -96,9 +96,10 @@ def paint_thin_defect(image: np.ndarray, mask: np.ndarray, rng: np.random.Genera
 def synthetic_validation(good_images, seed: int = 0, kinds: tuple[str, ...] = DEFAULT_MIX,
                          source: str = "held-out good images",
                          min_images: int = MIN_VALIDATION_IMAGES, defects_per_image: int = 1) -> SyntheticValidation:
-    """Each good image (uint8 [H, W, 3]) once as is and `defects_per_image` times with a synthetic defect, of
-    the next kinds in `kinds` (a seeded order: one image's defects are of different kinds while there are as many
-    kinds). DefectMaker's cut-paste fills come from the same held-out images."""
+    """Each good image (uint8 [H, W, 3]) once as is and `defects_per_image` times with a synthetic defect: of the
+    next `defects_per_image` entries of `kinds` from a seeded start per image (so the set keeps the mix's
+    proportions; an image's defects differ in kind where consecutive entries do). DefectMaker's cut-paste fills
+    come from the same held-out images."""
     images = [np.ascontiguousarray(np.asarray(image, dtype=np.uint8)) for image in good_images]
     if len(images) < min_images:
         raise DataError(f"synthetic-defect validation needs at least {min_images} held-out good images, "
