@@ -32,7 +32,8 @@ def collect(data: Path, out: Path, target: str, seed: int) -> None:
     log = lambda m: print(m, flush=True)  # noqa: E731
     config = BuildConfig(data=data, out=Path("/dev/null"), method="auto", target=target, seed=seed)
     space = replace(rs.SEARCH_SPACE, refine_top=99)
-    (index, fit, calib, subsample, _, rows, costs, _, _, _, components) = rs.prepare_search(config, log, None, space)
+    (index, fit, calib, subsample, validation, rows, costs, _, _, _, components) = rs.prepare_search(config, log,
+                                                                                                  None, space)
     narrow = synthetic_validation(load_good_images(rs._subset(calib, 48, seed), False), seed=seed)
     goods = load_good_images(calib, False)
     frames, labels = list(goods), [0] * len(goods)
@@ -45,41 +46,26 @@ def collect(data: Path, out: Path, target: str, seed: int) -> None:
         test_frames.append(image)
         test_labels.append(sample.label)
     # the search's own validation set is scored too ("validation"); standardised ensembles use its goods
-    sets = {"validation": (_search_validation(rs, config, space, calib, fit, subsample)),
+    sets = {"validation": (validation.frames, validation.labels),
             "narrow": (narrow.frames, narrow.labels), "wide": (frames, np.asarray(labels)),
             "test": (test_frames, np.asarray(test_labels))}
     scores = {}
-    original = rs.Validator.validate
 
-    def validate(self, row):  # the search's validate, keeping each candidate's image scores per set
-        original(self, row)
-        keys = [rs.FeatureKey(m, row.geometry) for m in row.architecture.members()]
-        members = [self.scores[(k, row.recipe)] for k in keys]
-        good = self.sets["validation"][1] == 0
-        for name in self.sets:
-            scores[f"{row.architecture.label()} {row.recipe.label()}|{name}"] = (
-                members[0][name] if len(members) == 1 else
-                rs.standardised_mean([m[name] for m in members], good, [m["validation"] for m in members]))
+    class ScoreKeeper(rs.Validator):  # the search's validator, keeping each candidate's image scores per set
+        def validate(self, row):
+            super().validate(row)
+            for name, values in self.candidate_scores(row).items():
+                scores[f"{row.architecture.label()} {row.recipe.label()}|{name}"] = values
 
-    rs.Validator.validate = validate
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
-        validator = rs.Validator(config, components, subsample, sets, costs, Path(workdir), log)
+        validator = ScoreKeeper(config, components, subsample, sets, costs, Path(workdir), log)
         rs.plan_and_validate(config, rows, validator, space, len(fit), len(calib), started, True, log, None)
         validator.features.clear()
-    rs.Validator.validate = original
     np.savez(out.with_suffix(".npz"), **scores, **{f"labels|{k}": np.asarray(v[1]) for k, v in sets.items()})
     out.with_suffix(".json").write_text(json.dumps(
         [dict(r.as_dict(), name=f"{r.architecture.label()} {r.recipe.label()}") for r in rows
          if r.validation_auroc is not None], indent=1))
-
-
-def _search_validation(rs, config, space, calib, fit, subsample):
-    from adtk.toolkit.validation import load_good_images, synthetic_validation
-
-    goods = load_good_images(rs.validation_goods(calib, fit, subsample, space.validation_images, config.seed), False)
-    data = synthetic_validation(goods, seed=config.seed, defects_per_image=space.defects_per_validation_image)
-    return data.frames, data.labels
 
 
 def report(out: Path, boots: int = 300) -> str:

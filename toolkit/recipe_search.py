@@ -484,19 +484,25 @@ class Validator:
         self.fit_seconds[(key, recipe)] = fit_s
         return self.scores[(key, recipe)]
 
+    def candidate_scores(self, row: CandidateRow) -> dict:
+        """-> {set name: the candidate's image scores}: its one member's, or an ensemble's members' standardised
+        on the validation's good frames, whichever set is scored (member heads are fitted once, then cached)."""
+        members = [self.member_scores(FeatureKey(member, row.geometry), row.recipe)
+                   for member in row.architecture.members()]
+        if len(members) == 1:
+            return dict(members[0])
+        good = self.sets["validation"][1] == 0
+        return {name: standardised_mean([m[name] for m in members], good, [m["validation"] for m in members])
+                for name in self.sets}
+
     def validate(self, row: CandidateRow) -> None:
         from adtk.toolkit.evaluation.metrics import image_auroc
 
         keys = [FeatureKey(member, row.geometry) for member in row.architecture.members()]
         tic = time.perf_counter()
-        members = [self.member_scores(key, row.recipe) for key in keys]
+        scored = self.candidate_scores(row)
         for name, (_, labels) in self.sets.items():
-            if len(members) == 1:
-                scores = members[0][name]
-            else:  # standardised on the validation's good frames, whichever set is scored
-                good = self.sets["validation"][1] == 0
-                scores = standardised_mean([m[name] for m in members], good, [m["validation"] for m in members])
-            value = image_auroc(scores, labels)
+            value = image_auroc(scored[name], labels)
             if name == "validation":
                 row.validation_auroc = value
             else:
