@@ -27,33 +27,50 @@ def example_frames(image_size_px: tuple[int, int]) -> torch.Tensor:
     return torch.randint(0, 256, (2, height + 37, width + 21, 3), dtype=torch.uint8, generator=generator)
 
 
-def export_onnx_bytes(graph: torch.nn.Module, image_size_px: tuple[int, int], opset: int = DEFAULT_OPSET) -> bytes:
-    """Trace the scoring graph to ONNX (dynamic batch, height and width) and return the serialised model."""
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    height = torch.export.Dim("height", min=16, max=8192)
-    width = torch.export.Dim("width", min=16, max=8192)
+def export_onnx_bytes(graph: torch.nn.Module, image_size_px: tuple[int, int], opset: int = DEFAULT_OPSET,
+                      dynamic: bool = True) -> bytes:
+    """Trace the scoring graph to ONNX and return the serialised model: dynamic batch, height and width (an
+    artefact), or with dynamic=False every shape static (a model that is only costed, never run on camera frames:
+    toolkit/sizing.py probe_model).
+
+    Why the static form exists: torch.export reasons symbolically about every dynamic dim through the whole
+    graph, most of an export's time (a Lite0 graph with a 70k-row bank: ~7 s dynamic, ~3 s static, 2 x86 cores).
+    Its one frame is 2 x the model's rows + 1 tall, so the frame-size choice (toolkit/preprocess.py), fixed at
+    trace time, takes the general branch: the one the cost model reads in an artefact (export/cost_model.py),
+    which it then costs within ~2% of the dynamic export (shape arithmetic the static graph has folded away)."""
+    kwargs = {}
+    if dynamic:
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        height = torch.export.Dim("height", min=16, max=8192)
+        width = torch.export.Dim("width", min=16, max=8192)
+        kwargs["dynamic_shapes"] = {"frames": {0: batch, 1: height, 2: width}}
+        example = example_frames(image_size_px)
+    else:
+        example = torch.zeros((1, 2 * image_size_px[0] + 1, image_size_px[1], 3), dtype=torch.uint8)
     program = torch.onnx.export(
         graph.eval(),
-        (example_frames(image_size_px),),
+        (example,),
         input_names=[INPUT_NAME],
         output_names=list(OUTPUT_NAMES),
-        dynamic_shapes={"frames": {0: batch, 1: height, 2: width}},
         opset_version=opset,
         dynamo=True,
         external_data=False,
         optimize=True,
         verbose=False,
+        **kwargs,
     )
     buffer = io.BytesIO()
     program.save(buffer, external_data=False)
     return buffer.getvalue()
 
 
-def export_model(graph: torch.nn.Module, manifest: dict, image_size_px: tuple[int, int], opset: int = DEFAULT_OPSET):
-    """Export the scoring graph to an onnx ModelProto carrying the manifest (not sealed yet: passes may follow)."""
+def export_model(graph: torch.nn.Module, manifest: dict, image_size_px: tuple[int, int], opset: int = DEFAULT_OPSET,
+                 dynamic: bool = True):
+    """Export the scoring graph to an onnx ModelProto carrying the manifest (not sealed yet: passes may follow);
+    dynamic=False: every shape static, for a model that is only costed (export_onnx_bytes)."""
     import onnx  # imported here: only the compiler needs it
 
-    model = onnx.load_from_string(export_onnx_bytes(graph, image_size_px, opset))
+    model = onnx.load_from_string(export_onnx_bytes(graph, image_size_px, opset, dynamic))
     del model.metadata_props[:]
     entry = model.metadata_props.add()
     entry.key, entry.value = MANIFEST_KEY, json.dumps(manifest, sort_keys=True)
