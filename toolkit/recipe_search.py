@@ -52,7 +52,10 @@ LARGE_FRAME_PIXELS_PER_TILE = 4.0
 # build adds calibration, export and the compiler's checks on top of its features and fit.
 EXTRACTION_OVERHEAD = 1.5
 FINAL_BUILD_FIXED_S = 60.0
-INITIAL_FIT_RATE = 2.5e-7  # s per (fit rows x bank rows), before any fit was timed (measured: ~2e-7 at load ~20)
+# s per (fit rows x bank rows) before any fit was timed: the highest rate the samplers now measure here (120
+# magnetic-tile images, quiet: patchcore 7e-9, ldknn 1.4e-8, a stride-4 patchcore 1.7e-8). The former 2.5e-7 was
+# the exact greedy's at load ~20: it predicted the first candidate's final build at ~1,300 s in a 190-s search
+INITIAL_FIT_RATE = 2e-8
 
 
 @dataclass(frozen=True)
