@@ -127,22 +127,19 @@ def test_a_backbone_over_budget_is_refused_before_any_feature_extraction(tiny_da
 
 
 
-def test_the_probe_is_exported_static_and_costed_like_the_artefacts_graph(tiny_build, monkeypatch):
-    """probe_model exports with static shapes (~2.5x faster); its estimate must stay within a few percent of the
+def test_the_probe_is_exported_static_and_costed_like_the_artefacts_graph(tiny_build):
+    """probe_model exports with static shapes (~2-3x faster); its estimate must stay within a few percent of the
     same graph exported for frames of any size, as every artefact is (export.formats.export_onnx_bytes)."""
-    from adtk.export import formats
-    from adtk.toolkit.sizing import probe_model
+    from adtk.export.formats import export_model
+    from adtk.toolkit.sizing import probe_graph, probe_model
 
-    preprocess, exports = tiny_build.graph.preprocess, []
-    real_export = formats.export_model
-    monkeypatch.setattr(formats, "export_model", lambda *args, **kwargs: exports.append((args, kwargs))
-                        or real_export(*args, **kwargs))
-    probe = probe_model(preprocess, tiny_build.graph.backbone, tiny_build.graph.embedding,
-                        create_method("patchcore", coreset_ratio=0.25), blur_sigma=4.0)
-    (probe_graph, manifest, size), options = exports[0]
-    assert options == {"dynamic": False}
+    parts = (tiny_build.graph.preprocess, tiny_build.graph.backbone, tiny_build.graph.embedding,
+             create_method("patchcore", coreset_ratio=0.25))
+    probe = probe_model(*parts, blur_sigma=4.0)
     assert all(dim.HasField("dim_value") for dim in probe.graph.input[0].type.tensor_type.shape.dim)
-    dynamic = real_export(probe_graph, manifest, size)  # the same graph as an artefact exports it
+    preprocess = tiny_build.graph.preprocess
+    dynamic = export_model(probe_graph(*parts, blur_sigma=4.0), {"input": preprocess.contract()},
+                           preprocess.image_size_px)  # the same graph as an artefact exports it
     assert not all(dim.HasField("dim_value") for dim in dynamic.graph.input[0].type.tensor_type.shape.dim)
     for name, precision in [("x86_cpu", "fp32"), ("orin_nano_8gb", "fp16")]:
         static_estimate = estimate_cost(probe, load_target(name), precision)
