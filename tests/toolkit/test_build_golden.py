@@ -54,8 +54,8 @@ FAST_CASES = ("patchcore", "padim")  # the rest are marked slow (one tiny build 
 STALE_CASES = {"patchcore_sized": "tight budget predates the probe check of e8f1c38; re-record with a looser one"}
 
 # torch's intra-op threads while a case builds (and was recorded): float32 sums split over another number of threads
-# come out in another order, and REB's fine-tuned weights are compared bit for bit on the CPU they were recorded on, so the
-# count is fixed here rather than left to the machine's cores or to pytest-xdist's per-worker share (conftest.py).
+# come out in another order, and REB's fine-tuned weights are compared bit for bit on the CPU they were recorded on,
+# so the count is fixed here rather than left to the machine's cores or to pytest-xdist's per-worker share.
 GOLDEN_TORCH_THREADS = 2
 
 # the head's share of the tight target's budget; the golden records the budget it produced
