@@ -3,7 +3,7 @@ of any size (as every artefact is), side by side in one run: export seconds and 
 
 The recipe search (`adtk build --method auto`) exports one probe per architecture it costs, and `--target` builds
 export one before the fit (toolkit/sizing.py probe_model); the probe is only costed, never run on frames, so since
-session 11 it is exported static (export.formats.export_onnx_bytes(dynamic=False)). Real ImageNet weights where
+session 11 it is exported static (toolkit/sizing.py probe_frame_hw). Real ImageNet weights where
 they exist offline (efficientnet-lite0, mobilenetv2); each probe's head is fitted on two noise frames, as the build
 does.
 
@@ -31,7 +31,7 @@ def main() -> None:
     from adtk.toolkit.backbones import create_backbone
     from adtk.toolkit.methods.registry import create_method
     from adtk.toolkit.preprocess import FramePreprocess
-    from adtk.toolkit.sizing import probe_graph
+    from adtk.toolkit.sizing import probe_frame_hw, probe_graph
 
     print("| architecture | size | method | export s dynamic / static | "
           + " | ".join(f"{t} {p} ms dynamic / static (diff)" for t, p in TARGETS) + " |")
@@ -45,12 +45,13 @@ def main() -> None:
         graph = probe_graph(preprocess, backbone, embedding, method, blur_sigma=4.0)
         manifest = {"input": preprocess.contract()}
         if not warmed:  # a process's first export also imports and sets up the exporter (~3 s): not counted
-            export_model(graph, manifest, size, dynamic=False)
+            export_model(graph, manifest, size, static_frame_hw=probe_frame_hw(preprocess))
             warmed = True
         seconds, models = {}, {}
         for dynamic in (True, False):
             tic = time.perf_counter()
-            models[dynamic] = export_model(graph, manifest, size, dynamic=dynamic)
+            models[dynamic] = export_model(graph, manifest, size,
+                                           static_frame_hw=None if dynamic else probe_frame_hw(preprocess))
             seconds[dynamic] = time.perf_counter() - tic
         cells = []
         for target_name, precision in TARGETS:

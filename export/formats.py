@@ -28,25 +28,23 @@ def example_frames(image_size_px: tuple[int, int]) -> torch.Tensor:
 
 
 def export_onnx_bytes(graph: torch.nn.Module, image_size_px: tuple[int, int], opset: int = DEFAULT_OPSET,
-                      dynamic: bool = True) -> bytes:
+                      static_frame_hw: tuple[int, int] | None = None) -> bytes:
     """Trace the scoring graph to ONNX and return the serialised model: dynamic batch, height and width (an
-    artefact), or with dynamic=False every shape static (a model that is only costed, never run on camera frames:
-    toolkit/sizing.py probe_model).
+    artefact), or with static_frame_hw every shape static, for one frame of that size (a model that is only
+    costed, never run on camera frames: toolkit/sizing.py probe_model, which says why its frame has the size it
+    has).
 
     Why the static form exists: torch.export reasons symbolically about every dynamic dim through the whole
-    graph, most of an export's time (a Lite0 graph with a 70k-row bank: ~7 s dynamic, ~3 s static, 2 x86 cores).
-    Its one frame is 2 x the model's rows + 1 tall, so the frame-size choice (toolkit/preprocess.py), fixed at
-    trace time, takes the general branch: the one the cost model reads in an artefact (export/cost_model.py),
-    which it then costs within ~2% of the dynamic export (shape arithmetic the static graph has folded away)."""
+    graph, most of an export's time (a Lite0 graph with a 70k-row bank: ~7 s dynamic, ~3 s static, 2 x86 cores)."""
     kwargs = {}
-    if dynamic:
+    if static_frame_hw is None:
         batch = torch.export.Dim("batch", min=1, max=1024)
         height = torch.export.Dim("height", min=16, max=8192)
         width = torch.export.Dim("width", min=16, max=8192)
         kwargs["dynamic_shapes"] = {"frames": {0: batch, 1: height, 2: width}}
         example = example_frames(image_size_px)
     else:
-        example = torch.zeros((1, 2 * image_size_px[0] + 1, image_size_px[1], 3), dtype=torch.uint8)
+        example = torch.zeros((1, *static_frame_hw, 3), dtype=torch.uint8)
     program = torch.onnx.export(
         graph.eval(),
         (example,),
@@ -65,12 +63,12 @@ def export_onnx_bytes(graph: torch.nn.Module, image_size_px: tuple[int, int], op
 
 
 def export_model(graph: torch.nn.Module, manifest: dict, image_size_px: tuple[int, int], opset: int = DEFAULT_OPSET,
-                 dynamic: bool = True):
+                 static_frame_hw: tuple[int, int] | None = None):
     """Export the scoring graph to an onnx ModelProto carrying the manifest (not sealed yet: passes may follow);
-    dynamic=False: every shape static, for a model that is only costed (export_onnx_bytes)."""
+    static_frame_hw: every shape static, for a model that is only costed (export_onnx_bytes)."""
     import onnx  # imported here: only the compiler needs it
 
-    model = onnx.load_from_string(export_onnx_bytes(graph, image_size_px, opset, dynamic))
+    model = onnx.load_from_string(export_onnx_bytes(graph, image_size_px, opset, static_frame_hw))
     del model.metadata_props[:]
     entry = model.metadata_props.add()
     entry.key, entry.value = MANIFEST_KEY, json.dumps(manifest, sort_keys=True)

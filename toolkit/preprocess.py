@@ -95,7 +95,7 @@ class FramePreprocess(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         small = frames.shape[1] <= SMALL_FRAME_ROWS * self.image_size_px[0]
         # exporting for frames of any size: the choice is made per frame, in the graph (an ONNX If); with static
-        # shapes (export_onnx_bytes(dynamic=False)) `small` is a plain bool and the one branch is traced
+        # shapes (export_onnx_bytes(static_frame_hw=...)) `small` is a plain bool and the one branch is traced
         if torch.compiler.is_compiling() and not isinstance(small, bool):
             x = torch.cond(small, self.resize_whole, self.resize_gathered, (frames,))
         else:

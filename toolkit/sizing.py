@@ -127,11 +127,23 @@ def probe_model(preprocess, backbone, embedding, method, blur_sigma: float, num_
                 tiling=None):
     """An fp32 export of probe_graph: its cost estimate costs everything but the head (within ~2% of the same
     graph exported for frames of any size: bench/results/probe_export.md), before any training image is read
-    (refuse-before-the-fit). Exported with static shapes, ~2-3x faster: the probe is only costed, never run."""
+    (refuse-before-the-fit). Exported with static shapes, ~2-3x faster: the probe is only costed, never run.
+    Its one frame has probe_frame_hw's size."""
     from adtk.export.formats import export_model
 
     graph = probe_graph(preprocess, backbone, embedding, method, blur_sigma, num_frames, geometry, tiling)
-    return export_model(graph, {"input": preprocess.contract()}, preprocess.image_size_px, dynamic=False)
+    return export_model(graph, {"input": preprocess.contract()}, preprocess.image_size_px,
+                        static_frame_hw=probe_frame_hw(preprocess))
+
+
+def probe_frame_hw(preprocess) -> tuple[int, int]:
+    """The probe's static frame: one row taller than SMALL_FRAME_ROWS x the model's, so the frame-size choice,
+    fixed at trace time, takes the general branch: the one the cost model reads in an artefact
+    (export/cost_model.py)."""
+    from adtk.toolkit.preprocess import SMALL_FRAME_ROWS
+
+    height, width = preprocess.image_size_px
+    return SMALL_FRAME_ROWS * height + 1, width
 
 
 def refuse_unfit_architecture(probe, target: Target, precision: str, precision_is_free: bool) -> None:

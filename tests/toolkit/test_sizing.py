@@ -126,7 +126,6 @@ def test_a_backbone_over_budget_is_refused_before_any_feature_extraction(tiny_da
     assert not out.exists()
 
 
-
 def test_the_probe_is_exported_static_and_costed_like_the_artefacts_graph(tiny_build):
     """probe_model exports with static shapes (~2-3x faster); its estimate must stay within a few percent of the
     same graph exported for frames of any size, as every artefact is (export.formats.export_onnx_bytes)."""
