@@ -18,6 +18,9 @@ is which); it is not a measurement, and bench/ compares it with measured latency
 
 memory = weights (as stored: fp16 / int8 initializers count their own size) + peak live activations
 (tensors freed after their last consumer, in graph order) + the target's runtime overhead.
+
+Nodes computed from constants alone (the Transpose of a stored bank, the Slices of a bank cut into chunks by
+export/passes/chunk_bank.py) cost nothing per frame: onnxruntime and TensorRT fold them when they load the model.
 """
 
 from __future__ import annotations
@@ -169,10 +172,11 @@ def estimate_cost(model, target, precision: str, batch: int = 1) -> CostEstimate
     compute = target.compute_efficiency
     bandwidth = target.memory_bandwidth_gbs * 1e9 * target.memory_efficiency
     nodes, total_ms, head_ms = [], 0.0, 0.0
+    folded = folded_tensors(inferred)
     for node in inferred.graph.node:
         node_precision = precision if node.name in region else "fp32"
         flops = node_flops(node, shapes)
-        if node.op_type in QDQ_OPS:
+        if node.op_type in QDQ_OPS or (node.output and all(o in folded for o in node.output if o)):
             nodes.append(NodeCost(node.name, node.op_type, 0.0, 0.0, node_precision, False))
             continue
         moved = 0.0
@@ -193,9 +197,21 @@ def estimate_cost(model, target, precision: str, batch: int = 1) -> CostEstimate
                         float(target.frame_budget_ms), float(target.memory_budget_mb), tuple(nodes))
 
 
+def folded_tensors(model) -> set[str]:
+    """Initializers, Constant outputs and every tensor computed from those alone (graph order is topological):
+    what a runtime folds into constants when it loads the model."""
+    constants = {i.name for i in model.graph.initializer}
+    for node in model.graph.node:
+        inputs = [i for i in node.input if i]
+        if node.op_type == "Constant" or (inputs and all(i in constants for i in inputs)
+                                          and not any(a.g.node or a.graphs for a in node.attribute)):
+            constants.update(o for o in node.output if o)
+    return constants
+
+
 def peak_activation_bytes(model, shapes: dict) -> float:
     """Peak of the live intermediate tensors when nodes run in graph order and free inputs after last use."""
-    constants = {i.name for i in model.graph.initializer}
+    constants = folded_tensors(model)
     last_use: dict[str, int] = {}
     for index, node in enumerate(model.graph.node):
         for name in node.input:
