@@ -7,9 +7,10 @@ int8 = onnxruntime static QDQ quantisation of the backbone, calibrated on good t
 for TensorRT targets, U8S8 for onnxruntime ones). Every variant is scored against fp32 on held-out images
 with onnxruntime, and the build is refused if its image AUROC drops by more than `max_auroc_drop`.
 For a TensorRT target (or one needing an older opset) the frame-size If first becomes its general branch
-(passes/frame_branch.py). Then, for a TensorRT target, the bank-chunking pass; then, for any target whose
-parser reads an older ONNX opset than the export's, the exact opset down-conversion (passes/opset.py); then,
-for TensorRT, the static check. A violation, or an op with no exact older form, refuses the build. The cost model's
+(passes/frame_branch.py). Then the bank-chunking pass: for onnxruntime (a CPU target, or no target) into
+cache-sized chunks, for a TensorRT target only where a tensor breaks TensorRT's size limit; then, for any
+target whose parser reads an older ONNX opset than the export's, the exact opset down-conversion
+(passes/opset.py); then, for TensorRT, the static check. A violation, or an op with no exact older form, refuses the build. The cost model's
 prediction for the target is recorded in the manifest.
 """
 
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from adtk.export.cost_model import CostEstimate, estimate_cost
-from adtk.export.passes.chunk_bank import chunk_bank_reductions
+from adtk.export.passes.chunk_bank import CPU_CACHE_CHUNK_ELEMENTS, chunk_bank_reductions
 from adtk.export.passes.fp16 import convert_head_matrices_to_fp16
 from adtk.export.passes.frame_branch import inline_else_branches
 from adtk.export.passes.int8 import quantize_backbone_int8
@@ -146,6 +147,12 @@ def compile_model(fp32_model, manifest: dict, options: CompileOptions, data: Che
             raise TargetError(f"{precision} loses {check.auroc_drop * 100:.2f} AUROC points against fp32 on "
                               f"{check.images} (allowed: {options.max_auroc_drop * 100:.2f}); keep fp32/fp16, "
                               "calibrate INT8 on more good images, or raise --max-auroc-drop")
+    if target is None or not target.uses_tensorrt:  # onnxruntime on a CPU: the bank search in cache-sized chunks
+        model, chunks = chunk_bank_reductions(model, CPU_CACHE_CHUNK_ELEMENTS)
+        if chunks:
+            split = ", ".join(f"{c['rows']} rows in {c['chunks']}" for c in chunks)
+            log(f"bank search split into cache-sized chunks for onnxruntime's CPU kernels (same outputs): {split}")
+            facts["bank_chunks"] = chunks
     estimate: CostEstimate | None = None
     if target is not None:
         if target.uses_tensorrt:

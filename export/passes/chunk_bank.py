@@ -1,5 +1,5 @@
-"""Split a bank reduction into chunks when one tensor of it would break a size limit (TensorRT: 2^31 - 1
-elements per tensor, export/passes/tensorrt_check.py).
+"""Split a bank reduction into chunks when one tensor of it would break a size limit: TensorRT's 2^31 - 1
+elements per tensor (export/passes/tensorrt_check.py), or a CPU's cache (CPU_CACHE_CHUNK_ELEMENTS).
 
 The pattern (what a nearest-neighbour head exports to; found by shape, never by method name):
 
@@ -10,7 +10,9 @@ becomes, for C chunks of the M bank rows, the same chain on B[:, rows_c] (and ev
 sliced alike), a per-chunk reduction, and an exact merge: min of mins; for Arg*, the per-chunk winners'
 values compared and their indices offset by the chunk start (ties resolve to the first index, as ONNX
 ArgMin does); for TopK, the per-chunk top K merged by a second TopK. The result equals the unchunked graph
-(tests compare with onnxruntime on the original and with brute-force numpy).
+(tests compare with onnxruntime on the original and with brute-force numpy). The bank's chunks are Slices of
+the stored bank: onnxruntime and TensorRT fold them into constants when they load the model, so nothing is
+sliced per frame and the file holds the bank once (another node, e.g. a head's reweighting, may read it whole).
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ from adtk.export.passes.graph import (
 )
 from adtk.export.passes.tensorrt_check import MAX_TENSOR_ELEMENTS
 
+# Why split on a CPU at all: onnxruntime runs the bank search as one Gemm that writes the whole [P, M] distance
+# matrix (at 1,024 patches and a 70k-row bank: 287 MB) and a ReduceMin that reads it back, so the search streams
+# through main memory twice. In chunks of at most 2^20 values (4 MB of fp32: each chunk's Gemm output is still in
+# cache when its ReduceMin reads it) the outputs are the same bit for bit and come faster: on a 2-core x86
+# machine (2 MB L2 per core, 32 MB L3 shared with other tenants) a 70k-row bank's artefact took 0.65-0.90x the
+# whole search's time per frame over three runs, a 6,850-row one 0.79-0.97x; 2^21-2^22 was level or a little
+# slower, 2^23 lost most of the gain (bench/bank_chunks.py, bench/results/bank_chunks.md).
+CPU_CACHE_CHUNK_ELEMENTS = 2 ** 20
 
 
 def chunk_bank_reductions(model, max_elements: int = MAX_TENSOR_ELEMENTS, batch: int = 1):
@@ -128,6 +138,8 @@ def _rewrite(model, matmul, shapes, rows: int, chunks: int) -> bool:
             new_nodes.extend(_partial(red, renamed[red.input[0]], c, starts, axis_last, const))
     for red in reductions:
         new_nodes.extend(_merge(red, chunks, axis_last))
+    for node in new_nodes:  # named, as the exporter's nodes are (the cost model and passes report by name)
+        node.name = node.name or f"chunk_bank/{node.output[0]}"
     removed = {id(n) for n in (matmul, *region, *reductions)}
     kept = [n for n in graph.node if id(n) not in removed]
     del graph.node[:]

@@ -87,3 +87,51 @@ def test_real_artefact_chunks_exactly(tiny_build):
     after = ort.InferenceSession(chunked.SerializeToString()).run(None, {"frames": frames})
     for a, b in zip(before, after):
         np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=1e-5, atol=1e-5)
+
+
+def test_the_compiler_splits_a_cpu_artefacts_bank_search_to_the_cache_budget(tiny_build, monkeypatch):
+    """onnxruntime (a CPU target, or no target): the bank search in chunks of at most CPU_CACHE_CHUNK_ELEMENTS
+    values, the same outputs; a TensorRT target keeps one search (it splits only past TensorRT's limit)."""
+    import adtk.export.compiler as compiler
+    from adtk.export.cost_model import HEAVY_OPS, estimate_cost, folded_tensors
+
+    fp32 = load_unsealed(tiny_build.artefact.read_bytes())
+    rows = tiny_build.manifest["method"]["fit"]["memory_bank_rows"]
+    monkeypatch.setattr(compiler, "CPU_CACHE_CHUNK_ELEMENTS", 2 * rows)  # the tiny bank split in several chunks
+    frames = np.random.default_rng(3).integers(0, 256, (1, 70, 90, 3), dtype=np.uint8)
+    expected = ort.InferenceSession(fp32.SerializeToString()).run(None, {"frames": frames})
+    for target in (None, load_target("x86_cpu")):
+        model, manifest, _ = compiler.compile_model(fp32, tiny_build.manifest,
+                                                    compiler.CompileOptions(target=target), None, log=lambda m: None)
+        (split,) = manifest["target"]["precision_details"]["bank_chunks"]
+        assert split["rows"] == rows and split["chunks"] >= 3
+        assert sum(n.op_type == "MatMul" for n in model.graph.node) >= 3
+        got = ort.InferenceSession(model.SerializeToString()).run(None, {"frames": frames})
+        for a, b in zip(expected, got):
+            np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=1e-6, atol=1e-6)
+    # the chunks are Slices of the stored bank, folded when a runtime loads the model: the cost model charges
+    # them nothing (charged, each would read the whole bank), so the split adds the per-layer overhead of its
+    # extra Gemms and reductions and each chunk's re-read of the queries, no more
+    stored = {i.name for i in model.graph.initializer}
+    bank_slices = {n.name for n in model.graph.node if n.op_type == "Slice" and n.input[0] in stored}
+    assert len(bank_slices) >= 3
+    assert {n.output[0] for n in model.graph.node if n.name in bank_slices} <= folded_tensors(model)
+    cpu = load_target("x86_cpu")
+    whole, split_up = estimate_cost(fp32, cpu, "fp32"), estimate_cost(model, cpu, "fp32")
+    assert all(c.bytes == 0 and c.flops == 0 for c in split_up.nodes if c.name in bank_slices)
+
+    def layers(estimate):
+        return sum(c.op_type in HEAVY_OPS for c in estimate.nodes)
+
+    extra_bytes = split_up.bytes_moved - whole.bytes_moved  # the queries, read once per chunk
+    chunk_matmul_bytes = sum(c.bytes for c in split_up.nodes if c.op_type == "MatMul" and c.scales_with_head)
+    assert split_up.flops == pytest.approx(whole.flops, rel=1e-3) and 0 <= extra_bytes <= chunk_matmul_bytes
+    bandwidth_ms = extra_bytes / (cpu.memory_bandwidth_gbs * 1e9 * cpu.memory_efficiency) * 1e3
+    extra_layers = layers(split_up) - layers(whole)
+    assert split_up.latency_ms - whole.latency_ms <= extra_layers * cpu.layer_overhead_ms + bandwidth_ms + 1e-6
+    trt_model, trt_manifest, _ = compiler.compile_model(fp32, tiny_build.manifest,
+                                                        compiler.CompileOptions(target=load_target("orin_nano_8gb")),
+                                                        None, log=lambda m: None)
+    assert "bank_chunks" not in trt_manifest["target"]["precision_details"]
+    assert sum(n.op_type == "MatMul" for n in trt_model.graph.node) == sum(
+        n.op_type == "MatMul" for n in fp32.graph.node)
