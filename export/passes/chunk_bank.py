@@ -60,8 +60,8 @@ def chunk_bank_reductions(model, max_elements: int = MAX_TENSOR_ELEMENTS, batch:
         dims = shapes.get(node.output[0], (0, ("?",)))[1]
         if any(not isinstance(d, int) for d in dims) or int(np.prod(dims)) <= max_elements:
             continue
-        chunks = math.ceil(int(np.prod(dims)) / max_elements)
-        if _rewrite(out, node, shapes, dims[-1], chunks):
+        chunks = _rewrite(out, node, shapes, dims[-1], math.ceil(int(np.prod(dims)) / max_elements))
+        if chunks:
             done.append({"matmul": node.name or node.output[0], "rows": int(dims[-1]), "chunks": chunks})
     if done:
         _topological_sort(out.graph)
@@ -81,7 +81,8 @@ def _axis_is_last(model, node, rank: int) -> bool:
     return int(attrs.get("axis", 0 if node.op_type != "TopK" else -1)) in (-1, rank - 1)
 
 
-def _rewrite(model, matmul, shapes, rows: int, chunks: int) -> bool:
+def _rewrite(model, matmul, shapes, rows: int, chunks: int) -> int:
+    """-> the number of chunks the search was split into (0: left as it was)."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
@@ -97,9 +98,17 @@ def _rewrite(model, matmul, shapes, rows: int, chunks: int) -> bool:
         elif node.op_type in REDUCTIONS and _axis_is_last(model, node, rank):
             reductions.append(node)
         else:
-            return False  # a consumer this pass cannot split: leave the graph as it is (the check reports it)
+            return 0  # a consumer this pass cannot split: leave the graph as it is (the check reports it)
     if not reductions or tensors & {o.name for o in graph.output}:
-        return False
+        return 0
+    for red in reductions:  # every chunk must hold at least a TopK's K rows
+        if red.op_type == "TopK":
+            k = constant_value(model, red.input[1])
+            if k is None:
+                return 0
+            chunks = min(chunks, rows // max(1, int(np.asarray(k).ravel()[0])))
+    if chunks < 2:
+        return 0
     bounds = np.linspace(0, rows, chunks + 1).astype(np.int64)
     new_nodes, new_inits = [], []
 
@@ -149,7 +158,7 @@ def _rewrite(model, matmul, shapes, rows: int, chunks: int) -> bool:
     for v in stale:
         graph.value_info.remove(v)
     del TensorProto
-    return True
+    return chunks
 
 
 def _partial(red, chunk_input: str, c: int, start: str, axis_last: str, const) -> list:
@@ -165,7 +174,7 @@ def _partial(red, chunk_input: str, c: int, start: str, axis_last: str, const) -
                 helper.make_node(red.op_type, [chunk_input], [f"{base}_local"], axis=-1, keepdims=1,
                                  select_last_index=attrs.get("select_last_index", 0)),
                 helper.make_node("Add", [f"{base}_local", start], [f"{base}_i"])]
-    # TopK: K' = min(K, rows in the chunk) is not needed when K <= every chunk's rows; require it.
+    # TopK: every chunk holds at least K rows (_rewrite caps the number of chunks so)
     return [helper.make_node("TopK", [chunk_input, red.input[1]], [f"{base}_v", f"{base}_local"], axis=-1,
                              largest=attrs.get("largest", 1), sorted=1),
             helper.make_node("Add", [f"{base}_local", start], [f"{base}_i"])]
