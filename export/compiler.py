@@ -10,8 +10,8 @@ For a TensorRT target (or one needing an older opset) the frame-size If first be
 (passes/frame_branch.py). Then the bank-chunking pass: for onnxruntime (a CPU target, or no target) into
 cache-sized chunks, for a TensorRT target only where a tensor breaks TensorRT's size limit; then, for any
 target whose parser reads an older ONNX opset than the export's, the exact opset down-conversion
-(passes/opset.py); then, for TensorRT, the static check. A violation, or an op with no exact older form, refuses the build. The cost model's
-prediction for the target is recorded in the manifest.
+(passes/opset.py); then, for TensorRT, the static check. A violation, or an op with no exact older form,
+refuses the build. The cost model's prediction for the target is recorded in the manifest.
 """
 
 from __future__ import annotations
