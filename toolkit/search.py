@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from adtk.export.passes.chunk_bank import CPU_CACHE_CHUNK_ELEMENTS
+
 
 def nearest_neighbours(bank: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """bank [M, D], queries [Q, D] -> (squared distances [Q, k], indices [Q, k]), nearest first."""
@@ -133,7 +135,16 @@ def partial_sq_distances(queries_2d: torch.Tensor, bank_t_neg2: torch.Tensor, ba
     return torch.matmul(queries_2d, bank_t_neg2) + bank_sq_norms
 
 
-EAGER_BANK_BLOCK = 8192  # bank rows per block of the eager minimum: a [1024, 8192] float32 block is 32 MB
+# The eager searches (the build's held-out scoring of ensembles, the recipe search's and REB's validation, every
+# torch-reference score) take their minimum block by block, so the [N, M] distance matrix is never written whole:
+# query blocks of EAGER_QUERY_BLOCK rows against bank blocks of CPU_CACHE_CHUNK_ELEMENTS / EAGER_QUERY_BLOCK rows,
+# the budget the compiler's split uses for onnxruntime (export/passes/chunk_bank.py). Against one whole matrix:
+# 0.48x the time at 1,024 patches x 70,144 rows, 0.58x at 16 frames' 16,384 patches x 9,800 rows (REB's
+# validation batch), on 2 cores; the former 8,192-row bank blocks wrote 32 MB per frame and up to 537 MB for 16
+# frames. Blocks of at least EAGER_MIN_BANK_BLOCK rows: narrower GEMMs took another kernel, whose sums differed
+# from the whole matrix's in the last bit.
+EAGER_QUERY_BLOCK = 1024
+EAGER_MIN_BANK_BLOCK = 256
 
 
 def exporting() -> bool:
@@ -141,21 +152,42 @@ def exporting() -> bool:
     return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
+def eager_blocks(num_queries: int, num_rows: int):
+    """(query slice, bank slice) pairs covering an eager search, query blocks outermost."""
+    bank_block = max(EAGER_MIN_BANK_BLOCK, CPU_CACHE_CHUNK_ELEMENTS // min(num_queries, EAGER_QUERY_BLOCK))
+    for q_start in range(0, num_queries, EAGER_QUERY_BLOCK):
+        queries = slice(q_start, q_start + EAGER_QUERY_BLOCK)
+        for b_start in range(0, num_rows, bank_block):
+            yield queries, slice(b_start, b_start + bank_block)
+
+
+def eager_nearest_partial(queries_2d: torch.Tensor, bank_t_neg2: torch.Tensor, bank_sq_norms: torch.Tensor):
+    """queries [N, D] -> (min over the bank of |m|^2 - 2 q.m [N], the index of that row [N]), block by block
+    (eager_blocks): each block one fused addmm; the lowest index wins a tie, as min(dim) and ONNX ArgMin do."""
+    values = torch.empty(queries_2d.shape[0], dtype=queries_2d.dtype, device=queries_2d.device)
+    indices = torch.empty(queries_2d.shape[0], dtype=torch.int64, device=queries_2d.device)
+    for rows, bank in eager_blocks(queries_2d.shape[0], bank_t_neg2.shape[1]):
+        value, index = torch.addmm(bank_sq_norms[bank], queries_2d[rows], bank_t_neg2[:, bank]).min(dim=-1)
+        if bank.start == 0:
+            values[rows], indices[rows] = value, index
+        else:
+            better = value < values[rows]  # strictly: an earlier block keeps its row on a tie
+            values[rows] = torch.where(better, value, values[rows])
+            indices[rows] = torch.where(better, index + bank.start, indices[rows])
+    return values, indices
+
+
 def min_partial_sq_distances(queries_2d: torch.Tensor, bank_t_neg2: torch.Tensor, bank_sq_norms: torch.Tensor):
     """queries [N, D] -> min over the bank of |m|^2 - 2 q.m [N].
 
     Exported: partial_sq_distances and one ReduceMin, the structure export/passes find (chunk_bank, int8). Run
-    eagerly (the build's calibration and every torch-reference score): the same minimum over blocks of bank rows,
-    each one fused addmm, so the [N, M] matrix is never written whole: at a 70k-row bank and 1,024 patches that
-    matrix is 287 MB written once and read twice per frame, and the blocks took ~30% less time on one core
-    (the same values: one block's minimum, then the minimum of the blocks')."""
-    if exporting() or bank_t_neg2.shape[1] <= EAGER_BANK_BLOCK:
+    eagerly: the same minimum block by block (eager_nearest_partial's blocks, without the index)."""
+    if exporting() or queries_2d.requires_grad:  # (blocks are written in place: no autograd through them)
         return partial_sq_distances(queries_2d, bank_t_neg2, bank_sq_norms).min(dim=-1).values
-    nearest = None
-    for start in range(0, bank_t_neg2.shape[1], EAGER_BANK_BLOCK):
-        stop = start + EAGER_BANK_BLOCK
-        block = torch.addmm(bank_sq_norms[start:stop], queries_2d, bank_t_neg2[:, start:stop]).amin(dim=-1)
-        nearest = block if nearest is None else torch.minimum(nearest, block)
+    nearest = torch.empty(queries_2d.shape[0], dtype=queries_2d.dtype, device=queries_2d.device)
+    for rows, bank in eager_blocks(queries_2d.shape[0], bank_t_neg2.shape[1]):
+        block = torch.addmm(bank_sq_norms[bank], queries_2d[rows], bank_t_neg2[:, bank]).amin(dim=-1)
+        nearest[rows] = block if bank.start == 0 else torch.minimum(nearest[rows], block)
     return nearest
 
 
@@ -171,8 +203,12 @@ def nearest_bank_rows(queries: torch.Tensor, bank_t_neg2: torch.Tensor, bank_sq_
     than the artefact.
     """
     batch, patches, dims = queries.shape
-    nearest_partial, nearest_index = partial_sq_distances(queries.reshape(-1, dims), bank_t_neg2,
-                                                          bank_sq_norms).min(dim=-1)
+    if exporting() or queries.requires_grad:
+        nearest_partial, nearest_index = partial_sq_distances(queries.reshape(-1, dims), bank_t_neg2,
+                                                              bank_sq_norms).min(dim=-1)
+    else:
+        nearest_partial, nearest_index = eager_nearest_partial(queries.reshape(-1, dims), bank_t_neg2,
+                                                               bank_sq_norms)
     nearest_sq = (nearest_partial + (queries * queries).sum(-1).reshape(-1)).clamp(min=0.0)
     return nearest_sq.view(batch, patches), nearest_index.view(batch, patches)
 

@@ -75,18 +75,30 @@ def test_candidate_list_length_changes_the_speed_not_the_picks():
     assert [sampler.candidate_count(n) for n in (100, 32768, 10**6)] == [1024, 2048, 8192]
 
 
-def test_eager_bank_minimum_in_blocks_equals_the_whole_matrix_and_exports_as_one_reduction():
+def test_eager_bank_minimum_in_blocks_equals_the_whole_matrix_and_exports_as_one_reduction(monkeypatch):
     import io
 
     import onnx
 
-    from adtk.toolkit.search import EAGER_BANK_BLOCK, min_partial_sq_distances, partial_sq_distances
+    from adtk.toolkit import search
+    from adtk.toolkit.search import min_partial_sq_distances, nearest_bank_rows, partial_sq_distances
 
+    # small blocks on both axes, so the queries and the bank both span several (the last ones partial)
+    monkeypatch.setattr(search, "EAGER_QUERY_BLOCK", 16)
+    monkeypatch.setattr(search, "EAGER_MIN_BANK_BLOCK", 8)
+    monkeypatch.setattr(search, "CPU_CACHE_CHUNK_ELEMENTS", 16 * 40)
     generator = torch.Generator().manual_seed(0)
-    bank_t_neg2 = torch.randn(8, EAGER_BANK_BLOCK + 808, generator=generator)
+    bank_t_neg2 = torch.randn(8, 150, generator=generator)
+    bank_t_neg2[:, 97] = bank_t_neg2[:, 3]  # a duplicate row in a later block: the lower index must still win
     norms, queries = torch.rand(bank_t_neg2.shape[1], generator=generator), torch.randn(50, 8, generator=generator)
-    whole = partial_sq_distances(queries, bank_t_neg2, norms).min(dim=-1).values
-    torch.testing.assert_close(min_partial_sq_distances(queries, bank_t_neg2, norms), whole, rtol=1e-6, atol=1e-5)
+    norms[97] = norms[3]
+    queries[7] = -0.5 * bank_t_neg2[:, 3]  # a query on the duplicated row itself
+    assert len(list(search.eager_blocks(50, 150))) == 4 * 4
+    whole = partial_sq_distances(queries, bank_t_neg2, norms).min(dim=-1)
+    torch.testing.assert_close(min_partial_sq_distances(queries, bank_t_neg2, norms), whole.values, rtol=1e-6,
+                               atol=1e-5)
+    _, index = nearest_bank_rows(queries[None], bank_t_neg2, norms)
+    assert torch.equal(index[0], whole.indices) and int(index[0, 7]) == 3
 
     class Search(torch.nn.Module):
         def forward(self, q):
