@@ -139,9 +139,9 @@ def partial_sq_distances(queries_2d: torch.Tensor, bank_t_neg2: torch.Tensor, ba
 # torch-reference score) take their minimum block by block, so the [N, M] distance matrix is never written whole:
 # query blocks of EAGER_QUERY_BLOCK rows against bank blocks of CPU_CACHE_CHUNK_ELEMENTS / EAGER_QUERY_BLOCK rows,
 # the budget the compiler's split uses for onnxruntime (export/passes/chunk_bank.py). Against one whole matrix:
-# 0.48x the time at 1,024 patches x 70,144 rows, 0.58x at 16 frames' 16,384 patches x 9,800 rows (REB's
-# validation batch), on 2 cores; the former 8,192-row bank blocks wrote 32 MB per frame and up to 537 MB for 16
-# frames. Blocks of at least EAGER_MIN_BANK_BLOCK rows: narrower GEMMs took another kernel, whose sums differed
+# 0.47x the time at 1,024 patches x 70,144 rows, 0.51x at 16 frames' 16,384 patches x 9,800 rows (REB's
+# validation batch), on 2 cores (bench/eager_bank_search.py); the former 8,192-row bank blocks wrote 32 MB per
+# frame and up to 537 MB for 16 frames. Blocks of at least EAGER_MIN_BANK_BLOCK rows: narrower GEMMs took another kernel, whose sums differed
 # from the whole matrix's in the last bit.
 EAGER_QUERY_BLOCK = 1024
 EAGER_MIN_BANK_BLOCK = 256
@@ -154,7 +154,7 @@ def exporting() -> bool:
 
 def eager_blocks(num_queries: int, num_rows: int):
     """(query slice, bank slice) pairs covering an eager search, query blocks outermost."""
-    bank_block = max(EAGER_MIN_BANK_BLOCK, CPU_CACHE_CHUNK_ELEMENTS // min(num_queries, EAGER_QUERY_BLOCK))
+    bank_block = max(EAGER_MIN_BANK_BLOCK, CPU_CACHE_CHUNK_ELEMENTS // max(1, min(num_queries, EAGER_QUERY_BLOCK)))
     for q_start in range(0, num_queries, EAGER_QUERY_BLOCK):
         queries = slice(q_start, q_start + EAGER_QUERY_BLOCK)
         for b_start in range(0, num_rows, bank_block):

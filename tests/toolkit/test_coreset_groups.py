@@ -99,6 +99,7 @@ def test_eager_bank_minimum_in_blocks_equals_the_whole_matrix_and_exports_as_one
                                atol=1e-5)
     _, index = nearest_bank_rows(queries[None], bank_t_neg2, norms)
     assert torch.equal(index[0], whole.indices) and int(index[0, 7]) == 3
+    assert min_partial_sq_distances(queries[:0], bank_t_neg2, norms).shape == (0,)  # no frames: no blocks, no error
 
     class Search(torch.nn.Module):
         def forward(self, q):
