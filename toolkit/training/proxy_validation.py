@@ -179,8 +179,7 @@ def score_detector(backbone: nn.Module, embedding: nn.Module, normalise, fit_hea
     """Fit the method on `bank_frames` with this backbone, score the synthetic set -> image and pixel AUROC
     (and "image_scores" [M], for the paired bootstrap). Features through the build's trunk runner (onnxruntime,
     checked against torch on its first batch): eager torch took ~20 of a REB build's ~40-s validation."""
-    backbone.eval()
-    trunk = TrunkRunner(backbone, embedding)
+    trunk = TrunkRunner(backbone, embedding)  # puts backbone and embedding in eval mode
     head = fit_head(_features(trunk, normalise, bank_frames)).eval()
     image_scores, patch_maps = [], []
     features = _features(trunk, normalise, defects.images)
