@@ -37,8 +37,10 @@ from adtk.toolkit.backbones import deepest_stage, state_dict_sha256
 from adtk.toolkit.methods.base import FitInputs, PreparedBackbone, register_method
 from adtk.toolkit.methods.ldknn import LDKNN
 from adtk.toolkit.preprocess import RESIZE_ALIGN_CORNERS, RESIZE_ANTIALIAS, RESIZE_MODE
-from adtk.toolkit.training.finetune import PRESETS, finetune_backbone
-from adtk.toolkit.training.proxy_validation import split_heldout, validate_finetune
+
+# The fine-tune and its keep-or-revert check (torch training, DefectMaker's scipy/scikit-image, the validation's
+# scikit-learn metrics) are imported when REB is made or run, not with the method registry: every other build
+# and every `adtk` command imports this module, and those imports cost ~0.7 s of each one's start-up.
 
 
 def frames_at_model_size(images, size_hw: tuple[int, int]) -> np.ndarray:
@@ -73,6 +75,8 @@ class REB(LDKNN):
                  alpha: float = 1.0, distance: str = "squared", image_score: str = "pooled",
                  embed_dim: int | None = None, projection_dim: int = 128, seed: int = 0, validate: bool = True,
                  sampler: str = "grouped", group_rows: int | None = None, density_search: str = "approximate"):
+        from adtk.toolkit.training.finetune import PRESETS
+
         if preset not in PRESETS:
             raise ConfigError(f"reb: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         super().__init__(coreset_ratio=coreset_ratio, num_neighbors=num_neighbors, alpha=alpha,
@@ -87,6 +91,9 @@ class REB(LDKNN):
     def prepare_backbone(self, backbone, preprocess, images, make_backbone, progress=None) -> PreparedBackbone:
         """-> the fine-tuned backbone, or the starting one if the keep-or-revert check rejects the fine-tune; the
         report ({"finetune": ...}) goes into the manifest's method.fit whichever is kept."""
+        from adtk.toolkit.training.finetune import finetune_backbone
+        from adtk.toolkit.training.proxy_validation import split_heldout, validate_finetune
+
         deep = make_backbone(stages=(deepest_stage(backbone.name),), trainable=True)
         frames = frames_at_model_size(images, preprocess.image_size_px)
         seed = self.seed
