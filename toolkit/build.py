@@ -47,7 +47,8 @@ from adtk.toolkit.ensemble import backbone_choices, geometry_stride, member_stat
 from adtk.toolkit.geometry import Geometry, make_tiling, median_aspect_hw, parse_size, parse_tile, resolve_geometry
 from adtk.toolkit.labelled_defects import (LabelledFeatures, defects_manifest_entry, extract_labelled_features,
                                            labelled_defect_samples)
-from adtk.toolkit.memory import release_large_blocks_promptly, skip_gpu_kernel_compiler_without_gpu
+from adtk.toolkit.memory import (keep_arrays_off_huge_pages, release_large_blocks_promptly,
+                                 skip_gpu_kernel_compiler_without_gpu)
 from adtk.toolkit.methods.base import AnomalyMethod, FitInputs
 from adtk.toolkit.methods.registry import create_method
 from adtk.toolkit.postprocess import ScoreNormaliser
@@ -146,6 +147,7 @@ def build(config: BuildConfig, log=print, progress_factory=None, index: DatasetI
     """Fit and compile. `progress_factory(total, label)` returns a context manager with .update(n)."""
     validate_build_config(config)  # every option, before any image is read
     release_large_blocks_promptly()  # the build's peak RSS (toolkit/memory.py)
+    keep_arrays_off_huge_pages()  # first touches of new memory on a VM (toolkit/memory.py)
     skip_gpu_kernel_compiler_without_gpu()
     steps = BuildSteps(log, progress_factory)
     inputs = prepare_inputs(config, index, steps)

@@ -1,4 +1,5 @@
-"""Return freed memory to the OS promptly during a build (glibc only; a no-op elsewhere).
+"""The build's memory settings: freed memory back to the OS promptly (glibc only; a no-op elsewhere), numpy's
+large arrays on ordinary pages (keep_arrays_off_huge_pages), no triton without a GPU.
 
 glibc serves allocations above a threshold with mmap and returns them on free, but it raises that
 threshold to the size of every large block freed (up to 32 MB). After the backbone's first batches
@@ -32,4 +33,29 @@ def skip_gpu_kernel_compiler_without_gpu() -> bool:
     sys.modules["triton"] = None  # type: ignore[assignment]
     # torch says once that it cannot count FLOPs of triton kernels; there are none to count here
     logging.getLogger("torch.utils.flop_counter").setLevel(logging.ERROR)
+    return True
+
+
+def keep_arrays_off_huge_pages() -> bool:
+    """Stop numpy from asking for transparent huge pages for its large arrays -> True if done.
+
+    numpy madvise()s every array of >= 4 MB for huge pages. On a virtual machine that hands its free memory back
+    to the host (virtio free page reporting, which reports free blocks of huge-page size), a new 2 MB page is then
+    one the host no longer backs, and its first touch faults through to the host: filling the build's 426 MB
+    feature array took 2.4-3.1 s with huge pages against 0.15 s with 4 KB pages, which come from memory the guest
+    already holds (this 2-core VM; the default build 36.7 -> 34.4 s, median of 3 pairs, bench/results/
+    build_speed.md). On bare metal the setting costs little: the build's large arrays are read in streams, not at
+    random, so TLB misses are few. numpy reads NUMPY_MADVISE_HUGEPAGE only when it is imported; a value the user
+    set is kept. Its setter is private, so it is used only where present.
+    """
+    import os
+
+    import numpy as np
+
+    if os.environ.get("NUMPY_MADVISE_HUGEPAGE") is not None:  # the user's choice
+        return False
+    setter = getattr(getattr(getattr(np, "_core", None), "multiarray", None), "_set_madvise_hugepage", None)
+    if setter is None:
+        return False
+    setter(False)
     return True

@@ -34,3 +34,13 @@ def test_without_cuda_timm_and_the_exporter_run_without_loading_triton():
     assert exported == "True"
     if cuda == "False":  # CPU machines (CI): triton stays out, and timm plus the exporter still work
         assert done == "True" and triton_blocked == "True"
+
+
+def test_numpy_arrays_stay_off_huge_pages_unless_the_user_chose():
+    check = ("import numpy as np\n"
+             "from adtk.toolkit.memory import keep_arrays_off_huge_pages as f\n"
+             "done = f()\n"
+             "print(done, np._core.multiarray._set_madvise_hugepage(True))\n")  # the setter returns the old value
+    assert run(check).split() == ["True", "False"]
+    user_chose = run("import os; os.environ['NUMPY_MADVISE_HUGEPAGE'] = '1'\n" + check)
+    assert user_chose.split() == ["False", "True"]
