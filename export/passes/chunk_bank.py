@@ -10,9 +10,14 @@ becomes, for C chunks of the M bank rows, the same chain on B[:, rows_c] (and ev
 sliced alike), a per-chunk reduction, and an exact merge: min of mins; for Arg*, the per-chunk winners'
 values compared and their indices offset by the chunk start (ties resolve to the first index, as ONNX
 ArgMin does); for TopK, the per-chunk top K merged by a second TopK. The result equals the unchunked graph
-(tests compare with onnxruntime on the original and with brute-force numpy). The bank's chunks are Slices of
-the stored bank: onnxruntime and TensorRT fold them into constants when they load the model, so nothing is
-sliced per frame and the file holds the bank once (another node, e.g. a head's reweighting, may read it whole).
+(tests compare with onnxruntime on the original and with brute-force numpy).
+
+How the chunks are stored: a bank operand that is an initializer, or the fp32 Cast of an fp16 one
+(export/passes/fp16.py), is stored in its chunks, each chunk its own initializer in the stored dtype; a node
+outside the search that reads the whole (e.g. a head's re-weighting gathering its nearest rows) reads a Concat of
+the chunks. The file holds the bank once, and loading folds at most that one Concat, a copy of the bank. (As
+Slices of the stored bank, each chunk was folded from its own copy of the whole: for a 70k-row bank in 69
+chunks onnxruntime spent 1.5 s of every session start on it.) Any other operand is sliced per chunk.
 """
 
 from __future__ import annotations
@@ -111,6 +116,9 @@ def _rewrite(model, matmul, shapes, rows: int, chunks: int) -> int:
         return 0
     bounds = np.linspace(0, rows, chunks + 1).astype(np.int64)
     new_nodes, new_inits = [], []
+    stored = _stored_in_chunks(model)
+    chunked = {}  # the operands stored in chunks: their wholes go (a Concat stands in for other readers)
+    arrays = {}  # their values, by initializer name
 
     def const(name, value):
         new_inits.append(numpy_helper.from_array(np.asarray(value), name))
@@ -119,21 +127,39 @@ def _rewrite(model, matmul, shapes, rows: int, chunks: int) -> int:
     axis_last = const(f"{matmul.output[0]}__axis_last", np.array([-1], dtype=np.int64))
     for c in range(chunks):
         start, end = int(bounds[c]), int(bounds[c + 1])
-        starts = const(f"{matmul.output[0]}__start{c}", np.array([start], dtype=np.int64))
-        ends = const(f"{matmul.output[0]}__end{c}", np.array([end], dtype=np.int64))
         renamed = {}
+
+        def starts():  # the chunk's first bank row, for a Slice or an index offset (an unused one is not stored)
+            name = f"{matmul.output[0]}__start{c}"
+            return name if name in renamed else renamed.setdefault(name, const(name, np.array([start], np.int64)))
 
         def chunk_of(name):
             if name in tensors:
                 return renamed[name]
             dims = shapes.get(name, (0, ()))[1]
-            if dims and dims[-1] == rows:  # a per-bank-row operand: slice it alike
-                sliced = f"{name}__rows{c}"
-                if sliced not in renamed:
-                    new_nodes.append(helper.make_node("Slice", [name, starts, ends, axis_last], [sliced]))
-                    renamed[sliced] = sliced
-                return sliced
-            return name
+            if not dims or dims[-1] != rows:
+                return name
+            chunk = f"{name}__rows{c}"  # a per-bank-row operand: its rows [start, end) alike
+            if chunk in renamed:
+                return chunk
+            renamed[chunk] = chunk
+            if name in stored:  # stored in chunks: this chunk's initializer (+ the Cast back to fp32)
+                source, cast = stored[name]
+                chunked[name] = stored[name]
+                if source.name not in arrays:  # read once, not once per chunk
+                    arrays[source.name] = numpy_helper.to_array(source)
+                values = arrays[source.name][..., start:end]
+                if cast is None:
+                    const(chunk, np.ascontiguousarray(values))
+                else:
+                    const(f"{source.name}__rows{c}", np.ascontiguousarray(values))
+                    new_nodes.append(helper.make_node("Cast", [f"{source.name}__rows{c}"], [chunk],
+                                                      **{a.name: helper.get_attribute_value(a)
+                                                         for a in cast.attribute}))
+            else:
+                ends = const(f"{name}__end{c}", np.array([end], dtype=np.int64))
+                new_nodes.append(helper.make_node("Slice", [name, starts(), ends, axis_last], [chunk]))
+            return chunk
 
         b_chunk = chunk_of(matmul.input[1])
         renamed[matmul.output[0]] = f"{matmul.output[0]}__chunk{c}"
@@ -144,16 +170,24 @@ def _rewrite(model, matmul, shapes, rows: int, chunks: int) -> int:
             new_nodes.append(helper.make_node(node.op_type, inputs, [renamed[node.output[0]]],
                                               **{a.name: helper.get_attribute_value(a) for a in node.attribute}))
         for red in reductions:
-            new_nodes.extend(_partial(red, renamed[red.input[0]], c, starts, axis_last, const))
+            new_nodes.extend(_partial(red, renamed[red.input[0]], c, starts, axis_last))
     for red in reductions:
         new_nodes.extend(_merge(red, chunks, axis_last))
+    removed = {id(n) for n in (matmul, *region, *reductions)}
+    removed |= {id(cast) for _, cast in chunked.values() if cast is not None}
+    read_elsewhere = {i for n in graph.node if id(n) not in removed for i in n.input} | {o.name for o in graph.output}
+    for name in chunked:
+        if name in read_elsewhere:  # e.g. a re-weighting gathers rows of the whole bank: the chunks, put together
+            new_nodes.append(helper.make_node("Concat", [f"{name}__rows{c}" for c in range(chunks)], [name], axis=-1))
     for node in new_nodes:  # named, as the exporter's nodes are (the cost model and passes report by name)
         node.name = node.name or f"chunk_bank/{node.output[0]}"
-    removed = {id(n) for n in (matmul, *region, *reductions)}
     kept = [n for n in graph.node if id(n) not in removed]
     del graph.node[:]
     graph.node.extend([*kept, *new_nodes])
-    graph.initializer.extend(new_inits)
+    whole = {source.name for source, _ in chunked.values()}  # now held in chunks only
+    kept_inits = [init for init in graph.initializer if init.name not in whole]
+    del graph.initializer[:]
+    graph.initializer.extend([*kept_inits, *new_inits])
     stale = [v for v in graph.value_info if v.name in tensors]
     for v in stale:
         graph.value_info.remove(v)
@@ -161,7 +195,25 @@ def _rewrite(model, matmul, shapes, rows: int, chunks: int) -> int:
     return chunks
 
 
-def _partial(red, chunk_input: str, c: int, start: str, axis_last: str, const) -> list:
+def _stored_in_chunks(model) -> dict:
+    """The tensors that can be stored in chunks -> {name: (its initializer, None)} for an initializer, {name: (the
+    fp16 initializer, the Cast node)} for the fp32 Cast of an initializer that nothing else reads."""
+    consumers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    outputs = {o.name for o in model.graph.output}
+    initializers = {init.name: init for init in model.graph.initializer}
+    stored = {name: (init, None) for name, init in initializers.items() if name not in outputs}
+    for node in model.graph.node:
+        source = node.input[0] if node.op_type == "Cast" else None
+        if source in initializers and consumers[source] == 1 and source not in outputs:
+            stored[node.output[0]] = (initializers[source], node)
+    return stored
+
+
+def _partial(red, chunk_input: str, c: int, start, axis_last: str) -> list:
+    """start(): the name of the chunk's first-row constant (made on first use)."""
     from onnx import helper
 
     attrs = {a.name: helper.get_attribute_value(a) for a in red.attribute}
@@ -173,11 +225,11 @@ def _partial(red, chunk_input: str, c: int, start: str, axis_last: str, const) -
         return [helper.make_node(value_op, [chunk_input, axis_last], [f"{base}_v"], keepdims=1),
                 helper.make_node(red.op_type, [chunk_input], [f"{base}_local"], axis=-1, keepdims=1,
                                  select_last_index=attrs.get("select_last_index", 0)),
-                helper.make_node("Add", [f"{base}_local", start], [f"{base}_i"])]
+                helper.make_node("Add", [f"{base}_local", start()], [f"{base}_i"])]
     # TopK: every chunk holds at least K rows (_rewrite caps the number of chunks so)
     return [helper.make_node("TopK", [chunk_input, red.input[1]], [f"{base}_v", f"{base}_local"], axis=-1,
                              largest=attrs.get("largest", 1), sorted=1),
-            helper.make_node("Add", [f"{base}_local", start], [f"{base}_i"])]
+            helper.make_node("Add", [f"{base}_local", start()], [f"{base}_i"])]
 
 
 def _merge(red, chunks: int, axis_last: str) -> list:

@@ -76,6 +76,62 @@ def test_nothing_changes_under_the_limit_and_chunking_clears_the_element_rule():
     assert max(per_patch) <= limit < 20 * 600
 
 
+def stored_bank_graph(bank_t: np.ndarray, patches: int, read_whole: bool):
+    """q [1, P, D]: d = q.B + |m|^2 with B [D, M] stored as it is searched -> ReduceMin and ArgMin over the bank;
+    read_whole: another node reads B whole (the bank row nearest to each patch, gathered, as a re-weighting does)."""
+    dims, rows = bank_t.shape
+    inits = [numpy_helper.from_array(bank_t, "bank_t"), numpy_helper.from_array((bank_t ** 2).sum(0), "bank_sq"),
+             numpy_helper.from_array(np.array([-1], np.int64), "axes")]
+    nodes = [helper.make_node("MatMul", ["q", "bank_t"], ["dot"]),
+             helper.make_node("Add", ["dot", "bank_sq"], ["d"]),
+             helper.make_node("ReduceMin", ["d", "axes"], ["nearest"], keepdims=0),
+             helper.make_node("ArgMin", ["d"], ["nearest_row"], axis=-1, keepdims=0)]
+    outputs = [helper.make_tensor_value_info("nearest", TensorProto.FLOAT, [1, patches]),
+               helper.make_tensor_value_info("nearest_row", TensorProto.INT64, [1, patches])]
+    if read_whole:
+        nodes += [helper.make_node("Transpose", ["bank_t"], ["bank"], perm=[1, 0]),
+                  helper.make_node("Gather", ["bank", "nearest_row"], ["nearest_rows"], axis=0)]
+        outputs.append(helper.make_tensor_value_info("nearest_rows", TensorProto.FLOAT, [1, patches, dims]))
+    graph = helper.make_graph(nodes, "bank", [helper.make_tensor_value_info("q", TensorProto.FLOAT,
+                                                                             [1, patches, dims])], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("read_whole", [False, True])
+@pytest.mark.parametrize("fp16", [False, True])
+def test_the_bank_is_stored_in_its_chunks_once(read_whole, fp16):
+    """A bank the search reads as it is stored (an initializer, or the fp32 Cast of an fp16 one) goes into the file
+    as its chunks, in the stored dtype: no Slice for a runtime to fold at load, no value stored twice; a node that
+    reads the whole bank reads a Concat of the chunks. The outputs are those of the unsplit graph."""
+    from adtk.export.passes.fp16 import convert_head_matrices_to_fp16
+
+    rng = np.random.default_rng(4)
+    bank_t = rng.normal(size=(16, 1000)).astype(np.float32)
+    q = rng.normal(size=(1, 50, 16)).astype(np.float32)
+    original = stored_bank_graph(bank_t, 50, read_whole)
+    if fp16:
+        original = convert_head_matrices_to_fp16(original)[0]
+    chunked, report = chunk_bank_reductions(original, max_elements=50 * 300)
+    assert [(r["rows"], r["chunks"]) for r in report] == [(1000, 4)]
+    onnx.checker.check_model(chunked)
+    assert not [n for n in chunked.graph.node if n.op_type == "Slice"]
+
+    def stored(model):  # {float dtype: values stored}
+        counts = {}
+        for init in model.graph.initializer:
+            if init.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16):
+                counts[init.data_type] = counts.get(init.data_type, 0) + int(np.prod(init.dims))
+        return counts
+
+    assert stored(chunked) == stored(original)  # the bank (and its norms) once, fp16 kept fp16
+    assert len([i for i in chunked.graph.initializer if len(i.dims) == 2]) == 4
+    assert sum(n.op_type == "Concat" and n.output[0] == "bank_t" for n in chunked.graph.node) == int(read_whole)
+    expected, got = run(original, q), run(chunked, q)
+    np.testing.assert_array_equal(expected[1], got[1])
+    for a, b in zip(expected, got):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
 def test_real_artefact_chunks_exactly(tiny_build):
     artefact = load_unsealed(tiny_build.artefact.read_bytes())
     rows = tiny_build.manifest["method"]["fit"]["memory_bank_rows"]
@@ -97,7 +153,8 @@ def test_the_compiler_splits_a_cpu_artefacts_bank_search_to_the_cache_budget(tin
 
     fp32 = load_unsealed(tiny_build.artefact.read_bytes())
     rows = tiny_build.manifest["method"]["fit"]["memory_bank_rows"]
-    monkeypatch.setattr(compiler, "CPU_CACHE_CHUNK_ELEMENTS", 2 * rows)  # the tiny bank split in several chunks
+    # the tiny bank split in several chunks (64 patches a frame), each still a head matrix (>= 1024 values)
+    monkeypatch.setattr(compiler, "CPU_CACHE_CHUNK_ELEMENTS", 64 * (rows // 3 + 1))
     frames = np.random.default_rng(3).integers(0, 256, (1, 70, 90, 3), dtype=np.uint8)
     expected = ort.InferenceSession(fp32.SerializeToString()).run(None, {"frames": frames})
     for target in (None, load_target("x86_cpu")):
@@ -109,16 +166,21 @@ def test_the_compiler_splits_a_cpu_artefacts_bank_search_to_the_cache_budget(tin
         got = ort.InferenceSession(model.SerializeToString()).run(None, {"frames": frames})
         for a, b in zip(expected, got):
             np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=1e-6, atol=1e-6)
-    # the chunks are Slices of the stored bank, folded when a runtime loads the model: the cost model charges
-    # them nothing (charged, each would read the whole bank), so the split adds the per-layer overhead of its
-    # extra Gemms and reductions and each chunk's re-read of the queries, no more
+    # the bank is stored in its chunks (no Slice of it to fold when a runtime loads the model), the file holds it
+    # once, and what a runtime folds at load (a Concat of the chunks for a node that reads the whole bank) is
+    # charged nothing by the cost model; so the split adds the per-layer overhead of its extra Gemms and
+    # reductions and each chunk's re-read of the queries, no more
+    def stored_floats(m):
+        return sum(int(np.prod(i.dims)) for i in m.graph.initializer if i.data_type == TensorProto.FLOAT)
+
     stored = {i.name for i in model.graph.initializer}
-    bank_slices = {n.name for n in model.graph.node if n.op_type == "Slice" and n.input[0] in stored}
-    assert len(bank_slices) >= 3
-    assert {n.output[0] for n in model.graph.node if n.name in bank_slices} <= folded_tensors(model)
+    assert not [n for n in model.graph.node if n.op_type == "Slice" and n.input[0] in stored]
+    assert stored_floats(model) == stored_floats(fp32) + 0  # the same floats, in chunks
+    assembled = {n.name for n in model.graph.node if n.op_type == "Concat" and all(i in stored for i in n.input)}
+    assert {n.output[0] for n in model.graph.node if n.name in assembled} <= folded_tensors(model)
     cpu = load_target("x86_cpu")
     whole, split_up = estimate_cost(fp32, cpu, "fp32"), estimate_cost(model, cpu, "fp32")
-    assert all(c.bytes == 0 and c.flops == 0 for c in split_up.nodes if c.name in bank_slices)
+    assert all(c.bytes == 0 and c.flops == 0 for c in split_up.nodes if c.name in assembled)
 
     def layers(estimate):
         return sum(c.op_type in HEAVY_OPS for c in estimate.nodes)
