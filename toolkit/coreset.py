@@ -78,6 +78,12 @@ def sampler_group_rows(sampler: str, group_rows: int | None, ratio: float) -> in
 DEFAULT_EXACT_MAX_MACS = 2e11
 
 
+# Rows per GEMM when a block of picks is applied: the [rows, block_size] product (2 MB at 256 picks) then stays in
+# cache for the minimum that reads it back. Applying 256 picks to 32,768 rows of 128 dims took 10.9 ms in chunks
+# of 2,048 rows against 12.6 ms in chunks of 16,384 (2 x86 cores; 1,024 and 512 were slower again).
+APPLY_CHUNK_ROWS = 2048
+
+
 class ApproximateGreedyCoreset:
     def __init__(self, ratio: float, projection_dim: int = 128, num_starts: int = 10, seed: int = 0,
                  block_size: int = 256, num_candidates: int | None = None, chunk_rows: int = 16384,
@@ -224,8 +230,9 @@ class ApproximateGreedyCoreset:
         centres = torch.tensor(pending)
         centre_rows_t = rows[centres].t().contiguous()
         centre_sq = sq_norms[centres][None]
-        for start in range(0, rows.shape[0], self.chunk_rows):
-            chunk = slice(start, start + self.chunk_rows)
+        step = min(self.chunk_rows, APPLY_CHUNK_ROWS)
+        for start in range(0, rows.shape[0], step):
+            chunk = slice(start, start + step)
             # |x|^2 is the same for every centre, so it is added after the minimum over centres;
             # -2 x.c + |c|^2 is one fused addmm.
             nearest = torch.addmm(centre_sq, rows[chunk], centre_rows_t, alpha=-2.0).amin(1)
