@@ -42,7 +42,7 @@ from adtk.runtime.manifest import build_manifest
 from adtk.toolkit.backbones import create_backbone
 from adtk.toolkit.build_config import BuildConfig, config_to_dict, validate_build_config  # noqa: F401 (re-exported)
 from adtk.toolkit.calibration import Calibration, calibrate
-from adtk.toolkit.data import DatasetIndex, Sample, index_dataset, iter_images, training_list_sha256
+from adtk.toolkit.data import DatasetIndex, Sample, index_dataset, iter_images, prefetched, training_list_sha256
 from adtk.toolkit.ensemble import backbone_choices, geometry_stride, member_statistics
 from adtk.toolkit.geometry import Geometry, make_tiling, median_aspect_hw, parse_size, parse_tile, resolve_geometry
 from adtk.toolkit.labelled_defects import (LabelledFeatures, defects_manifest_entry, extract_labelled_features,
@@ -476,17 +476,23 @@ class FeatureExtractorPipeline:
         that uses each batch before asking for the next (a streaming fit) never holds them all."""
         samples = list(samples)
         self.trunk.expect(len(samples))
+        for inputs, used in prefetched(self.input_batches(samples, skip_bad, progress, on_warning)):
+            yield self.trunk(inputs), used
+
+    @torch.no_grad()
+    def input_batches(self, samples, skip_bad: bool, progress=None, on_warning=None):
+        """Yield (the backbone's inputs [b, ...], the b samples that decoded) per backbone batch."""
         pending, used = [], []
         for sample, image in iter_images(samples, skip_bad=skip_bad, on_warning=on_warning):
             pending.append(self.inputs(torch.from_numpy(image)[None]))
             used.append(sample)
             if len(pending) == self.batch_size:
-                yield self.trunk(torch.cat(pending)), used
+                yield torch.cat(pending), used
                 pending, used = [], []
             if progress is not None:
                 progress(1)
         if pending:
-            yield self.trunk(torch.cat(pending)), used
+            yield torch.cat(pending), used
 
 
 def fit_streaming(method, pipeline: FeatureExtractorPipeline, samples, skip_bad: bool, progress=None,

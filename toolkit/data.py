@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -237,6 +239,47 @@ def iter_images(
             f"no usable images in {_describe_folder(seen)}: all {len(seen)} files failed to "
             "decode (see the warnings above)"
         )
+
+
+def prefetched(items):
+    """Iterate `items` one step ahead on a worker thread -> the same items, in order. An exception raised by
+    `items` reaches the caller at the item where it was raised; a caller that stops early stops the worker.
+
+    Why: the build's feature extraction decodes and resizes a batch in torch, then runs the trunk in
+    onnxruntime, which releases the GIL: with the next batch prepared meanwhile, the default build's features
+    took 3.8-3.9 s instead of 4.5-4.9 (2 x86 cores). The standard library's executors keep every result of a
+    map, not one ahead."""
+    slots: queue.Queue = queue.Queue(maxsize=1)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                slots.put((item, None))
+            slots.put((done, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
+            slots.put((done, error))
+
+    worker = threading.Thread(target=produce, daemon=True, name="adtk-prefetch")
+    worker.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full slot
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                worker.join(0.01)
 
 
 def load_images(

@@ -423,3 +423,38 @@ def test_magnetic_tile_indexes_with_expected_counts():
     sample = defective[0]
     mask = read_mask(sample.mask_path, read_image(sample.path).shape[:2], image_path=sample.path)
     assert mask.any()
+
+
+def test_prefetched_keeps_order_raises_where_raised_and_stops_with_its_caller():
+    import threading
+    import time
+
+    from adtk.toolkit.data import prefetched
+
+    assert list(prefetched(iter(range(50)))) == list(range(50))
+    assert list(prefetched(iter([]))) == []
+
+    def failing():
+        yield 1
+        yield 2
+        raise DataError("bad image 3")
+
+    seen = []
+    with pytest.raises(DataError, match="bad image 3"):
+        for item in prefetched(failing()):
+            seen.append(item)
+    assert seen == [1, 2]
+
+    made = []
+
+    def endless():
+        for i in range(10**6):
+            made.append(i)
+            yield i
+
+    for item in prefetched(endless()):
+        if item == 3:
+            break
+    time.sleep(0.2)
+    assert len(made) <= 6  # one ahead and one waiting at most, not the whole stream
+    assert not [t for t in threading.enumerate() if t.name == "adtk-prefetch"]
