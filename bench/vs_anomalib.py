@@ -183,6 +183,28 @@ def latency_side_by_side(adtk_artefacts: dict[str, Path], anomalib_onnx: Path, f
     return interleaved_latency(sessions, feeds)
 
 
+def stored_search_bank(model, dims: int, rows: int) -> np.ndarray:
+    """The [dims, rows] matrix the artefact's bank search multiplies by: one initializer, or the chunks the compiler
+    stores it in for onnxruntime's CPU kernels (export/passes/chunk_bank.py names them <name>__rows<c>)."""
+    import re
+
+    from onnx import numpy_helper
+
+    pieces: dict[str, list] = {}
+    for init in model.graph.initializer:
+        if len(init.dims) != 2 or init.dims[0] != dims:
+            continue
+        if init.dims[1] == rows:
+            return numpy_helper.to_array(init)
+        chunk = re.fullmatch(r"(.+)__rows(\d+)", init.name)
+        if chunk:
+            pieces.setdefault(chunk.group(1), []).append((int(chunk.group(2)), init))
+    for chunks in pieces.values():
+        if sum(init.dims[1] for _, init in chunks) == rows:
+            return np.concatenate([numpy_helper.to_array(init) for _, init in sorted(chunks, key=lambda c: c[0])], 1)
+    raise SystemExit(f"no [{dims} x {rows}] bank (whole or in chunks) in the artefact")
+
+
 def knn_head_timing(adtk_artefact: Path, runs: int = 50) -> dict:
     """The PatchCore head (exported alone) vs faiss IndexFlatL2 vs numpy GEMM, on adtk's bank, one frame's
     patches (the bank rows jittered), each returning every patch's nearest squared distance."""
@@ -199,7 +221,7 @@ def knn_head_timing(adtk_artefact: Path, runs: int = 50) -> dict:
     fit = record.manifest["method"]["fit"]
     rows, dims = int(fit["memory_bank_rows"]), int(fit["memory_bank_dims"])
     model = onnx.load_from_string(record.model_bytes)
-    stored = next(numpy_helper.to_array(i) for i in model.graph.initializer if tuple(i.dims) == (dims, rows))
+    stored = stored_search_bank(model, dims, rows)
     bank = np.ascontiguousarray(-0.5 * stored.T, dtype=np.float32)
     rng = np.random.default_rng(0)
     patches = 32 * 32
