@@ -12,12 +12,12 @@ values compared and their indices offset by the chunk start (ties resolve to the
 ArgMin does); for TopK, the per-chunk top K merged by a second TopK. The result equals the unchunked graph
 (tests compare with onnxruntime on the original and with brute-force numpy).
 
-How the chunks are stored: a bank operand that is an initializer, or the fp32 Cast of an fp16 one
-(export/passes/fp16.py), is stored in its chunks, each chunk its own initializer in the stored dtype; a node
-outside the search that reads the whole (e.g. a head's re-weighting gathering its nearest rows) reads a Concat of
-the chunks. The file holds the bank once, and loading folds at most that one Concat, a copy of the bank. (As
-Slices of the stored bank, each chunk was folded from its own copy of the whole: for a 70k-row bank in 69
-chunks onnxruntime spent 1.5 s of every session start on it.) Any other operand is sliced per chunk.
+How the chunks are stored: a bank operand that only the search reads (an initializer, or the fp32 Cast of
+an fp16 one: export/passes/fp16.py) is stored in its chunks, each chunk its own initializer in the stored dtype.
+One that other nodes read whole too (e.g. a re-weighting gathering its nearest rows) stays whole and one Split cuts
+it into the chunks, folded into constants when a runtime loads the model. Either way the file holds the bank once
+and loading copies it at most once. (As one Slice per chunk, onnxruntime folded each chunk from its own copy of the
+whole bank: for a 70k-row bank in 69 chunks, 1.5 s of every session start.)
 """
 
 from __future__ import annotations
@@ -116,9 +116,10 @@ def _rewrite(model, matmul, shapes, rows: int, chunks: int) -> int:
         return 0
     bounds = np.linspace(0, rows, chunks + 1).astype(np.int64)
     new_nodes, new_inits = [], []
-    stored = _stored_in_chunks(model)
-    chunked = {}  # the operands stored in chunks: their wholes go (a Concat stands in for other readers)
+    stored = _stored_in_chunks(model, {id(n) for n in (matmul, *region)})
+    chunked = {}  # the operands stored in chunks: their wholes go
     arrays = {}  # their values, by initializer name
+    split = set()  # the operands cut by one Split node
 
     def const(name, value):
         new_inits.append(numpy_helper.from_array(np.asarray(value), name))
@@ -129,7 +130,7 @@ def _rewrite(model, matmul, shapes, rows: int, chunks: int) -> int:
         start, end = int(bounds[c]), int(bounds[c + 1])
         renamed = {}
 
-        def starts():  # the chunk's first bank row, for a Slice or an index offset (an unused one is not stored)
+        def starts():  # the chunk's first bank row, for an index offset (made on first use)
             name = f"{matmul.output[0]}__start{c}"
             return name if name in renamed else renamed.setdefault(name, const(name, np.array([start], np.int64)))
 
@@ -156,9 +157,11 @@ def _rewrite(model, matmul, shapes, rows: int, chunks: int) -> int:
                     new_nodes.append(helper.make_node("Cast", [f"{source.name}__rows{c}"], [chunk],
                                                       **{a.name: helper.get_attribute_value(a)
                                                          for a in cast.attribute}))
-            else:
-                ends = const(f"{name}__end{c}", np.array([end], dtype=np.int64))
-                new_nodes.append(helper.make_node("Slice", [name, starts(), ends, axis_last], [chunk]))
+            elif name not in split:  # read whole elsewhere too: one Split makes every chunk
+                split.add(name)
+                sizes = const(f"{name}__chunk_rows", np.diff(bounds).astype(np.int64))
+                new_nodes.append(helper.make_node("Split", [name, sizes], [f"{name}__rows{i}" for i in range(chunks)],
+                                                  axis=-1))
             return chunk
 
         b_chunk = chunk_of(matmul.input[1])
@@ -175,10 +178,6 @@ def _rewrite(model, matmul, shapes, rows: int, chunks: int) -> int:
         new_nodes.extend(_merge(red, chunks, axis_last))
     removed = {id(n) for n in (matmul, *region, *reductions)}
     removed |= {id(cast) for _, cast in chunked.values() if cast is not None}
-    read_elsewhere = {i for n in graph.node if id(n) not in removed for i in n.input} | {o.name for o in graph.output}
-    for name in chunked:
-        if name in read_elsewhere:  # e.g. a re-weighting gathers rows of the whole bank: the chunks, put together
-            new_nodes.append(helper.make_node("Concat", [f"{name}__rows{c}" for c in range(chunks)], [name], axis=-1))
     for node in new_nodes:  # named, as the exporter's nodes are (the cost model and passes report by name)
         node.name = node.name or f"chunk_bank/{node.output[0]}"
     kept = [n for n in graph.node if id(n) not in removed]
@@ -195,19 +194,25 @@ def _rewrite(model, matmul, shapes, rows: int, chunks: int) -> int:
     return chunks
 
 
-def _stored_in_chunks(model) -> dict:
-    """The tensors that can be stored in chunks -> {name: (its initializer, None)} for an initializer, {name: (the
-    fp16 initializer, the Cast node)} for the fp32 Cast of an initializer that nothing else reads."""
-    consumers: dict[str, int] = {}
+def _stored_in_chunks(model, search: set[int]) -> dict:
+    """The operands that can be stored in chunks: only the `search` nodes (by id) read them, they are not graph
+    outputs -> {name: (its initializer, None)} for an initializer, {name: (the fp16 initializer, the Cast node)}
+    for the fp32 Cast of an initializer that nothing else reads."""
+    consumers: dict[str, list] = {}
     for node in model.graph.node:
         for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
+            consumers.setdefault(name, []).append(node)
     outputs = {o.name for o in model.graph.output}
     initializers = {init.name: init for init in model.graph.initializer}
-    stored = {name: (init, None) for name, init in initializers.items() if name not in outputs}
+
+    def only_the_search_reads(name):
+        return name not in outputs and bool(consumers.get(name)) and all(id(n) in search for n in consumers[name])
+
+    stored = {name: (init, None) for name, init in initializers.items() if only_the_search_reads(name)}
     for node in model.graph.node:
         source = node.input[0] if node.op_type == "Cast" else None
-        if source in initializers and consumers[source] == 1 and source not in outputs:
+        if (source in initializers and len(consumers[source]) == 1 and source not in outputs
+                and only_the_search_reads(node.output[0])):
             stored[node.output[0]] = (initializers[source], node)
     return stored
 

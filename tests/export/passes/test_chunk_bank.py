@@ -100,9 +100,9 @@ def stored_bank_graph(bank_t: np.ndarray, patches: int, read_whole: bool):
 @pytest.mark.parametrize("read_whole", [False, True])
 @pytest.mark.parametrize("fp16", [False, True])
 def test_the_bank_is_stored_in_its_chunks_once(read_whole, fp16):
-    """A bank the search reads as it is stored (an initializer, or the fp32 Cast of an fp16 one) goes into the file
-    as its chunks, in the stored dtype: no Slice for a runtime to fold at load, no value stored twice; a node that
-    reads the whole bank reads a Concat of the chunks. The outputs are those of the unsplit graph."""
+    """A bank only the search reads (an initializer, or the fp32 Cast of an fp16 one) goes into the file as its
+    chunks, in the stored dtype; one that another node reads whole stays whole and one Split cuts it (a runtime
+    folds it once at load). No Slice, no value stored twice, the outputs of the unsplit graph."""
     from adtk.export.passes.fp16 import convert_head_matrices_to_fp16
 
     rng = np.random.default_rng(4)
@@ -124,8 +124,8 @@ def test_the_bank_is_stored_in_its_chunks_once(read_whole, fp16):
         return counts
 
     assert stored(chunked) == stored(original)  # the bank (and its norms) once, fp16 kept fp16
-    assert len([i for i in chunked.graph.initializer if len(i.dims) == 2]) == 4
-    assert sum(n.op_type == "Concat" and n.output[0] == "bank_t" for n in chunked.graph.node) == int(read_whole)
+    assert len([i for i in chunked.graph.initializer if len(i.dims) == 2]) == (1 if read_whole else 4)
+    assert sum(n.op_type == "Split" and n.input[0] == "bank_t" for n in chunked.graph.node) == int(read_whole)
     expected, got = run(original, q), run(chunked, q)
     np.testing.assert_array_equal(expected[1], got[1])
     for a, b in zip(expected, got):
@@ -166,18 +166,18 @@ def test_the_compiler_splits_a_cpu_artefacts_bank_search_to_the_cache_budget(tin
         got = ort.InferenceSession(model.SerializeToString()).run(None, {"frames": frames})
         for a, b in zip(expected, got):
             np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=1e-6, atol=1e-6)
-    # the bank is stored in its chunks (no Slice of it to fold when a runtime loads the model), the file holds it
-    # once, and what a runtime folds at load (a Concat of the chunks for a node that reads the whole bank) is
-    # charged nothing by the cost model; so the split adds the per-layer overhead of its extra Gemms and
-    # reductions and each chunk's re-read of the queries, no more
+    # the file holds the bank once (in chunks, or whole and cut by one Split where the re-weighting reads it
+    # whole), no Slice is left to fold per chunk at load, and what a runtime folds at load (the Split) is charged
+    # nothing by the cost model; so the split adds the per-layer overhead of its extra Gemms and reductions and
+    # each chunk's re-read of the queries, no more
     def stored_floats(m):
         return sum(int(np.prod(i.dims)) for i in m.graph.initializer if i.data_type == TensorProto.FLOAT)
 
     stored = {i.name for i in model.graph.initializer}
     assert not [n for n in model.graph.node if n.op_type == "Slice" and n.input[0] in stored]
     assert stored_floats(model) == stored_floats(fp32) + 0  # the same floats, in chunks
-    assembled = {n.name for n in model.graph.node if n.op_type == "Concat" and all(i in stored for i in n.input)}
-    assert {n.output[0] for n in model.graph.node if n.name in assembled} <= folded_tensors(model)
+    assembled = {n.name for n in model.graph.node if n.op_type == "Split" and n.input[0] in stored}
+    assert {o for n in model.graph.node if n.name in assembled for o in n.output} <= folded_tensors(model)
     cpu = load_target("x86_cpu")
     whole, split_up = estimate_cost(fp32, cpu, "fp32"), estimate_cost(model, cpu, "fp32")
     assert all(c.bytes == 0 and c.flops == 0 for c in split_up.nodes if c.name in assembled)
