@@ -39,9 +39,11 @@ DISTANCES = ("squared", "euclidean")
 # DENSITY_IVF_LISTS. For N rows, Q = N / 10 coreset queries and L lists it compares ~(10 x min(128 L, N) (k-means)
 # + N (adding) + Q (coarse search)) x L + Q x nprobe x N / L pairs of rows, against Q x N for the exact search:
 # N = 700k (all magnetic-tile fit images), L = 1024, nprobe 16: ~2.9e9 pairs vs 4.9e10 (17x fewer); N = 98k (the
-# REB check's 96-image bank), L = 191: ~1.5e8 vs 9.6e8. PatchCore's 64 rows per list would make k-means the cost.
+# REB check's 96-image bank), L = 191: ~1.5e8 vs 9.6e8. Lists as short as those of PatchCore's bank neighbours
+# (search.IVF_LIST_ROWS) would make k-means the cost.
 DENSITY_IVF_LIST_ROWS = 512
 DENSITY_IVF_LISTS = 1024
+DENSITY_IVF_NPROBE = 16
 IMAGE_SCORES = ("pooled", "max", "pooled_overlapping")
 SAMPLERS = ("grouped", "exact")
 DENSITY_SEARCHES = ("approximate", "exact")
@@ -58,7 +60,7 @@ class LDKNNState:
 
 def local_densities(full_bank: np.ndarray, bank_rows: np.ndarray, num_neighbors: int, distance: str,
                     chunk_rows: int = 16384, progress=None, approximate: bool = False,
-                    nprobe: int | None = None) -> np.ndarray:
+                    nprobe: int = DENSITY_IVF_NPROBE) -> np.ndarray:
     """[M] mean distance of full_bank[bank_rows] to their K nearest rows of full_bank, excluding themselves.
 
     full_bank [N, D]; bank_rows [M] indices into it. approximate=False: exact faiss flat search, queries in chunks
