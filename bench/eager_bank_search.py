@@ -50,7 +50,7 @@ def main() -> None:
         queries, bank_t_neg2 = torch.randn(num_queries, 152), -2 * torch.randn(152, rows)
         norms = (0.25 * bank_t_neg2 * bank_t_neg2).sum(0)
         whole_ms, whole = median_ms(lambda: search.partial_sq_distances(queries, bank_t_neg2, norms).min(dim=-1))
-        blocked_ms, blocked = median_ms(lambda: search.eager_nearest_partial(queries, bank_t_neg2, norms))
+        blocked_ms, blocked = median_ms(lambda: search.nearest_partial_sq_distances(queries, bank_t_neg2, norms))
         former_ms, former = median_ms(lambda: former_min(queries, bank_t_neg2, norms))
         now_ms, now = median_ms(lambda: search.min_partial_sq_distances(queries, bank_t_neg2, norms))
         same_index = torch.equal(whole.values, blocked[0]) and torch.equal(whole.indices, blocked[1])

@@ -146,8 +146,8 @@ def partial_sq_distances(queries_2d: torch.Tensor, bank_t_neg2: torch.Tensor, ba
 # the budget the compiler's split uses for onnxruntime (export/passes/chunk_bank.py). Against one whole matrix:
 # 0.47x the time at 1,024 patches x 70,144 rows, 0.51x at 16 frames' 16,384 patches x 9,800 rows (REB's
 # validation batch), on 2 cores (bench/eager_bank_search.py); the former 8,192-row bank blocks wrote 32 MB per
-# frame and up to 537 MB for 16 frames. Blocks of at least EAGER_MIN_BANK_BLOCK rows: narrower GEMMs took another kernel, whose sums differed
-# from the whole matrix's in the last bit.
+# frame and up to 537 MB for 16 frames. Blocks of at least EAGER_MIN_BANK_BLOCK rows: narrower GEMMs took another
+# kernel, whose sums differed from the whole matrix's in the last bit.
 EAGER_QUERY_BLOCK = 1024
 EAGER_MIN_BANK_BLOCK = 256
 
@@ -166,9 +166,13 @@ def eager_blocks(num_queries: int, num_rows: int):
             yield queries, slice(b_start, b_start + bank_block)
 
 
-def eager_nearest_partial(queries_2d: torch.Tensor, bank_t_neg2: torch.Tensor, bank_sq_norms: torch.Tensor):
-    """queries [N, D] -> (min over the bank of |m|^2 - 2 q.m [N], the index of that row [N]), block by block
-    (eager_blocks): each block one fused addmm; the lowest index wins a tie, as min(dim) and ONNX ArgMin do."""
+def nearest_partial_sq_distances(queries_2d: torch.Tensor, bank_t_neg2: torch.Tensor, bank_sq_norms: torch.Tensor):
+    """queries [N, D] -> (min over the bank of |m|^2 - 2 q.m [N], the index of that row [N]).
+
+    Exported: partial_sq_distances and one min(dim) (ReduceMin + ArgMin). Run eagerly: block by block
+    (eager_blocks), each block one fused addmm; the lowest index wins a tie, as min(dim) and ONNX ArgMin do."""
+    if exporting() or queries_2d.requires_grad:  # (blocks are written in place: no autograd through them)
+        return partial_sq_distances(queries_2d, bank_t_neg2, bank_sq_norms).min(dim=-1)
     values = torch.empty(queries_2d.shape[0], dtype=queries_2d.dtype, device=queries_2d.device)
     indices = torch.empty(queries_2d.shape[0], dtype=torch.int64, device=queries_2d.device)
     for rows, bank in eager_blocks(queries_2d.shape[0], bank_t_neg2.shape[1]):
@@ -186,7 +190,7 @@ def min_partial_sq_distances(queries_2d: torch.Tensor, bank_t_neg2: torch.Tensor
     """queries [N, D] -> min over the bank of |m|^2 - 2 q.m [N].
 
     Exported: partial_sq_distances and one ReduceMin, the structure export/passes find (chunk_bank, int8). Run
-    eagerly: the same minimum block by block (eager_nearest_partial's blocks, without the index)."""
+    eagerly: the same minimum block by block (nearest_partial_sq_distances' blocks, without the index)."""
     if exporting() or queries_2d.requires_grad:  # (blocks are written in place: no autograd through them)
         return partial_sq_distances(queries_2d, bank_t_neg2, bank_sq_norms).min(dim=-1).values
     nearest = torch.empty(queries_2d.shape[0], dtype=queries_2d.dtype, device=queries_2d.device)
@@ -208,12 +212,8 @@ def nearest_bank_rows(queries: torch.Tensor, bank_t_neg2: torch.Tensor, bank_sq_
     than the artefact.
     """
     batch, patches, dims = queries.shape
-    if exporting() or queries.requires_grad:
-        nearest_partial, nearest_index = partial_sq_distances(queries.reshape(-1, dims), bank_t_neg2,
-                                                              bank_sq_norms).min(dim=-1)
-    else:
-        nearest_partial, nearest_index = eager_nearest_partial(queries.reshape(-1, dims), bank_t_neg2,
-                                                               bank_sq_norms)
+    nearest_partial, nearest_index = nearest_partial_sq_distances(queries.reshape(-1, dims), bank_t_neg2,
+                                                                  bank_sq_norms)
     nearest_sq = (nearest_partial + (queries * queries).sum(-1).reshape(-1)).clamp(min=0.0)
     return nearest_sq.view(batch, patches), nearest_index.view(batch, patches)
 
