@@ -86,8 +86,19 @@ class ScoringGraph(CalibratedOutputs):
 
     def backbone_inputs(self, frames: torch.Tensor) -> torch.Tensor:
         """frames uint8 [B, H, W, 3] -> what the backbone sees: [B, 3, h, w], or [B * T, 3, t, t] tiles."""
-        images = self.preprocess(frames)
+        return self.backbone_inputs_from_images(self.preprocess(frames))
+
+    def backbone_inputs_from_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The preprocess's images [B, 3, h, w] -> what the backbone sees (the tiles, with tiling)."""
         return self.tiling(images) if self.tiling is not None else images
+
+    def model_size_part(self, backbone: nn.Module | None = None) -> "ScoringGraph":
+        """This graph after its preprocess: images [B, 3, h, w] at the model size -> the same outputs, with the
+        same modules (shared, not copied) under the same names; backbone: a module to put in the backbone's place
+        (the export's copy with constant padding, export/split_export.py)."""
+        return ScoringGraph(nn.Identity(), self.backbone if backbone is None else backbone, self.embedding,
+                            self.head, self.smoother, self.normaliser, self.map_normaliser, self.tiling,
+                            self.image_score_from)
 
     def raw_scores(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames uint8 [B, H, W, 3] -> (raw image score [B], raw anomaly map [B, H_model, W_model])."""

@@ -34,6 +34,23 @@ def export_onnx_bytes(graph: torch.nn.Module, image_size_px: tuple[int, int], op
     costed, never run on camera frames: toolkit/sizing.py probe_model, which says why its frame has the size it
     has).
 
+    A graph that can be cut after its preprocess (ScoringGraph.model_size_part) is exported in two parts and
+    merged (export/split_export.py says why: a default build exported in ~2.5 s instead of ~5.7 s); any other module,
+    or a part the TorchScript tracer cannot record, is exported whole by torch.export."""
+    graph = graph.eval()
+    if hasattr(graph, "model_size_part"):
+        try:
+            return export_in_two_parts(graph, image_size_px, opset, static_frame_hw)
+        except Exception:  # noqa: BLE001 - any tracer or merge failure: torch.export does the same job, slower
+            pass
+    return torch_export_bytes(graph, image_size_px, opset, static_frame_hw, list(OUTPUT_NAMES))
+
+
+def torch_export_bytes(module: torch.nn.Module, image_size_px: tuple[int, int], opset: int,
+                       static_frame_hw: tuple[int, int] | None, output_names: list[str]) -> bytes:
+    """torch.export's ONNX model of a module taking uint8 frames: dynamic batch, height and width, or with
+    static_frame_hw every shape static.
+
     Why the static form exists: torch.export reasons symbolically about every dynamic dim through the whole
     graph, most of an export's time (a Lite0 graph with a 70k-row bank: ~7 s dynamic, ~3 s static, 2 x86 cores)."""
     kwargs = {}
@@ -42,14 +59,11 @@ def export_onnx_bytes(graph: torch.nn.Module, image_size_px: tuple[int, int], op
         height = torch.export.Dim("height", min=16, max=8192)
         width = torch.export.Dim("width", min=16, max=8192)
         kwargs["dynamic_shapes"] = {"frames": {0: batch, 1: height, 2: width}}
-        example = example_frames(image_size_px)
-    else:
-        example = torch.zeros((1, *static_frame_hw, 3), dtype=torch.uint8)
     program = torch.onnx.export(
-        graph.eval(),
-        (example,),
+        module.eval(),
+        (traced_frames(image_size_px, static_frame_hw),),
         input_names=[INPUT_NAME],
-        output_names=list(OUTPUT_NAMES),
+        output_names=output_names,
         opset_version=opset,
         dynamo=True,
         external_data=False,
@@ -60,6 +74,30 @@ def export_onnx_bytes(graph: torch.nn.Module, image_size_px: tuple[int, int], op
     buffer = io.BytesIO()
     program.save(buffer, external_data=False)
     return buffer.getvalue()
+
+
+def traced_frames(image_size_px: tuple[int, int], static_frame_hw: tuple[int, int] | None) -> torch.Tensor:
+    """The frames an export traces: example_frames, or one frame of the static size."""
+    if static_frame_hw is None:
+        return example_frames(image_size_px)
+    return torch.zeros((1, *static_frame_hw, 3), dtype=torch.uint8)
+
+
+def export_in_two_parts(graph: torch.nn.Module, image_size_px: tuple[int, int], opset: int,
+                        static_frame_hw: tuple[int, int] | None) -> bytes:
+    """The preprocess (frames of any size) and the rest (model-size images, batch dynamic unless
+    static_frame_hw), each by the TorchScript tracer, merged into one model (export/split_export.py)."""
+    from adtk.export.split_export import (merge_front_and_part, trace_front, trace_model_size_part,
+                                          with_constant_padding)
+
+    frames = traced_frames(image_size_px, static_frame_hw)
+    front = trace_front(graph.preprocess, frames, opset, dynamic=static_frame_hw is None)
+    with torch.no_grad():
+        images = graph.preprocess(frames)
+        backbone = with_constant_padding(graph.backbone, graph.backbone_inputs_from_images(images))
+    part = trace_model_size_part(graph.model_size_part(backbone), images, list(OUTPUT_NAMES), opset,
+                                 dynamic_batch=static_frame_hw is None)
+    return merge_front_and_part(front, part).SerializeToString()
 
 
 def export_model(graph: torch.nn.Module, manifest: dict, image_size_px: tuple[int, int], opset: int = DEFAULT_OPSET,

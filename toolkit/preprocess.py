@@ -102,6 +102,13 @@ class FramePreprocess(nn.Module):
             x = self.resize_whole(frames) if small else self.resize_gathered(frames)
         return x * self.scale + self.offset
 
+    def branches(self) -> tuple[int, nn.Module, nn.Module]:
+        """(rows, small, large): frames of up to `rows` rows take `small`, taller ones `large`, each a module
+        frames -> normalised images computing what forward does for them; for an exporter that records one path
+        per trace and makes the choice an ONNX If itself (export/split_export.py)."""
+        return (SMALL_FRAME_ROWS * self.image_size_px[0], _ResizeBranch(self, self.resize_whole),
+                _ResizeBranch(self, self.resize_gathered))
+
     def resize_whole(self, frames: torch.Tensor) -> torch.Tensor:
         """The reference resize itself, on the whole frame: the cheaper one for frames of up to
         SMALL_FRAME_ROWS x the model's rows (no gathered copy of the rows, no blend)."""
@@ -125,3 +132,15 @@ class FramePreprocess(nn.Module):
             "resize": {"mode": RESIZE_MODE, "align_corners": RESIZE_ALIGN_CORNERS, "antialias": RESIZE_ANTIALIAS},
             "normalise": {"mean": list(self.mean), "std": list(self.std), "scale": "x / 255"},
         }
+
+
+class _ResizeBranch(nn.Module):
+    """One of FramePreprocess's two resizes followed by its normalisation (FramePreprocess.branches)."""
+
+    def __init__(self, preprocess: FramePreprocess, resize):
+        super().__init__()
+        self.preprocess = preprocess
+        self.resize = resize
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.resize(frames) * self.preprocess.scale + self.preprocess.offset
