@@ -157,6 +157,48 @@ def exporting() -> bool:
     return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
+def torchscript_tracing() -> bool:
+    """True while the TorchScript tracer records a graph (export/split_export.py), not torch.export."""
+    return torch.jit.is_tracing() and not torch.compiler.is_exporting()
+
+
+# The TorchScript tracer runs the graph on real example frames while it records it. Recorded as written for export
+# (one [N, M] matrix, then its min), tracing the default build's graph held that whole matrix: 574 MB at 2 frames x
+# 1,024 patches x 70,144 rows, the build's peak RSS 1.57 -> 2.05 GB. These two searches run the eager blocked search
+# instead and give the tracer the exported form through their symbolic(): the same ONNX nodes (MatMul, Add with
+# |m|^2, ReduceMin / ArgMin on the last axis) that torch.export writes and the compiler's passes find.
+def _partial_sq_distances_onnx(g, queries_2d, bank_t_neg2, bank_sq_norms):
+    return g.op("Add", g.op("MatMul", queries_2d, bank_t_neg2), bank_sq_norms)
+
+
+def _reduce_min_last_onnx(g, values):
+    if g.opset >= 18:  # axes became an input in opset 18
+        return g.op("ReduceMin", values, g.op("Constant", value_t=torch.tensor([-1], dtype=torch.int64)),
+                    keepdims_i=0)
+    return g.op("ReduceMin", values, axes_i=[-1], keepdims_i=0)
+
+
+class TracedMinSearch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, queries_2d, bank_t_neg2, bank_sq_norms):
+        return eager_min_partial_sq_distances(queries_2d, bank_t_neg2, bank_sq_norms)
+
+    @staticmethod
+    def symbolic(g, queries_2d, bank_t_neg2, bank_sq_norms):
+        return _reduce_min_last_onnx(g, _partial_sq_distances_onnx(g, queries_2d, bank_t_neg2, bank_sq_norms))
+
+
+class TracedNearestSearch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, queries_2d, bank_t_neg2, bank_sq_norms):
+        return eager_nearest_partial_sq_distances(queries_2d, bank_t_neg2, bank_sq_norms)
+
+    @staticmethod
+    def symbolic(g, queries_2d, bank_t_neg2, bank_sq_norms):
+        partial = _partial_sq_distances_onnx(g, queries_2d, bank_t_neg2, bank_sq_norms)
+        return _reduce_min_last_onnx(g, partial), g.op("ArgMin", partial, axis_i=-1, keepdims_i=0)
+
+
 def eager_blocks(num_queries: int, num_rows: int):
     """(query slice, bank slice) pairs covering an eager search, query blocks outermost."""
     bank_block = max(EAGER_MIN_BANK_BLOCK, CPU_CACHE_CHUNK_ELEMENTS // max(1, min(num_queries, EAGER_QUERY_BLOCK)))
@@ -171,8 +213,16 @@ def nearest_partial_sq_distances(queries_2d: torch.Tensor, bank_t_neg2: torch.Te
 
     Exported: partial_sq_distances and one min(dim) (ReduceMin + ArgMin). Run eagerly: block by block
     (eager_blocks), each block one fused addmm; the lowest index wins a tie, as min(dim) and ONNX ArgMin do."""
+    if torchscript_tracing():
+        return TracedNearestSearch.apply(queries_2d, bank_t_neg2, bank_sq_norms)
     if exporting() or queries_2d.requires_grad:  # (blocks are written in place: no autograd through them)
         return partial_sq_distances(queries_2d, bank_t_neg2, bank_sq_norms).min(dim=-1)
+    return eager_nearest_partial_sq_distances(queries_2d, bank_t_neg2, bank_sq_norms)
+
+
+def eager_nearest_partial_sq_distances(queries_2d: torch.Tensor, bank_t_neg2: torch.Tensor,
+                                       bank_sq_norms: torch.Tensor):
+    """nearest_partial_sq_distances run eagerly, block by block."""
     values = torch.empty(queries_2d.shape[0], dtype=queries_2d.dtype, device=queries_2d.device)
     indices = torch.empty(queries_2d.shape[0], dtype=torch.int64, device=queries_2d.device)
     for rows, bank in eager_blocks(queries_2d.shape[0], bank_t_neg2.shape[1]):
@@ -191,8 +241,16 @@ def min_partial_sq_distances(queries_2d: torch.Tensor, bank_t_neg2: torch.Tensor
 
     Exported: partial_sq_distances and one ReduceMin, the structure export/passes find (chunk_bank, int8). Run
     eagerly: the same minimum block by block (nearest_partial_sq_distances' blocks, without the index)."""
+    if torchscript_tracing():
+        return TracedMinSearch.apply(queries_2d, bank_t_neg2, bank_sq_norms)
     if exporting() or queries_2d.requires_grad:  # (blocks are written in place: no autograd through them)
         return partial_sq_distances(queries_2d, bank_t_neg2, bank_sq_norms).min(dim=-1).values
+    return eager_min_partial_sq_distances(queries_2d, bank_t_neg2, bank_sq_norms)
+
+
+def eager_min_partial_sq_distances(queries_2d: torch.Tensor, bank_t_neg2: torch.Tensor,
+                                   bank_sq_norms: torch.Tensor):
+    """min_partial_sq_distances run eagerly, block by block."""
     nearest = torch.empty(queries_2d.shape[0], dtype=queries_2d.dtype, device=queries_2d.device)
     for rows, bank in eager_blocks(queries_2d.shape[0], bank_t_neg2.shape[1]):
         block = torch.addmm(bank_sq_norms[bank], queries_2d[rows], bank_t_neg2[:, bank]).amin(dim=-1)

@@ -139,3 +139,44 @@ def test_folding_leaves_only_the_batch_dynamic():
     x = np.random.default_rng(0).standard_normal((4, 3, 4, 5)).astype(np.float32)
     np.testing.assert_allclose(session(model.SerializeToString()).run(None, {"x": x})[0],
                                x.reshape(4, 12, 5).sum(-1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("with_index", [False, True])
+def test_the_tracer_records_the_whole_bank_search_without_computing_the_whole_matrix(monkeypatch, with_index):
+    """While the TorchScript tracer runs a head on real frames, the bank search runs block by block (a 70k-row bank's
+    whole [N, M] matrix was 574 MB at trace time); the recorded graph is still one MatMul + Add + ReduceMin (and
+    ArgMin), the form the compiler's passes find, and computes the same minima."""
+    import io
+
+    from adtk.toolkit import search
+
+    rng = np.random.default_rng(0)
+    bank = rng.standard_normal((700, 8)).astype(np.float32)
+
+    class Search(nn.Module):
+        def __init__(self):
+            super().__init__()
+            search.register_search_bank(self, bank)
+
+        def forward(self, queries):
+            if with_index:
+                return search.nearest_partial_sq_distances(queries, self.bank_t_neg2, self.bank_sq_norms)
+            return search.min_partial_sq_distances(queries, self.bank_t_neg2, self.bank_sq_norms)
+
+    def whole_matrix(*args):
+        raise AssertionError("the whole distance matrix was computed while tracing")
+
+    monkeypatch.setattr(search, "partial_sq_distances", whole_matrix)
+    queries = torch.from_numpy(rng.standard_normal((300, 8)).astype(np.float32))
+    buffer = io.BytesIO()
+    torch.onnx.export(Search(), (queries,), buffer, input_names=["q"], dynamic_axes={"q": {0: "n"}},
+                      opset_version=18, dynamo=False)
+    model = onnx.load_from_string(buffer.getvalue())
+    ops = [node.op_type for node in model.graph.node if node.op_type != "Constant"]
+    assert ops == (["MatMul", "Add", "ReduceMin", "ArgMin"] if with_index else ["MatMul", "Add", "ReduceMin"])
+    more = rng.standard_normal((50, 8)).astype(np.float32)
+    partial = (bank ** 2).sum(1) - 2.0 * more @ bank.T
+    got = session(model.SerializeToString()).run(None, {"q": more})
+    np.testing.assert_allclose(got[0], partial.min(1), rtol=1e-5, atol=1e-4)
+    if with_index:
+        np.testing.assert_array_equal(got[1], partial.argmin(1))
