@@ -77,6 +77,7 @@ class ModelWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.refused: list[tuple[str, str]] = []  # (path, reason), the most recent 100
+        self._unreadable: set[str] = set()  # names whose stat failed on the last look (refused once)
 
     def start(self) -> "ModelWatcher":
         self._looked_at = self._signatures()  # what is there at start-up is not news
@@ -98,7 +99,7 @@ class ModelWatcher:
         return offer
 
     def _signatures(self) -> dict[str, tuple[int, int, int]]:
-        found = {}
+        found, unreadable = {}, set()
         for path in self.folder.glob("*.onnx"):
             if not is_candidate(path):
                 continue
@@ -106,12 +107,18 @@ class ModelWatcher:
                 stat = path.stat()
             except FileNotFoundError:
                 continue
+            except OSError as exc:  # e.g. a symlink loop: refuse this entry (once), keep watching the others
+                if path.name not in self._unreadable:
+                    self._refuse(path, f"{path}: cannot read it ({exc.strerror or type(exc).__name__})")
+                unreadable.add(path.name)
+                continue
             try:
                 sig = signature_path(path).stat()
                 sig_identity = (sig.st_ino, sig.st_size, sig.st_mtime_ns)
             except OSError:
                 sig_identity = None
             found[path.name] = (stat.st_ino, stat.st_size, stat.st_mtime_ns, sig_identity)
+        self._unreadable = unreadable
         return found
 
     def poll_once(self) -> None:

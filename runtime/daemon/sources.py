@@ -125,9 +125,11 @@ class FolderSource:
         self._extensions = IMAGE_EXTENSIONS
         self._pending: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) seen on the last poll
         self._done: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) when it was scored
+        self._unreadable: dict[str, str] = {}  # name -> why it cannot be looked at (stat failed), this poll
+        self._reported: set[str] = set()  # unreadable names already reported
 
     def _candidates(self) -> dict[str, tuple[int, int]]:
-        found = {}
+        found, self._unreadable = {}, {}
         for path in self.folder.iterdir():
             name = path.name
             if name.startswith(".") or path.suffix.lower() not in self._extensions:
@@ -135,6 +137,9 @@ class FolderSource:
             try:
                 stat = path.stat()
             except FileNotFoundError:  # removed between listing and stat
+                continue
+            except OSError as exc:  # e.g. a symlink loop: this entry only, never the whole folder
+                self._unreadable[name] = exc.strerror or type(exc).__name__
                 continue
             found[name] = (stat.st_size, stat.st_mtime_ns)
         return found
@@ -152,6 +157,13 @@ class FolderSource:
                 continue
             # forget files that left the folder, so memory stays bounded by the folder's size
             self._done = {name: sig for name, sig in self._done.items() if name in found}
+            # an entry that cannot even be looked at is reported once (an undecodable frame naming it), not retried
+            self._reported = {name for name in self._reported if name in self._unreadable}
+            for name, reason in sorted(self._unreadable.items()):
+                if name not in self._reported:
+                    self._reported.add(name)
+                    yield counter.make(str(self.folder / name), None, f"{self.folder / name}: cannot read it "
+                                       f"({reason}); skipped")
             ready = []
             for name, (size, mtime_ns) in found.items():
                 if self._done.get(name) == (size, mtime_ns):
