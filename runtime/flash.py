@@ -419,8 +419,9 @@ def flash(artefact_path: str | Path, destinations: list[str], name: str = MODEL_
             if landed != file_sha256:
                 raise TargetError(f"{value}: device reports sha256 {landed[:12]}..., expected {file_sha256[:12]}...")
             signed = " with its signature" if signature is not None else " (unsigned)"
-            results.append(FlashResult(value, True, f"installed {name}{signed} (sha256 {landed[:12]}...), "
-                                                    f"previous kept as {previous_name(name)}", landed))
+            results.append(FlashResult(value, True, f"installed {name}{signed} (sha256 {landed[:12]}...), the "
+                                                    f"model it replaced, if any, kept as {previous_name(name)}",
+                                       landed))
         except (AdtkError, OSError) as exc:
             results.append(_failure(value, exc))
     return results

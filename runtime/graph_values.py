@@ -24,6 +24,7 @@ from adtk.runtime.protobuf_wire import WIRE_LEN, WIRE_VARINT, read_varint, top_l
 from adtk.runtime.errors import ArtefactError
 
 _MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5  # ModelProto.graph, GraphProto.initializer
+_GRAPH_INPUT, _GRAPH_OUTPUT, _VALUE_INFO_NAME = 11, 12, 1  # GraphProto.input, .output, ValueInfoProto.name
 _TENSOR_DIMS, _TENSOR_TYPE, _TENSOR_FLOATS, _TENSOR_NAME, _TENSOR_RAW = 1, 2, 4, 8, 9
 _NUMPY_TYPES = {1: np.float32, 10: np.float16}  # TensorProto.DataType FLOAT, FLOAT16
 RELATIVE_TOLERANCE = 2e-3  # fp16 storage of a value rounds it by up to 5e-4 relative
@@ -95,8 +96,33 @@ def graph_values(model_bytes) -> dict[str, tuple[list[int], np.ndarray | None]]:
     return found
 
 
+def graph_interface(model_bytes) -> tuple[list[str], list[str]]:
+    """The graph's (input names, output names), read from the bytes as graph_values reads its initializers."""
+    inputs, outputs = [], []
+    for field, wire, _, _, graph in top_level_fields(memoryview(model_bytes)):
+        if field != _MODEL_GRAPH or wire != WIRE_LEN:
+            continue
+        for graph_field, graph_wire, _, _, payload in top_level_fields(graph):
+            if graph_field in (_GRAPH_INPUT, _GRAPH_OUTPUT) and graph_wire == WIRE_LEN:
+                name = next((bytes(value).decode("utf-8", errors="replace")
+                             for value_field, value_wire, _, _, value in top_level_fields(payload)
+                             if value_field == _VALUE_INFO_NAME and value_wire == WIRE_LEN), "")
+                (inputs if graph_field == _GRAPH_INPUT else outputs).append(name)
+    return inputs, outputs
+
+
 def check_manifest_against_graph(model_bytes, manifest: dict, source: str = "artefact") -> None:
-    """Raise ArtefactError when a value the manifest states differs from the one its graph computes with."""
+    """Raise ArtefactError when a value the manifest states differs from the one its graph computes with, or
+    when the graph lacks the artefact contract's input or outputs (a re-sealed graph with an output dropped
+    would otherwise load and fail on the first frame)."""
+    from adtk.runtime.manifest import INPUT_NAME, OUTPUT_NAMES
+
+    inputs, outputs = graph_interface(model_bytes)
+    missing = [name for name in OUTPUT_NAMES if name not in outputs] + ([] if INPUT_NAME in inputs else [INPUT_NAME])
+    if missing:
+        raise ArtefactError(f"{source}: the graph lacks the artefact contract's {', '.join(missing)} (it has inputs "
+                            f"{inputs[:4]}, outputs {outputs[:8]}): it is not an adtk artefact or it was edited "
+                            "after the build. Do not use it; copy the artefact again from the build machine")
     found = graph_values(model_bytes)
     disagreements = []
     for name, expected_of in EXPECTED_FROM_MANIFEST.items():
