@@ -28,15 +28,17 @@ def command(model, images, backend, skip_bad, overlay_dir):
     from adtk.runtime.images import expand_image_paths, read_image
 
     detector = Detector.load(model, backend=backend)
+    overlays_written = set()
     for path, name in expand_image_paths(images):
         try:
             image = read_image(path)
+            prediction = detector.predict(image[None])  # refuses e.g. a frame under 16 px: this image only
         except DataError as exc:
+            message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
             if not skip_bad:
-                raise
-            click.echo(json.dumps({"path": str(path), "error": str(exc)}))
+                raise DataError(message) from None
+            click.echo(json.dumps({"path": str(path), "error": message}))
             continue
-        prediction = detector.predict(image[None])
         record = {"path": str(path), "pred_score": round(float(prediction.pred_score[0]), 6),
                   "pred_label": bool(prediction.pred_label[0]),
                   "raw_score": round(float(prediction.raw_score[0]), 6)}
@@ -45,5 +47,9 @@ def command(model, images, backend, skip_bad, overlay_dir):
 
             picture = render_overlay(image, prediction.anomaly_map[0], record["pred_score"], record["pred_label"],
                                      caption=str(name))
-            record["overlay"] = str(save_png(picture, overlay_dir / name.with_suffix(".png")))
+            target = overlay_dir / name.with_suffix(".png")
+            if target in overlays_written:  # ok.png and ok.jpg side by side: the second keeps its own suffix
+                target = overlay_dir / name.with_name(name.name + ".png")
+            overlays_written.add(target)
+            record["overlay"] = str(save_png(picture, target))
         click.echo(json.dumps(record))

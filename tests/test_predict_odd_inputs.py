@@ -1,0 +1,38 @@
+"""`adtk predict` on a folder with odd images: a frame too small to score is one error record naming it
+(--skip-bad) and the rest are scored; overlays of images that share a stem do not overwrite each other."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from adtk.toolkit.cli.main import cli
+
+
+def test_a_too_small_image_is_skipped_by_name_and_the_others_are_scored(runner, tiny_build, tmp_path):
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "a_tiny.png")
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(tmp_path / "b_ok.png")
+    result = runner.invoke(cli, ["predict", str(tiny_build.artefact), str(tmp_path), "--skip-bad"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert [r["path"].rsplit("/", 1)[-1] for r in records] == ["a_tiny.png", "b_ok.png"]
+    assert "a_tiny.png" in records[0]["error"] and "too small" in records[0]["error"]
+    assert "pred_score" in records[1]
+    result = runner.invoke(cli, ["predict", str(tiny_build.artefact), str(tmp_path / "a_tiny.png")])
+    assert result.exit_code != 0 and "a_tiny.png" in result.output and "Traceback" not in result.output
+
+
+def test_overlays_of_images_sharing_a_stem_are_all_kept(runner, tiny_build, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    picture = Image.fromarray(np.full((40, 40, 3), 90, np.uint8))
+    for suffix in (".png", ".jpg", ".bmp"):
+        picture.save(frames / f"part{suffix}")
+    result = runner.invoke(cli, ["predict", str(tiny_build.artefact), str(frames), "--overlays",
+                                 str(tmp_path / "overlays")])
+    assert result.exit_code == 0, result.output
+    written = [json.loads(line)["overlay"] for line in result.output.splitlines() if line.startswith("{")]
+    assert len(set(written)) == 3
+    assert len(list((tmp_path / "overlays").iterdir())) == 3
