@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 
 from adtk.runtime.daemon.live_feed import LiveFeed
 
-_OVERLAY_PATH = re.compile(r"^/api/overlay/(\d+)\.png$")
+_OVERLAY_PATH = re.compile(r"^/api/overlay/(\d{1,18})\.png$")  # a frame id; longer is no id (int() limits)
 
 
 class DevicePage:
