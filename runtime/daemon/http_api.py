@@ -331,6 +331,9 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def do_GET(self):  # noqa: N802 - the stdlib's naming
+        # the headers are in: what follows is the daemon's work (an overlay can take seconds), not the client's
+        # slowness, so the header deadline stops here (a stalled reader of the answer meets the socket timeout)
+        self.server.set_deadline(self.request, None)
         if not self._authorised():
             return
         path = self.path.split("?", 1)[0]

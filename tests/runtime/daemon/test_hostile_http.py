@@ -193,3 +193,25 @@ def test_weak_tokens_bad_ports_and_ipv6_binds(tiny_build):
                 server.shutdown()
     finally:
         service.shutdown()
+
+
+def test_a_get_the_daemon_takes_long_to_answer_is_answered_not_cut_off(tiny_build):
+    """The header deadline covers the client sending its request, not the daemon's work on it (an overlay drawn
+    for the device page took seconds at 3000 x 2000 and was cut off and blamed on the client)."""
+
+    class SlowRoutes:
+        def get(self, path, query):
+            if path != "/slow":
+                return None
+            time.sleep(3 * LIMITS.header_timeout_s)
+            return 200, {"drawn": True}, "application/json"
+
+    service = ScoringService(ServiceConfig(model=tiny_build.artefact, watch=False, max_pixels=BUDGET), None, [],
+                             log=LogLines()).start()
+    server = ApiServer(service, "127.0.0.1", 0, limits=LIMITS, routes=SlowRoutes()).start()
+    try:
+        assert http(server.address[1], "/slow") == (200, {"drawn": True})
+        assert counts(service).get("http_timeouts", 0) == 0
+    finally:
+        server.shutdown()
+        service.shutdown()
