@@ -69,6 +69,7 @@ class ScoringService:
         self.started_at_s = time.time()
         self.last_frame_at_s: float | None = None
         self.source_finished = False
+        self.source_error: str | None = None  # why the source stopped, when it failed (adtk serve then exits 1)
         self._stop = threading.Event()
         self._shut_down = False
         self._capture_thread: threading.Thread | None = None
@@ -191,7 +192,8 @@ class ScoringService:
             for frame in self.source.frames(counter, self._stop, on_reopen=self._on_reopen):
                 self.queue.put(frame, block=block, stop=self._stop)
         except Exception as exc:  # noqa: BLE001 - reported; /health then shows the source as finished
-            self.log("source error", f"{getattr(self.source, 'name', self.source)}: {type(exc).__name__}: {exc}")
+            self.source_error = f"{getattr(self.source, 'name', self.source)}: {type(exc).__name__}: {exc}"
+            self.log("source error", self.source_error)
         finally:
             self.source_finished = True
             self.queue.close()

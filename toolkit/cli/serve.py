@@ -133,3 +133,7 @@ def command(model, source, sinks, http_bind, token_file, queue_capacity, pace_fp
             api.shutdown()
     click.echo(json.dumps({"summary": service.metrics.snapshot(), "model_sha256": service.detector.artefact.sha256}),
                err=True)
+    if service.source_error is not None:  # a failed source is a failed daemon: a supervisor restarts it
+        from adtk.runtime.errors import DataError
+
+        raise DataError(f"the source stopped: {service.source_error}")

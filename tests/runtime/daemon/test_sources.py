@@ -80,3 +80,16 @@ def test_unknown_source_values_are_refused_with_the_accepted_forms(tmp_path):
     with pytest.raises(ConfigError, match="camera index"):
         open_source(str(tmp_path / "missing.mp4"))
     assert open_source("0").live and open_source("rtsp://10.0.0.5/stream").live
+
+
+def test_serve_exits_non_zero_when_its_video_source_cannot_be_opened(tiny_build, tmp_path, runner):
+    """A supervisor (systemd's Restart=on-failure) restarts a daemon whose source failed only if it exits non-zero."""
+    pytest.importorskip("cv2")
+    from adtk.toolkit.cli.main import cli
+
+    fake = tmp_path / "camera.mp4"
+    fake.write_text("not a video")
+    result = runner.invoke(cli, ["serve", str(tiny_build.artefact), "--source", str(fake)])
+    assert result.exit_code != 0
+    assert "the source stopped" in result.output and "camera.mp4" in result.output
+    assert "Traceback" not in result.output
