@@ -36,3 +36,13 @@ def test_overlays_of_images_sharing_a_stem_are_all_kept(runner, tiny_build, tmp_
     written = [json.loads(line)["overlay"] for line in result.output.splitlines() if line.startswith("{")]
     assert len(set(written)) == 3
     assert len(list((tmp_path / "overlays").iterdir())) == 3
+
+
+def test_an_output_path_that_cannot_be_written_is_named_not_called_a_bug(runner, tiny_build, tmp_path):
+    picture = tmp_path / "part.png"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(picture)
+    unwritable = "/proc/adtk_overlays"  # no folder can be made there, whoever runs the tests
+    result = runner.invoke(cli, ["predict", str(tiny_build.artefact), str(picture), "--overlays", unwritable])
+    assert result.exit_code != 0
+    assert "cannot use" in result.output and unwritable in result.output
+    assert "internal error" not in result.output and "Traceback" not in result.output

@@ -47,6 +47,15 @@ class AdtkGroup(click.Group):
             sys.exit(RUNTIME_ERROR)
         except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
             raise  # click's own usage errors, Ctrl-C and exits: click prints and exits as it should
+        except OSError as exc:
+            # A path the user gave that cannot be written or read (a folder where a file is wanted, /proc, no
+            # permission, a full disk): the environment's answer, named, not a bug of ours. Commands check their
+            # main paths first with their own messages; this covers the rest (report, overlay and sink paths).
+            if ctx.params.get("debug"):
+                raise
+            where = exc.filename if exc.filename is not None else "a path it was given"
+            click.echo(f"adtk {ctx.invoked_subcommand}: cannot use {where}: {exc.strerror or exc}", err=True)
+            sys.exit(RUNTIME_ERROR)
         except Exception as exc:  # noqa: BLE001 - a bug of ours: one line that says so, not a traceback
             if ctx.params.get("debug"):
                 raise
