@@ -46,3 +46,15 @@ def test_an_output_path_that_cannot_be_written_is_named_not_called_a_bug(runner,
     assert result.exit_code != 0
     assert "cannot use" in result.output and unwritable in result.output
     assert "internal error" not in result.output and "Traceback" not in result.output
+
+
+def test_inspect_names_a_malformed_optional_manifest_section(runner, tiny_build, tmp_path):
+    from tests.conftest import reseal_with_manifest_edit
+
+    edited = tmp_path / "edited.onnx"
+    edited.write_bytes(reseal_with_manifest_edit(tiny_build.artefact.read_bytes(),
+                                                 lambda m: m["input"].update(tiling={"size": 0})))
+    result = runner.invoke(cli, ["inspect", str(edited)])
+    assert result.exit_code != 0
+    assert "malformed section" in result.output and "internal error" not in result.output
+    assert runner.invoke(cli, ["inspect", str(edited), "--json"]).exit_code == 0

@@ -35,6 +35,18 @@ def command(model, as_json, as_config):
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
+    try:
+        _print_summary(model, artefact, info, operators)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        # an optional manifest section the schema does not describe field by field (tiling, ensemble, the recipe
+        # search), in a shape no build writes: a re-sealed edit. Say so; --json shows the manifest as stored.
+        from adtk.runtime.errors import ArtefactError
+
+        raise ArtefactError(f"{model}: the manifest has a malformed section ({type(exc).__name__}: {exc}); it was "
+                            "edited after the build. `adtk inspect --json` prints it as stored") from None
+
+
+def _print_summary(model, artefact, info: dict, operators) -> None:
     m = artefact.manifest
     click.echo(f"{model}: {info['bytes'] / 1e6:.2f} MB, integrity OK (sha256 {artefact.sha256[:16]}...)")
     click.echo(f"method    {m['method']['name']} {json.dumps(m['method']['params'])}")
