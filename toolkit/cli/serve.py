@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -36,6 +37,12 @@ def read_token(token_file: Path | None) -> str | None:
     return os.environ.get("ADTK_SERVE_TOKEN") or None
 
 
+def _finite(param, value):
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of the range", param=param)
+    return value
+
+
 @click.command("serve")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--source", default=None,
@@ -57,14 +64,18 @@ def read_token(token_file: Path | None) -> str | None:
 @click.option("--public-key", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="ed25519 public key (PEM): run only artefacts whose MODEL.sig verifies (else $ADTK_PUBLIC_KEY).")
 @click.option("--backend", default="auto", show_default=True, help="auto, tensorrt (engine), onnxruntime, cpu, cuda or ort-tensorrt.")
-@click.option("--max-pixels", type=click.IntRange(min=256), default=None,
+@click.option("--max-pixels", type=click.IntRange(min=256, max=2 ** 31), default=None,
               help="Pixel budget of one frame, checked before decoding (default: sized from this machine's memory, "
                    "or $ADTK_MAX_PIXELS).")
 @click.option("--http-max-connections", type=click.IntRange(min=1), default=32, show_default=True,
               help="Open HTTP connections at most; more are answered 503.")
-@click.option("--http-max-body-mb", type=click.FloatRange(min=0.001), default=32.0, show_default=True,
+# upper bounds so that no value switches a protection off (inf, 1e30); click's ranges let NaN through (every
+# comparison with it is false), so _finite refuses it by name
+@click.option("--http-max-body-mb", type=click.FloatRange(min=0.001, max=2048), default=32.0, show_default=True,
+              callback=lambda ctx, param, value: _finite(param, value),
               help="Largest POST /predict body.")
-@click.option("--http-timeout", "http_timeout_s", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+@click.option("--http-timeout", "http_timeout_s", type=click.FloatRange(min=0.1, max=3600), default=10.0,
+              show_default=True, callback=lambda ctx, param, value: _finite(param, value),
               help="Seconds a client has to send its headers (3x for a body, 1.5x idle between requests).")
 @click.option("--http-predictions", "http_predictions", type=click.IntRange(min=1), default=2, show_default=True,
               help="Frames POST /predict decodes and scores at once (memory: each is within --max-pixels).")
