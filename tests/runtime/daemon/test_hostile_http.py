@@ -67,11 +67,17 @@ def test_stalled_uploads_are_cut_off_at_the_body_deadline(daemon):
         sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"\x89PNG" * 10)
         stalled.append(sock)
     tic = time.monotonic()
+    answers = []
     for sock in stalled:
         sock.settimeout(10)
-        assert sock.recv(100) == b""  # closed by the server, no answer needed
+        answers.append(sock.recv(100))
+    # those holding a body slot (2 x the prediction slots) are cut off at the body deadline, closed with no answer;
+    # the rest are answered 503 busy without their bodies being read (memory bounded by the slots)
+    cut_off = [a for a in answers if a == b""]
+    assert len(cut_off) == 2 * LIMITS.max_concurrent_predictions
+    assert all(a.startswith(b"HTTP/1.1 503") for a in answers if a)
     assert time.monotonic() - tic < 5
-    assert counts(service)["http_timeouts"] >= 5
+    assert counts(service)["http_timeouts"] >= len(cut_off)
     assert http(port, "/health")[0] == 200
     assert all("Traceback" not in message for _, message in log.lines)
 
@@ -215,3 +221,35 @@ def test_a_get_the_daemon_takes_long_to_answer_is_answered_not_cut_off(tiny_buil
     finally:
         server.shutdown()
         service.shutdown()
+
+
+def test_bodies_are_read_only_into_a_body_slot(daemon, monkeypatch, test_images):
+    """However many uploads arrive together, at most 2 x the prediction slots bodies are read and held at once;
+    the others are answered 503 busy with their bodies left unread (30 parallel 32-MB uploads held ~440 MB)."""
+    from adtk.runtime.daemon import http_api
+
+    service, port, _ = daemon
+    reading, most, lock = [0], [0], threading.Lock()
+    real_read = http_api._Handler._read_body
+
+    def counted(self, length):
+        with lock:
+            reading[0] += 1
+            most[0] = max(most[0], reading[0])
+        try:
+            time.sleep(0.3)  # a slow body: the slot stays taken meanwhile
+            return real_read(self, length)
+        finally:
+            with lock:
+                reading[0] -= 1
+
+    monkeypatch.setattr(http_api._Handler, "_read_body", counted)
+    image = png_bytes(test_images[0])
+    statuses = []
+    threads = [threading.Thread(target=lambda: statuses.append(http(port, "/predict", image)[0])) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] <= 2 * LIMITS.max_concurrent_predictions
+    assert 200 in statuses and set(statuses) <= {200, 503}
