@@ -207,6 +207,19 @@ class VerifiedFile:
     size: int
 
 
+def not_a_file_message(path: Path) -> str:
+    """Why `path` is not an artefact file to read, in the user's words (a folder, a link that leads nowhere)."""
+    try:
+        if path.is_dir():
+            return f"{path}: is a folder, not an artefact file"
+        path.stat()
+    except OSError as exc:
+        if os.path.lexists(path):  # the name is there, but it cannot be followed (a symlink loop, no permission)
+            return f"{path}: cannot read it ({exc.strerror or type(exc).__name__})"
+        return f"{path}: no such artefact file"
+    return f"{path}: not a regular file (a device, a pipe or a socket), not an artefact file"
+
+
 def verify_file(path: str | Path) -> VerifiedFile:
     """Verify an artefact file as verify_bytes does (integrity record, manifest, the manifest against the
     graph), without holding it in memory: streamed in 1 MB chunks, the graph walked through a read-only map.
@@ -216,7 +229,7 @@ def verify_file(path: str | Path) -> VerifiedFile:
 
     path = Path(path)
     if not path.is_file():
-        raise ArtefactError(f"{path}: no such artefact file")
+        raise ArtefactError(not_a_file_message(path))
     with open(path, "rb") as stream:
         size = os.fstat(stream.fileno()).st_size
         manifest, recorded, file_sha256 = _verified_manifest(_Reader(stream=stream), size, str(path))
@@ -235,7 +248,7 @@ def read_artefact(path: str | Path) -> VerifiedArtefact:
     """Read and verify an artefact file. The returned bytes are the only ones a backend may use."""
     path = Path(path)
     if not path.is_file():
-        raise ArtefactError(f"{path}: no such artefact file")
+        raise ArtefactError(not_a_file_message(path))
     size = path.stat().st_size
     if size > MAX_ARTEFACT_BYTES:  # before any byte is read
         raise ArtefactError(f"{path}: {size} bytes is over the 2 GB single-file limit")

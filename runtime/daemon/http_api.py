@@ -364,10 +364,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": f"no endpoint POST {self.path}; POST an image to /predict"})
             return
         limit = self.api.limits.max_body_bytes
+        declared = self.headers.get("Content-Length")
         try:
-            if self.headers.get("Transfer-Encoding") is not None:
-                raise ValueError("chunked")
-            length = int(self.headers.get("Content-Length", ""))
+            if self.headers.get("Transfer-Encoding") is not None or declared is None:
+                raise ValueError("chunked or absent")
+            if len(declared.strip()) > 19:  # no byte count has more digits (and int() refuses ~4,300 and more)
+                self.close_connection = True
+                self.api.refused("http_requests_refused", "body size", f"{self.client_address[0]}: a Content-Length "
+                                 f"of {len(declared)} characters")
+                self._send(413, {"error": f"Content-Length of {len(declared)} digits; POST one image of 1..{limit} "
+                                          "bytes"})
+                return
+            length = int(declared)
         except ValueError:
             self.close_connection = True
             self.api.refused("http_requests_refused", "bad request", f"{self.client_address[0]}: no Content-Length")

@@ -71,3 +71,15 @@ def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path, monke
     finally:
         os.remove(huge)
     assert read == []
+
+
+def test_what_is_not_an_artefact_file_is_named_for_what_it_is(tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    loop = tmp_path / "loop.onnx"
+    loop.symlink_to(loop)
+    cases = {folder: "is a folder", loop: "cannot read it", tmp_path / "missing.onnx": "no such artefact file"}
+    for path, words in cases.items():
+        for check in (read_artefact, verify_file):
+            with pytest.raises(ArtefactError, match=words):
+                check(path)

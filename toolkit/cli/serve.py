@@ -58,7 +58,7 @@ def _finite(param, value):
 @click.option("--fps", "pace_fps", type=float, default=0.0, show_default=True,
               help="Replay a video FILE at this rate like a camera (0: as fast as scoring goes, no drops).")
 @click.option("--loop", is_flag=True, help="Replay a video file from the start when it ends.")
-@click.option("--model-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--model-dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="Folder watched for new artefacts (default: the model's folder).")
 @click.option("--no-watch", is_flag=True, help="Do not hot-swap new artefacts.")
 @click.option("--public-key", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,

@@ -253,3 +253,16 @@ def test_bodies_are_read_only_into_a_body_slot(daemon, monkeypatch, test_images)
         thread.join()
     assert most[0] <= 2 * LIMITS.max_concurrent_predictions
     assert 200 in statuses and set(statuses) <= {200, 503}
+
+
+def test_a_content_length_of_thousands_of_digits_is_too_large_not_missing(daemon):
+    service, port, _ = daemon
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(10)
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n")
+    answer = b""
+    while chunk := sock.recv(4096):  # the server closes the connection after its answer
+        answer += chunk
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 413") and b"5000 digits" in answer
+    assert http(port, "/health")[0] == 200
