@@ -180,3 +180,20 @@ def test_the_tracer_records_the_whole_bank_search_without_computing_the_whole_ma
     np.testing.assert_allclose(got[0], partial.min(1), rtol=1e-5, atol=1e-4)
     if with_index:
         np.testing.assert_array_equal(got[1], partial.argmin(1))
+
+
+def test_folding_reads_a_shape_nodes_start_attribute():
+    """Shape(x, start=2) -> Gather(1) is x's dim 3 (5 here), not dim 1: the fold applies Shape's own slice."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["x"], ["hw"], start=2),
+         helper.make_node("Constant", [], ["one"], value=helper.make_tensor("one", TensorProto.INT64, [], [1])),
+         helper.make_node("Gather", ["hw", "one"], ["w"]),
+         helper.make_node("Cast", ["w"], ["y"], to=TensorProto.FLOAT)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, 4, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    model = fold_static_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    assert "Shape" not in [node.op_type for node in model.graph.node]
+    x = np.zeros((2, 3, 4, 5), np.float32)
+    assert session(model.SerializeToString()).run(None, {"x": x})[0] == 5.0
