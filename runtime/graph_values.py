@@ -80,35 +80,27 @@ def _tensor(payload) -> tuple[str, list[int], np.ndarray | None]:
     return name, dims, (values.astype(np.float64) if values.size == count else None)
 
 
-def graph_values(model_bytes) -> dict[str, tuple[list[int], np.ndarray | None]]:
-    """The graph's initializers that matter to the manifest: name -> (dims, values or None)."""
+def _read_graph(model_bytes) -> tuple[dict, list[str], list[str]]:
+    """One walk over the graph's top-level fields -> (the initializers that matter to the manifest: name -> (dims,
+    values or None), input names, output names)."""
     wanted = set(EXPECTED_FROM_MANIFEST) | set(SIZE_OPERATORS)
-    found = {}
-    model = memoryview(model_bytes)
-    for field, wire, _, _, graph in top_level_fields(model):
-        if field != _MODEL_GRAPH or wire != WIRE_LEN:
-            continue
-        for graph_field, graph_wire, _, _, payload in top_level_fields(graph):
-            if graph_field == _GRAPH_INITIALIZER and graph_wire == WIRE_LEN:
-                name, dims, values = _tensor(payload)
-                if name in wanted:
-                    found[name] = (dims, values)
-    return found
-
-
-def graph_interface(model_bytes) -> tuple[list[str], list[str]]:
-    """The graph's (input names, output names), read from the bytes as graph_values reads its initializers."""
-    inputs, outputs = [], []
+    found, inputs, outputs = {}, [], []
     for field, wire, _, _, graph in top_level_fields(memoryview(model_bytes)):
         if field != _MODEL_GRAPH or wire != WIRE_LEN:
             continue
         for graph_field, graph_wire, _, _, payload in top_level_fields(graph):
-            if graph_field in (_GRAPH_INPUT, _GRAPH_OUTPUT) and graph_wire == WIRE_LEN:
+            if graph_wire != WIRE_LEN:
+                continue
+            if graph_field == _GRAPH_INITIALIZER:
+                name, dims, values = _tensor(payload)
+                if name in wanted:
+                    found[name] = (dims, values)
+            elif graph_field in (_GRAPH_INPUT, _GRAPH_OUTPUT):
                 name = next((bytes(value).decode("utf-8", errors="replace")
                              for value_field, value_wire, _, _, value in top_level_fields(payload)
                              if value_field == _VALUE_INFO_NAME and value_wire == WIRE_LEN), "")
                 (inputs if graph_field == _GRAPH_INPUT else outputs).append(name)
-    return inputs, outputs
+    return found, inputs, outputs
 
 
 def check_manifest_against_graph(model_bytes, manifest: dict, source: str = "artefact") -> None:
@@ -117,13 +109,12 @@ def check_manifest_against_graph(model_bytes, manifest: dict, source: str = "art
     would otherwise load and fail on the first frame)."""
     from adtk.runtime.manifest import INPUT_NAME, OUTPUT_NAMES
 
-    inputs, outputs = graph_interface(model_bytes)
+    found, inputs, outputs = _read_graph(model_bytes)
     missing = [name for name in OUTPUT_NAMES if name not in outputs] + ([] if INPUT_NAME in inputs else [INPUT_NAME])
     if missing:
         raise ArtefactError(f"{source}: the graph lacks the artefact contract's {', '.join(missing)} (it has inputs "
                             f"{inputs[:4]}, outputs {outputs[:8]}): it is not an adtk artefact or it was edited "
                             "after the build. Do not use it; copy the artefact again from the build machine")
-    found = graph_values(model_bytes)
     disagreements = []
     for name, expected_of in EXPECTED_FROM_MANIFEST.items():
         if name not in found or found[name][1] is None:
