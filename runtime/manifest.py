@@ -11,7 +11,9 @@ import outside the standard library (a JSON-schema library would do the job but 
     validate_manifest(manifest)      # ArtefactError naming the field, what it is, and what was expected
 
 A manifest may carry more keys than the schema names (older readers ignore them); it may not lack one, nor
-hold one of the wrong type.
+hold one of the wrong type. The optional sections some builds add (input.tiling, ensemble, training.recipe_search)
+may be absent (a build that makes none, or one from before them); when present they are checked field by field
+like the rest, so a re-sealed manifest with a malformed one is refused on load, not met by a reader later.
 """
 
 from __future__ import annotations
@@ -78,6 +80,22 @@ class Field:
         return None
 
 
+class OptionalKey:
+    """A key a manifest may lack (a section only some builds write, or one older artefacts predate); when it is
+    there, its value must conform to `rule` (a nested dict, a Field or a ListOf), or be null when nullable."""
+
+    def __init__(self, rule, nullable: bool = False):
+        self.rule, self.nullable = rule, nullable
+
+
+class ListOf:
+    """A list whose every entry conforms to `item` (a nested dict or a Field), with at least `min_length`."""
+
+    def __init__(self, item, min_length: int = 0, expected: str | None = None):
+        self.item, self.min_length = item, min_length
+        self.expected = expected or "a list"
+
+
 def _finite(value) -> bool:
     return math.isfinite(value)
 
@@ -95,8 +113,53 @@ _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an 
 NUMBER = Field(int, float, check=_finite, expected="a finite number")
 COUNT = Field(int, check=lambda v: v >= 0, expected="an integer >= 0")
 TEXT = Field(str)
+POSITIVE = Field(int, check=lambda v: v > 0, expected="an integer > 0")
+ANY_NUMBER = Field(int, float, expected="a number")  # NaN allowed: the search writes it for an uncosted candidate
 
-# Required fields and their types. Nested dicts are objects whose listed keys are required.
+
+def _starts(value) -> bool:
+    return len(value) > 0 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
+# input.tiling: toolkit/geometry.py TileLayout.as_dict (null when the build is not tiled)
+TILING = {"working_size_px": Field(list, check=_positive_size, expected="[height, width], two integers > 0"),
+          "tile_px": POSITIVE,
+          "grid": Field(list, check=_positive_size, expected="[rows, columns], two integers > 0"),
+          "row_starts": Field(list, check=_starts, expected="a non-empty list of integers >= 0"),
+          "col_starts": Field(list, check=_starts, expected="a non-empty list of integers >= 0")}
+# ensemble: toolkit/build.py build_ensemble's record, one entry per (backbone, stages) member
+ENSEMBLE = {
+    "combine": TEXT,
+    "members": ListOf({"backbone": {"name": TEXT, "stages": ListOf(TEXT, expected="a list of stage names"),
+                                    "strides": ListOf(POSITIVE, expected="a list of integers > 0"),
+                                    "weights_source": TEXT, "weights_sha256": Field(str, nullable=True)},
+                       "fit": Field(dict),
+                       "standardisation": {"score_mean": NUMBER, "score_std": NUMBER, "map_mean": NUMBER,
+                                           "map_std": NUMBER}},
+                      min_length=2, expected="a list of 2 or more members"),
+}
+# training.recipe_search: toolkit/recipe_search.py search_and_build's record; a candidate is CandidateRow.as_dict.
+# The optional keys came with the geometry/ensemble candidates (artefacts of the first --method auto lack them).
+CANDIDATE = {
+    "backbone": TEXT, "stages": Field(list, str, expected="a list of stage names or 'default'"),
+    "image_size_px": Field(int, str, expected="an integer or a string"), "method": TEXT, "params": Field(dict),
+    "coreset_ratio": NUMBER, "bank_rows": COUNT, "predicted_ms": ANY_NUMBER, "predicted_mb": ANY_NUMBER,
+    "fits_budget": Field(bool), "validation_auroc": Field(int, float, nullable=True),
+    "fit_s": Field(int, float, nullable=True),
+    "ensemble": OptionalKey(ListOf(TEXT, expected="a list of backbone names")),
+    "tile": OptionalKey(Field(str, nullable=True)),
+    "model_size_px": OptionalKey(Field(list, nullable=True)), "tiles": OptionalKey(Field(list, nullable=True)),
+    "bank_rows_per_image": OptionalKey(ANY_NUMBER), "status": OptionalKey(TEXT),
+}
+RECIPE_SEARCH = {
+    "chosen": CANDIDATE, "validation": TEXT,
+    "candidates": ListOf(CANDIDATE, min_length=1, expected="a non-empty list of candidates"),
+    "costed_on": TEXT, "budget_enforced": Field(bool), "search_s": NUMBER, "fit_images_per_candidate": COUNT,
+    "time_budget_s": OptionalKey(Field(int, float, nullable=True)),
+    "skipped_for_time": OptionalKey(ListOf(TEXT, expected="a list of strings")), "target_note": OptionalKey(TEXT),
+}
+
+# Required fields and their types. Nested dicts are objects whose listed keys are required, but for OptionalKey ones.
 SCHEMA: dict[str, Any] = {
     "format": Field(str, check=_is(FORMAT_NAME), expected=repr(FORMAT_NAME)),
     "schema": Field(int, check=_is(SCHEMA_VERSION), expected=f"{SCHEMA_VERSION} (this runtime's schema version)"),
@@ -107,7 +170,7 @@ SCHEMA: dict[str, Any] = {
     "input": {"name": Field(str, check=_is(INPUT_NAME), expected=repr(INPUT_NAME)),
               "dtype": TEXT, "layout": TEXT, "channels": TEXT,
               "model_size_px": Field(list, check=_positive_size, expected="[height, width], two integers > 0"),
-              "resize": Field(dict), "normalise": Field(dict)},
+              "resize": Field(dict), "normalise": Field(dict), "tiling": OptionalKey(TILING, nullable=True)},
     "outputs": {**{name: TEXT for name in LEGACY_OUTPUT_NAMES},
                 "order": Field(list, check=lambda v: list(v) in (list(OUTPUT_NAMES), list(LEGACY_OUTPUT_NAMES)),
                                expected=f"the list {list(OUTPUT_NAMES)}")},
@@ -117,13 +180,17 @@ SCHEMA: dict[str, Any] = {
                     "map_threshold": NUMBER, "map_min": NUMBER, "map_max": NUMBER},
     "training": {"num_fit_images": COUNT, "num_calibration_images": COUNT, "list_sha256": TEXT,
                  "calibration_list_sha256": TEXT, "seed": Field(int),
-                 "max_train_images": Field(int, nullable=True)},
+                 "max_train_images": Field(int, nullable=True),
+                 "recipe_search": OptionalKey(RECIPE_SEARCH)},
     "target": {"name": TEXT, "precision": TEXT},
     "build": {"timings_s": Field(dict)},
+    "ensemble": OptionalKey(ENSEMBLE),
 }
 
 
 def _json_type(value) -> str:
+    if value is None:
+        return "null"
     for kind, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
                        (list, "a list"), (dict, "an object")):
         if isinstance(value, kind):
@@ -139,14 +206,29 @@ def schema_problems(manifest, schema: dict = SCHEMA, prefix: str = "") -> list[s
     for key, rule in schema.items():
         where = f"{prefix}.{key}" if prefix else key
         if key not in manifest:
-            problems.append(f"{where}: missing")
-        elif isinstance(rule, dict):
-            problems.extend(schema_problems(manifest[key], rule, where))
+            if not isinstance(rule, OptionalKey):
+                problems.append(f"{where}: missing")
         else:
-            problem = rule.problem(manifest[key])
-            if problem:
-                problems.append(f"{where}: {problem}")
+            problems.extend(_value_problems(manifest[key], rule, where))
     return problems
+
+
+def _value_problems(value, rule, where: str) -> list[str]:
+    if isinstance(rule, OptionalKey):
+        return [] if value is None and rule.nullable else _value_problems(value, rule.rule, where)
+    if isinstance(rule, dict):
+        return schema_problems(value, rule, where)
+    if isinstance(rule, ListOf):
+        if not isinstance(value, list):
+            return [f"{where}: must be {rule.expected}, got {_json_type(value)}"]
+        if len(value) < rule.min_length:
+            return [f"{where}: must be {rule.expected}, got {len(value)}"]
+        problems = []
+        for number, item in enumerate(value):
+            problems.extend(_value_problems(item, rule.item, f"{where}[{number}]"))
+        return problems
+    problem = rule.problem(value)
+    return [f"{where}: {problem}"] if problem else []
 
 
 def validate_manifest(manifest, source: str = "artefact") -> dict:

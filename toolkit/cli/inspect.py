@@ -38,8 +38,9 @@ def command(model, as_json, as_config):
     try:
         _print_summary(model, artefact, info, operators)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
-        # an optional manifest section the schema does not describe field by field (tiling, ensemble, the recipe
-        # search), in a shape no build writes: a re-sealed edit. Say so; --json shows the manifest as stored.
+        # a backstop: the schema (runtime/manifest.py) checks the sections read here, the optional ones
+        # (tiling, ensemble, the recipe search) too, so only a shape it does not pin down gets this far (a
+        # re-sealed edit). Say so; --json shows the manifest as stored.
         from adtk.runtime.errors import ArtefactError
 
         raise ArtefactError(f"{model}: the manifest has a malformed section ({type(exc).__name__}: {exc}); it was "
