@@ -72,8 +72,8 @@ def _open_fully_decoded(source: Path | bytes, name: str, what: str, hint: str,
     if isinstance(source, Path):
         try:
             size_bytes = source.stat().st_size
-        except FileNotFoundError:
-            raise fail("file not found") from None
+        except FileNotFoundError:  # nothing to remove and nothing to skip: say what is wrong with the name
+            raise DataError(f"{name}: file not found; it does not exist") from None
         except OSError as error:
             raise fail(f"cannot read file: {error.strerror or error}") from None
         if not source.is_file():
@@ -114,6 +114,30 @@ def check_pixel_budget(width: int, height: int, max_pixels: int, fail: Callable[
                    f"of {max_pixels / 1e6:.1f} MP (--max-pixels / ${MAX_PIXELS_ENV}); downscale it before sending")
 
 
+# Pillow's PNG plugin refuses a text (tEXt/zTXt/iTXt) or colour-profile (iCCP) chunk that decompresses past
+# PngImagePlugin.MAX_TEXT_CHUNK, or text chunks past MAX_TEXT_MEMORY in all: its messages name those internals
+_METADATA_LIMITS = ("MAX_TEXT_CHUNK", "MAX_TEXT_MEMORY")
+_BMP_INFO_HEADER_SIZES = (40, 52, 56, 64, 108, 124)  # the BMP headers with a signed 32-bit width at offset 18
+
+
+def _malformed_size(source) -> str | None:
+    """Why a header's enormous declared size is no size at all, or None: a BMP's width is a signed 32-bit field
+    that Pillow reads unsigned, so a negative one (a corrupt or crafted header) reads as ~4.3 billion px."""
+    try:
+        if isinstance(source, Path):
+            with open(source, "rb") as stream:
+                head = stream.read(26)
+        else:
+            head = source.getvalue()[:26]
+    except OSError:
+        return None
+    if len(head) == 26 and head[:2] == b"BM":
+        header_size, width = struct.unpack_from("<Ii", head, 14)
+        if header_size in _BMP_INFO_HEADER_SIZES and width <= 0:
+            return f"malformed BMP header: width {width} px"
+    return None
+
+
 def _decode_strictly(source, fail: Callable[[str], DataError], max_pixels: int) -> Image.Image:
     """Header -> budget check -> decode all pixels -> EXIF orientation; map decoder errors to ``fail``."""
     try:
@@ -123,6 +147,8 @@ def _decode_strictly(source, fail: Callable[[str], DataError], max_pixels: int) 
             warnings.simplefilter("ignore")
             with Image.open(source, formats=_registered_formats()) as opened:
                 # Image.open read only the header: nothing of the declared size exists yet.
+                if opened.width * opened.height > max_pixels and (malformed := _malformed_size(source)):
+                    raise fail(malformed)
                 check_pixel_budget(opened.width, opened.height, max_pixels, fail)
                 opened.load()  # inside the try: pixels decode lazily, and a truncated stream fails here
                 if opened.width * opened.height > max_pixels:  # a plugin that resized on load (JPEG draft)
@@ -134,14 +160,17 @@ def _decode_strictly(source, fail: Callable[[str], DataError], max_pixels: int) 
         raise fail("unrecognised format: not a PNG, JPEG, BMP, TIFF, WebP, GIF or PPM image, or its header "
                    "is corrupt or cut off") from None
     except Image.DecompressionBombError:  # Pillow's own limit tripped inside Image.open: far over any budget
-        raise fail(f"declared size is over the pixel budget of {max_pixels / 1e6:.1f} MP (and over Pillow's "
-                   f"decompression-bomb limit); downscale it before sending") from None
+        raise fail(_malformed_size(source) or f"declared size is over the pixel budget of {max_pixels / 1e6:.1f} MP "
+                   "(and over Pillow's decompression-bomb limit); downscale it before sending") from None
     except MemoryError:
         raise fail("not enough memory to decode it") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, TypeError, IndexError, KeyError,
             ZeroDivisionError, OverflowError, AttributeError) as error:
         # Pillow's parsers raise all of these on malformed headers (fuzzed files found each one).
         message = str(error)
+        if any(limit in message for limit in _METADATA_LIMITS):
+            raise fail("oversized metadata chunk: a text or colour-profile chunk that decompresses far beyond any "
+                       "real one; refused") from None
         reason = "truncated file" if "truncat" in message.lower() else message or type(error).__name__
         raise fail(reason) from None
 
@@ -158,7 +187,7 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
         return image.copy()
 
 
-def _to_rgb_uint8(image: Image.Image, name: str) -> np.ndarray:
+def _to_rgb_uint8(image: Image.Image, name: str, hint: str = SKIP_BAD_HINT) -> np.ndarray:
     """Convert a decoded Pillow image of any mode to uint8 RGB [H, W, 3].
 
     Pillow turns the rarer modes (1, P, PA, CMYK, YCbCr, LAB, HSV, I;16 variants) into one of
@@ -182,7 +211,7 @@ def _to_rgb_uint8(image: Image.Image, name: str) -> np.ndarray:
             array = np.asarray(image.convert("RGB"))
     except (ValueError, OSError) as error:
         raise DataError(
-            f"{name}: cannot decode (unsupported image mode {mode!r}: {error}); {SKIP_BAD_HINT}"
+            f"{name}: cannot decode (unsupported image mode {mode!r}: {error}); {hint}"
         ) from None
     return to_rgb_frame(scale_to_uint8(array, name), name)
 
@@ -206,7 +235,7 @@ def decode_image(source: str | os.PathLike | bytes, name: str | None = None, max
         data = Path(source)
         name = name or str(data)
     image = _open_fully_decoded(data, name, "image", hint, max_pixels)
-    rgb = _to_rgb_uint8(image, name)
+    rgb = _to_rgb_uint8(image, name, hint)
     # Pillow hands out read-only buffers; callers (torch.from_numpy among them) expect a writable array.
     return rgb if rgb.flags.writeable else rgb.copy()
 

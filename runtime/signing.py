@@ -107,6 +107,9 @@ def verify_signature_digest(file_sha256: str, source: str | Path, sig_path: str 
     from cryptography.exceptions import InvalidSignature
 
     sig_path = Path(sig_path)
+    if sig_path.is_dir():
+        raise ArtefactError(f"{sig_path}: is a directory, not a signature file; replace it with the file "
+                            f"`adtk sign {Path(source).name} --key PRIVATE.pem` writes")
     if not sig_path.is_file():
         raise ArtefactError(f"{source}: a public key is configured ({public_key_path}) but there is no signature "
                             f"{sig_path.name}; sign it with `adtk sign {Path(source).name} --key PRIVATE.pem`")

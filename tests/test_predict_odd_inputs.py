@@ -62,3 +62,12 @@ def test_inspect_names_a_malformed_optional_manifest_section(runner, tiny_build,
         assert "input.tiling.working_size_px: missing" in result.output and "rebuild the artefact" in result.output
         assert "internal error" not in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1
+
+
+def test_an_image_path_that_does_not_exist_is_named_as_missing(runner, tiny_build, tmp_path):
+    missing = tmp_path / "no_such_part.png"
+    result = runner.invoke(cli, ["predict", str(tiny_build.artefact), str(missing)])
+    assert result.exit_code != 0
+    assert f"{missing}: file not found; it does not exist" in result.output
+    assert "remove it" not in result.output and "cannot decode" not in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1

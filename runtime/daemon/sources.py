@@ -25,6 +25,9 @@ from adtk.runtime.errors import ConfigError, DataError
 from adtk.runtime.extras import require
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
+# what an undecodable frame's message ends with (the decoder's default hint names --skip-bad, an option of adtk
+# predict and adtk build that adtk serve does not have: the daemon always skips such a frame)
+SKIPPED_HINT = "skipped; the daemon goes on with the next frame"
 
 
 @dataclass
@@ -145,7 +148,7 @@ class FolderSource:
         return found
 
     def frames(self, counter: FrameCounter, stop: threading.Event, on_reopen=None) -> Iterator[Frame]:
-        from adtk.runtime.images import read_image
+        from adtk.runtime.images import decode_image
 
         while not stop.is_set():
             try:
@@ -177,7 +180,7 @@ class FolderSource:
                 self._pending.pop(name, None)
                 path = self.folder / name
                 try:
-                    yield counter.make(str(path), read_image(path, max_pixels=self.max_pixels))
+                    yield counter.make(str(path), decode_image(path, max_pixels=self.max_pixels, hint=SKIPPED_HINT))
                 except DataError as exc:
                     yield counter.make(str(path), None, str(exc))
                 if stop.is_set():

@@ -95,3 +95,47 @@ def test_detector_refuses_empty_batches_and_frames_over_budget(tiny_build):
     with pytest.raises(DataError, match="pixel budget"):
         detector.predict(np.zeros((300, 300, 3), np.uint8))
     assert detector.predict(np.zeros((1, 200, 200, 3), np.uint8)).pred_score.shape == (1,)
+
+
+def test_a_bmp_with_a_negative_width_is_malformed_not_over_the_budget(tmp_path, monkeypatch):
+    from tests.runtime.hostile_inputs import bmp_declaring
+
+    data = bmp_declaring(-5, 16)  # int32 -5: Pillow reads it unsigned, ~4.3 billion px wide
+    path = tmp_path / "negative.bmp"
+    path.write_bytes(data)
+    for source in (data, path):
+        with pytest.raises(DataError, match=r"malformed BMP header: width -5 px") as caught:
+            decode_image(source, max_pixels=BUDGET)
+        assert "pixel budget" not in str(caught.value)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # Pillow's own bomb check switched off by someone
+    with pytest.raises(DataError, match=r"malformed BMP header: width -5 px"):
+        decode_image(data, max_pixels=BUDGET)
+    # a genuine bomb BMP is still over the budget
+    with pytest.raises(DataError, match="over the pixel budget"):
+        decode_image(bmp_declaring(30000, 30000), max_pixels=BUDGET)
+
+
+@pytest.mark.parametrize("kind, payload_head, where", [
+    (b"zTXt", b"Comment\0\0", "before IDAT"),
+    (b"zTXt", b"Comment\0\0", "after IDAT"),
+    (b"iCCP", b"profile\0\0", "before IDAT"),
+])
+def test_a_png_with_a_huge_compressed_metadata_chunk_is_refused_in_plain_words(tmp_path, kind, payload_head, where):
+    import struct
+    import zlib
+
+    from tests.runtime.hostile_inputs import png_bytes
+
+    def chunk(name: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + name + data + struct.pack(">I", zlib.crc32(name + data))
+
+    good = png_bytes(np.full((8, 8, 3), 90, np.uint8))
+    bomb = chunk(kind, payload_head + zlib.compress(b"\0" * (64 << 20), 9))  # 64 KB inflating to 64 MB
+    at = 33 if where == "before IDAT" else len(good) - 12  # after IHDR, or before IEND
+    data = good[:at] + bomb + good[at:]
+    path = tmp_path / "bomb.png"
+    path.write_bytes(data)
+    for source in (data, path):
+        with pytest.raises(DataError, match="oversized metadata chunk") as caught:
+            decode_image(source)
+        assert "MAX_TEXT" not in str(caught.value) and "PngImagePlugin" not in str(caught.value)

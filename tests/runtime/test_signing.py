@@ -51,3 +51,13 @@ def test_signature_of_another_file_is_refused_and_env_key_is_used(signed, monkey
         Detector.load(artefact, backend="cpu")
     monkeypatch.delenv(PUBLIC_KEY_ENV)
     Detector.load(artefact, backend="cpu")  # no key configured: signatures are not checked
+
+
+def test_a_signature_path_that_is_a_directory_is_named_as_one(signed):
+    artefact, public, _ = signed
+    sig = signature_path(artefact)
+    sig.unlink()
+    sig.mkdir()
+    with pytest.raises(ArtefactError, match=r"model\.onnx\.sig: is a directory, not a signature file") as caught:
+        Detector.load(artefact, backend="cpu", public_key=public)
+    assert "no signature" not in str(caught.value)

@@ -44,3 +44,21 @@ def test_a_symlink_loop_among_the_models_is_refused_once_and_a_new_model_is_stil
     assert watcher.take() is not None
     assert [name for name, _ in refused] == ["loop.onnx"]
     assert "cannot read it" in refused[0][1]
+
+
+def test_an_undecodable_frame_says_the_daemon_skips_it_not_to_pass_skip_bad(tmp_path):
+    """adtk serve has no --skip-bad (the decoder's hint for predict and build): the daemon skips the frame."""
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "b_broken.png").write_bytes((tmp_path / "a.png").read_bytes()[:60])  # a truncated PNG
+    source, stop = FolderSource(tmp_path, poll_s=0.01), threading.Event()
+    deadline = threading.Timer(10.0, stop.set)
+    deadline.start()
+    frames = []
+    for frame in source.frames(FrameCounter(), stop):
+        frames.append(frame)
+        if len(frames) >= 2:
+            break
+    deadline.cancel()
+    errors = [f.error for f in frames if f.image is None]
+    assert len(errors) == 1 and "b_broken.png: cannot decode image" in errors[0]
+    assert errors[0].endswith("skipped; the daemon goes on with the next frame") and "--skip-bad" not in errors[0]
