@@ -398,13 +398,17 @@ class _Handler(BaseHTTPRequestHandler):
             if body is None:
                 return
             try:
-                self._send(*self.api.predict(body))
+                status, record = self.api.predict(body)
+                reply = status, (json.dumps(record) + "\n").encode()  # as _send would: a failure here is scoring's
             except DataError as exc:
                 self.api.refused("http_requests_refused", "undecodable image", str(exc))
-                self._send(400, {"error": str(exc)})
+                reply = 400, {"error": str(exc)}
             except Exception as exc:  # noqa: BLE001 - a bad request must not take the server thread down
                 self.api.service.metrics.inc("scoring_errors")
                 self.api.service.log("http scoring error", f"{type(exc).__name__}: {exc}")
-                self._send(500, {"error": f"{type(exc).__name__}: {exc}"})
+                reply = 500, {"error": f"{type(exc).__name__}: {exc}"}
+            # outside the scoring's try: a client that resets the connection while the reply is written is a
+            # client gone (handle_error), not a scoring error
+            self._send(*reply)
         finally:
             self.api.body_slots.release()

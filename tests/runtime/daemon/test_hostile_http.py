@@ -266,3 +266,38 @@ def test_a_content_length_of_thousands_of_digits_is_too_large_not_missing(daemon
     sock.close()
     assert answer.startswith(b"HTTP/1.1 413") and b"5000 digits" in answer
     assert http(port, "/health")[0] == 200
+
+
+def test_a_client_resetting_the_connection_while_the_reply_is_written_is_gone_not_a_scoring_error(
+        daemon, monkeypatch, test_images):
+    """The frame was scored; the client reset the connection (RST) before its answer was written: a client gone,
+    one line, not counted as a scoring error (the write used to fail inside the scoring's try)."""
+    import struct
+
+    service, port, log = daemon
+    scored, reset = threading.Event(), threading.Event()
+    real_predict = ApiServer.predict
+
+    def predict_then_wait_for_the_reset(self, body):
+        reply = real_predict(self, body)
+        scored.set()
+        reset.wait(10)
+        time.sleep(0.2)  # the RST reaches the daemon's socket before it writes the answer
+        return reply
+
+    monkeypatch.setattr(ApiServer, "predict", predict_then_wait_for_the_reset)
+    image = png_bytes(test_images[0])
+    client = socket.create_connection(("127.0.0.1", port), timeout=10)
+    client.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(image) + image)
+    assert scored.wait(30), "the frame was never scored"
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST, not FIN
+    client.close()
+    reset.set()
+    deadline = time.monotonic() + 10
+    while not any(kind == "http client gone" for kind, _ in list(log.lines)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    kinds = [kind for kind, _ in log.lines]
+    assert "http client gone" in kinds and "http scoring error" not in kinds and "http error" not in kinds
+    assert counts(service)["scoring_errors"] == 0 and counts(service)["http_predictions"] == 1
+    monkeypatch.setattr(ApiServer, "predict", real_predict)
+    assert http(port, "/predict", image)[0] == 200  # the daemon goes on
