@@ -647,7 +647,7 @@ def build_ensemble(config: BuildConfig, choices, geometry: Geometry, index: Data
                                                                       reports)]}
     manifest = make_manifest(config, methods[0], backbones[0], members[0].preprocess, calibration, fit_samples,
                              calib_samples, {"members": [m["fit"] for m in ensemble_record["members"]]}, timings,
-                             geometry=geometry)
+                             training_records=dict(config.records), geometry=geometry)  # e.g. --method auto's search
     manifest["ensemble"] = ensemble_record  # "backbone" above is the first member's, for readers that know one
     tic = time.perf_counter()
     fp32_model = export_model(graph, manifest, geometry.model_hw)

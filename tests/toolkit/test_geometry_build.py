@@ -173,8 +173,11 @@ def test_ensemble_of_two_backbones_standardises_members_and_matches_the_torch_re
     """Two members (a fine stride-4 stage set and the default stages), non-square: one artefact, parity with torch.
     Its image score is the averaged map's maximum (--image-score-from map_max: that path's ensemble parity)."""
     config = _config(tall_dataset, tmp_path, image_size_px="128x64", backbone="tf_efficientnet_lite0",
-                     stages=("blocks.1", "blocks.2"), ensemble=("mobilenetv2_100",), image_score_from="map_max")
+                     stages=("blocks.1", "blocks.2"), ensemble=("mobilenetv2_100",), image_score_from="map_max",
+                     records={"chosen_by": "a caller's record"})
     result = build(config, log=lambda m: None, index=tall_dataset)
+    # the caller's facts reach the manifest's training section (--method auto records its search there)
+    assert result.manifest["training"]["chosen_by"] == "a caller's record"
     members = result.manifest["ensemble"]["members"]
     assert [m["backbone"]["name"] for m in members] == ["tf_efficientnet_lite0", "mobilenetv2_100"]
     assert members[0]["backbone"]["strides"] == [4, 8]
