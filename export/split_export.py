@@ -298,11 +298,32 @@ def _shape_slice(node, shape):
     return shape[attrs.get("start", 0):attrs.get("end", len(shape))]
 
 
+def rename_clashing_names(part, front) -> None:
+    """Rename, in `part`, the values whose names `front` uses too: each part is traced on its own and the tracer
+    names values by position (both can hold a "/Constant_output_0"), which merge_models refuses. The part's graph
+    inputs and outputs keep their names (the joint and the artefact's contract)."""
+    graph = part.graph
+    taken = ({name for node in front.graph.node for name in node.output} | {i.name for i in front.graph.initializer}
+             | {v.name for v in front.graph.value_info} | {i.name for i in front.graph.input})
+    fixed = {i.name for i in graph.input} | {o.name for o in graph.output}
+    mine = ({name for node in graph.node for name in node.output} | {i.name for i in graph.initializer}
+            | {v.name for v in graph.value_info})
+    renamed = {name: f"part{name}" if name.startswith("/") else f"part/{name}" for name in mine & taken - fixed}
+    if not renamed:
+        return
+    for node in graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+        node.output[:] = [renamed.get(name, name) for name in node.output]
+    for entry in (*graph.initializer, *graph.value_info):
+        entry.name = renamed.get(entry.name, entry.name)
+
+
 def merge_front_and_part(front, part):
     """One ModelProto: the front's output feeds the part's input (onnx.compose), the front's graph input kept."""
     from onnx import compose
 
     part.ir_version = front.ir_version  # the tracer writes an older IR version; merge_models wants one
+    rename_clashing_names(part, front)
     merged = compose.merge_models(front, part, io_map=[(FRONT_OUTPUT, FRONT_OUTPUT)])
     merged.graph.name = front.graph.name
     # merge_models lists a domain once per part; tools that look the opset up (onnxruntime's quantiser) want one

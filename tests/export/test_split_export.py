@@ -197,3 +197,25 @@ def test_folding_reads_a_shape_nodes_start_attribute():
     assert "Shape" not in [node.op_type for node in model.graph.node]
     x = np.zeros((2, 3, 4, 5), np.float32)
     assert session(model.SerializeToString()).run(None, {"x": x})[0] == 5.0
+
+
+def test_parts_that_name_a_value_alike_merge_with_the_parts_copy_renamed():
+    """Each part is traced alone and the tracer names values by position: both may hold "/Constant_output_0"."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from adtk.export.split_export import FRONT_OUTPUT, merge_front_and_part
+
+    def one_add(name_in, name_out, value):
+        constant = helper.make_node("Constant", [], ["/Constant_output_0"],
+                                    value=numpy_helper.from_array(np.float32(value)))
+        graph = helper.make_graph([constant, helper.make_node("Add", [name_in, "/Constant_output_0"], [name_out])],
+                                  name_out, [helper.make_tensor_value_info(name_in, TensorProto.FLOAT, [2])],
+                                  [helper.make_tensor_value_info(name_out, TensorProto.FLOAT, [2])])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+    front, part = one_add(INPUT_NAME, FRONT_OUTPUT, 1.0), one_add(FRONT_OUTPUT, "raw_score", 10.0)
+    merged = merge_front_and_part(front, part)
+    onnx.checker.check_model(merged)
+    assert [i.name for i in merged.graph.input] == [INPUT_NAME] and [o.name for o in merged.graph.output] == ["raw_score"]
+    got = session(merged.SerializeToString()).run(None, {INPUT_NAME: np.array([0.0, 2.0], np.float32)})[0]
+    np.testing.assert_array_equal(got, [11.0, 13.0])
