@@ -194,7 +194,8 @@ def extract_features(config: BuildConfig, inputs: BuildInputs, steps: BuildSteps
     if inputs.target is not None:  # refuse an architecture that cannot fit before any image is read or fitted
         probe = probe_model(preprocess, backbone, method.embedding(tuple(backbone.channels)).eval(),
                             method.with_params(), config.blur_sigma,  # a copy: the probe's fit leaves no trace
-                            geometry=inputs.geometry, tiling=tiling)
+                            geometry=inputs.geometry, tiling=tiling,
+                            image_score_from=image_score_source(config, method))
         refuse_unfit_architecture(probe, inputs.target, inputs.precision, config.precision == "auto")
     with steps.timed("prepare_backbone"), steps.step_progress("finetune") as progress:
         # methods that change the backbone (REB's fine-tuning) do it here, before any feature is extracted

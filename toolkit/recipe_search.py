@@ -296,7 +296,8 @@ def cost_key(components: _Components, key: FeatureKey, recipe: Recipe, target, p
     pipeline = components.pipeline(key, recipe)
     probe_method = _method(recipe, 0.1, components.config.seed)
     probe = probe_model(pipeline.preprocess, pipeline.backbone, pipeline.embedding, probe_method,
-                        components.config.blur_sigma, geometry=key.geometry, tiling=pipeline.tiling)
+                        components.config.blur_sigma, geometry=key.geometry, tiling=pipeline.tiling,
+                        image_score_from=components.config.image_score_from)
     estimate = estimate_cost(probe, target, precision)
     frames = torch.zeros((2, *pipeline.preprocess.image_size_px, 3), dtype=torch.uint8)
     tic = time.perf_counter()

@@ -107,10 +107,11 @@ def _shrink_head(estimate: CostEstimate, precision: str, method):
 
 @torch.no_grad()
 def probe_graph(preprocess, backbone, embedding, method, blur_sigma: float, num_frames: int = 2, geometry=None,
-                tiling=None):
+                tiling=None, image_score_from: str | None = None):
     """The scoring graph of an architecture with a head fitted on `num_frames` noise frames (what probe_model
     exports). geometry/tiling: the build's input geometry (toolkit/geometry.py); default the preprocess's size,
-    untiled."""
+    untiled. image_score_from: the build's (None: the method's default), so the probe costs the graph the build
+    will export (the map-max score prunes the head's re-weighting)."""
     from adtk.toolkit.geometry import Geometry
     from adtk.toolkit.methods.base import FitInputs
     from adtk.toolkit.scoring import backbone_inputs, scoring_graph
@@ -120,18 +121,20 @@ def probe_graph(preprocess, backbone, embedding, method, blur_sigma: float, num_
     frames = torch.from_numpy(rng.integers(0, 256, (num_frames, *preprocess.image_size_px, 3), dtype=np.uint8))
     features = embedding(backbone(backbone_inputs(preprocess, tiling, frames))).numpy()
     head = method.head(method.fit(FitInputs(features, tuple(backbone.channels))))
-    return scoring_graph(preprocess, backbone, embedding, head, geometry, blur_sigma, tiling)
+    return scoring_graph(preprocess, backbone, embedding, head, geometry, blur_sigma, tiling,
+                         image_score_from or method.default_image_score_from)
 
 
 def probe_model(preprocess, backbone, embedding, method, blur_sigma: float, num_frames: int = 2, geometry=None,
-                tiling=None):
+                tiling=None, image_score_from: str | None = None):
     """An fp32 export of probe_graph: its cost estimate costs everything but the head (within ~2% of the same
     graph exported for frames of any size: bench/results/probe_export.md), before any training image is read
     (refuse-before-the-fit). Exported with static shapes, ~2-3x faster: the probe is only costed, never run.
     Its one frame has probe_frame_hw's size."""
     from adtk.export.formats import export_model
 
-    graph = probe_graph(preprocess, backbone, embedding, method, blur_sigma, num_frames, geometry, tiling)
+    graph = probe_graph(preprocess, backbone, embedding, method, blur_sigma, num_frames, geometry, tiling,
+                        image_score_from)
     return export_model(graph, {"input": preprocess.contract()}, preprocess.image_size_px,
                         static_frame_hw=probe_frame_hw(preprocess))
 
