@@ -57,7 +57,9 @@ def _config(tall_dataset, tmp_path, **overrides):
 
 
 def test_tiled_build_scores_tiles_in_the_graph_and_matches_the_torch_reference(tall_dataset, tmp_path):
-    result = build(_config(tall_dataset, tmp_path, image_size_px="auto", tile="64:16"), log=lambda m: None, index=tall_dataset)
+    # the head's image score (PatchCore's default is the map's maximum: the tiled CLI build below checks that one)
+    result = build(_config(tall_dataset, tmp_path, image_size_px="auto", tile="64:16", image_score_from="head"),
+                   log=lambda m: None, index=tall_dataset)
     manifest = result.manifest
     assert manifest["input"]["model_size_px"] == [160, 64]  # aspect kept, short side = the tile
     assert manifest["input"]["tiling"]["grid"] == [3, 1]
