@@ -45,6 +45,15 @@ from adtk.export.passes.tensorrt_check import MAX_TENSOR_ELEMENTS
 # whole search's time per frame over three runs, a 6,850-row one 0.79-0.97x; 2^21-2^22 was level or a little
 # slower, 2^23 lost most of the gain (bench/bank_chunks.py, bench/results/bank_chunks.md).
 CPU_CACHE_CHUNK_ELEMENTS = 2 ** 20
+# Why a chunk's ArgMin/ArgMax is done in two levels: onnxruntime's ArgMin walks a row one element at a time, ~7x
+# slower than its vectorised ReduceMin (1,024 x 1,088 floats: 0.41 vs 0.06 ms on 2 cores), and a head may need the
+# nearest row of every patch (a local-density head does): at a 70k-row bank its chunks' ArgMins were 29% of the frame. Viewed as [.., P, G, g]
+# (g consecutive rows per group), a ReduceMin over each group, an ArgMin over the G group minima and one over the
+# g values of the winning group give the same index (the first group holding the minimum, then the first index
+# in it: ONNX's tie rule, or the last of each with select_last_index) in 0.20 ms. g = 32 was the fastest of
+# 8 / 16 / 32 / 64 there (0.35 / 0.22 / 0.20 / 0.21 ms). Chunks hold whole groups of g where the size limit allows
+# (_chunk_bounds); a chunk of another size takes the largest power of two below g dividing it.
+ARG_GROUP_ROWS = 32
 
 
 def chunk_bank_reductions(model, max_elements: int = MAX_TENSOR_ELEMENTS, batch: int = 1):
@@ -65,12 +74,23 @@ def chunk_bank_reductions(model, max_elements: int = MAX_TENSOR_ELEMENTS, batch:
         dims = shapes.get(node.output[0], (0, ("?",)))[1]
         if any(not isinstance(d, int) for d in dims) or int(np.prod(dims)) <= max_elements:
             continue
-        chunks = _rewrite(out, node, shapes, dims[-1], math.ceil(int(np.prod(dims)) / max_elements))
+        chunks = _rewrite(out, node, shapes, dims[-1], math.ceil(int(np.prod(dims)) / max_elements),
+                          max_rows=max_elements // (int(np.prod(dims)) // dims[-1]))
         if chunks:
             done.append({"matmul": node.name or node.output[0], "rows": int(dims[-1]), "chunks": chunks})
     if done:
         _topological_sort(out.graph)
     return out, done
+
+
+def _chunk_bounds(rows: int, chunks: int, max_rows: int, least_rows: int) -> np.ndarray:
+    """Chunk bounds over `rows`: whole ARG_GROUP_ROWS groups per chunk (the last takes the rest) where that fits
+    max_rows and leaves every chunk least_rows, else `chunks` near-equal chunks."""
+    per = math.ceil(rows / chunks / ARG_GROUP_ROWS) * ARG_GROUP_ROWS
+    count = math.ceil(rows / per)
+    if per <= max_rows and count >= 2 and rows - (count - 1) * per >= least_rows:
+        return np.minimum(np.arange(count + 1) * per, rows).astype(np.int64)
+    return np.linspace(0, rows, chunks + 1).astype(np.int64)
 
 
 def _axis_is_last(model, node, rank: int) -> bool:
@@ -86,8 +106,8 @@ def _axis_is_last(model, node, rank: int) -> bool:
     return int(attrs.get("axis", 0 if node.op_type != "TopK" else -1)) in (-1, rank - 1)
 
 
-def _rewrite(model, matmul, shapes, rows: int, chunks: int) -> int:
-    """-> the number of chunks the search was split into (0: left as it was)."""
+def _rewrite(model, matmul, shapes, rows: int, chunks: int, max_rows: int) -> int:
+    """-> the number of chunks the search was split into (0: left as it was). max_rows: most rows a chunk may hold."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
@@ -106,15 +126,18 @@ def _rewrite(model, matmul, shapes, rows: int, chunks: int) -> int:
             return 0  # a consumer this pass cannot split: leave the graph as it is (the check reports it)
     if not reductions or tensors & {o.name for o in graph.output}:
         return 0
+    least_rows = 1
     for red in reductions:  # every chunk must hold at least a TopK's K rows
         if red.op_type == "TopK":
             k = constant_value(model, red.input[1])
             if k is None:
                 return 0
-            chunks = min(chunks, rows // max(1, int(np.asarray(k).ravel()[0])))
+            least_rows = max(least_rows, int(np.asarray(k).ravel()[0]))
+            chunks = min(chunks, rows // max(1, least_rows))
     if chunks < 2:
         return 0
-    bounds = np.linspace(0, rows, chunks + 1).astype(np.int64)
+    bounds = _chunk_bounds(rows, chunks, max_rows, least_rows)
+    chunks = len(bounds) - 1
     new_nodes, new_inits = [], []
     stored = _stored_in_chunks(model, {id(n) for n in (matmul, *region)})
     chunked = {}  # the operands stored in chunks: their wholes go
@@ -172,8 +195,17 @@ def _rewrite(model, matmul, shapes, rows: int, chunks: int) -> int:
             renamed[node.output[0]] = f"{node.output[0]}__chunk{c}"
             new_nodes.append(helper.make_node(node.op_type, inputs, [renamed[node.output[0]]],
                                               **{a.name: helper.get_attribute_value(a) for a in node.attribute}))
-        for red in reductions:
-            new_nodes.extend(_partial(red, renamed[red.input[0]], c, starts, axis_last))
+        extrema = {}  # (chunk tensor, ReduceMin|ReduceMax) -> a partial already holding that value
+        for red in sorted(reductions, key=lambda r: r.op_type not in ("ArgMin", "ArgMax")):  # Arg* first
+            chunk_input = renamed[red.input[0]]
+            value_op = {"ArgMin": "ReduceMin", "ArgMax": "ReduceMax"}.get(red.op_type, red.op_type)
+            shared = extrema.get((chunk_input, value_op))
+            if red.op_type in ("ReduceMin", "ReduceMax") and shared:  # the same minimum: read it, not the chunk
+                new_nodes.append(helper.make_node("Identity", [shared], [f"{red.output[0]}__part{c}_v"]))
+                continue
+            new_nodes.extend(_partial(red, chunk_input, c, starts, axis_last, rank, end - start))
+            if red.op_type in ("ArgMin", "ArgMax"):
+                extrema.setdefault((chunk_input, value_op), f"{red.output[0]}__part{c}_v")
     for red in reductions:
         new_nodes.extend(_merge(red, chunks, axis_last))
     removed = {id(n) for n in (matmul, *region, *reductions)}
@@ -217,7 +249,7 @@ def _stored_in_chunks(model, search: set[int]) -> dict:
     return stored
 
 
-def _partial(red, chunk_input: str, c: int, start, axis_last: str) -> list:
+def _partial(red, chunk_input: str, c: int, start, axis_last: str, rank: int, chunk_rows: int) -> list:
     """start(): the name of the chunk's first-row constant (made on first use)."""
     from onnx import helper
 
@@ -226,6 +258,10 @@ def _partial(red, chunk_input: str, c: int, start, axis_last: str) -> list:
     if red.op_type in ("ReduceMin", "ReduceMax"):
         return [helper.make_node(red.op_type, [chunk_input, axis_last], [f"{base}_v"], keepdims=1)]
     if red.op_type in ("ArgMin", "ArgMax"):
+        group = _arg_group_rows(chunk_rows)
+        if group > 1:
+            return _two_level_arg(red.op_type, chunk_input, base, rank, chunk_rows, group,
+                                  attrs.get("select_last_index", 0), start)
         value_op = "ReduceMin" if red.op_type == "ArgMin" else "ReduceMax"
         return [helper.make_node(value_op, [chunk_input, axis_last], [f"{base}_v"], keepdims=1),
                 helper.make_node(red.op_type, [chunk_input], [f"{base}_local"], axis=-1, keepdims=1,
@@ -235,6 +271,50 @@ def _partial(red, chunk_input: str, c: int, start, axis_last: str) -> list:
     return [helper.make_node("TopK", [chunk_input, red.input[1]], [f"{base}_v", f"{base}_local"], axis=-1,
                              largest=attrs.get("largest", 1), sorted=1),
             helper.make_node("Add", [f"{base}_local", start()], [f"{base}_i"])]
+
+
+def _arg_group_rows(chunk_rows: int) -> int:
+    """The rows per group of a two-level Arg* (ARG_GROUP_ROWS, or the largest power of two below it that divides
+    chunk_rows); 1 = none (an odd chunk, or one with fewer than two groups: a plain Arg*)."""
+    group = ARG_GROUP_ROWS
+    while group > 1 and (chunk_rows % group or chunk_rows < 2 * group):
+        group //= 2
+    return group
+
+
+def _two_level_arg(op: str, chunk_input: str, base: str, rank: int, rows: int, group: int, select_last: int,
+                   start) -> list:
+    """The chunk's value (_v) and global index (_i) of its ArgMin/ArgMax, through groups of `group` rows (why:
+    ARG_GROUP_ROWS). [.., P, rows] -> [.., P, G, group] -> group extrema [.., P, G] -> winning group [.., P, 1] ->
+    its `group` values [.., P, 1, group] -> index in the group; index = group x winner + index in the group."""
+    from onnx import helper, numpy_helper
+
+    reduce_op = "ReduceMin" if op == "ArgMin" else "ReduceMax"
+
+    def const(suffix, values):
+        return numpy_helper.from_array(np.asarray(values, dtype=np.int64), f"{base}_{suffix}")
+
+    shape = const("grouped_shape", [0] * (rank - 1) + [rows // group, group])  # 0: keep that dim (batch, P)
+    axis = const("axis_last", [-1])
+    expand = const("group_shape", [1] * rank + [group])
+    width = const("group_rows", [group])
+    nodes = [
+        helper.make_node("Reshape", [chunk_input, shape.name], [f"{base}_groups"]),
+        helper.make_node(reduce_op, [f"{base}_groups", axis.name], [f"{base}_group_v"], keepdims=0),
+        helper.make_node(reduce_op, [f"{base}_group_v", axis.name], [f"{base}_v"], keepdims=1),
+        helper.make_node(op, [f"{base}_group_v"], [f"{base}_group"], axis=-1, keepdims=1,
+                         select_last_index=select_last),
+        helper.make_node("Unsqueeze", [f"{base}_group", axis.name], [f"{base}_group_1"]),
+        helper.make_node("Expand", [f"{base}_group_1", expand.name], [f"{base}_group_g"]),
+        helper.make_node("GatherElements", [f"{base}_groups", f"{base}_group_g"], [f"{base}_winning"], axis=-2),
+        helper.make_node(op, [f"{base}_winning"], [f"{base}_in_group"], axis=-1, keepdims=0,
+                         select_last_index=select_last),
+        helper.make_node("Mul", [f"{base}_group", width.name], [f"{base}_group_start"]),
+        helper.make_node("Add", [f"{base}_group_start", f"{base}_in_group"], [f"{base}_local"]),
+        helper.make_node("Add", [f"{base}_local", start()], [f"{base}_i"]),
+    ]
+    # the constants travel as Constant nodes (this function's caller adds initializers only through its own const)
+    return [helper.make_node("Constant", [], [t.name], value=t) for t in (shape, axis, expand, width)] + nodes
 
 
 def _merge(red, chunks: int, axis_last: str) -> list:
@@ -251,7 +331,8 @@ def _merge(red, chunks: int, axis_last: str) -> list:
     nodes.append(helper.make_node("Concat", indices, [all_i], axis=-1))
     if red.op_type in ("ArgMin", "ArgMax"):
         winner, picked = f"{red.output[0]}__winner", f"{red.output[0]}__picked"
-        nodes += [helper.make_node(red.op_type, [all_v], [winner], axis=-1, keepdims=1),
+        nodes += [helper.make_node(red.op_type, [all_v], [winner], axis=-1, keepdims=1,  # a tie across chunks too
+                                   select_last_index=attrs.get("select_last_index", 0)),
                   helper.make_node("GatherElements", [all_i, winner], [picked], axis=-1)]
         if attrs.get("keepdims", 1):
             return nodes + [helper.make_node("Identity", [picked], [red.output[0]])]

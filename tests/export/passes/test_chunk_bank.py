@@ -197,3 +197,47 @@ def test_the_compiler_splits_a_cpu_artefacts_bank_search_to_the_cache_budget(tin
     assert "bank_chunks" not in trt_manifest["target"]["precision_details"]
     assert sum(n.op_type == "MatMul" for n in trt_model.graph.node) == sum(
         n.op_type == "MatMul" for n in fp32.graph.node)
+
+
+@pytest.mark.parametrize("select_last_index", [0, 1])
+def test_two_level_arg_reductions_keep_onnx_tie_rule(select_last_index):
+    """A chunk's ArgMin/ArgMax run in groups of rows (chunk_bank.ARG_GROUP_ROWS): ties inside one group, across
+    groups of one chunk and across chunks resolve as the unchunked ArgMin/ArgMax (first index, or last)."""
+    from adtk.export.passes.chunk_bank import ARG_GROUP_ROWS
+
+    rng = np.random.default_rng(3)
+    rows, patches, dims = 8 * ARG_GROUP_ROWS + 24, 12, 6  # the last chunk is not whole groups
+    # small integers: every distance is exact in float32, so duplicated rows tie exactly wherever the GEMM
+    # computes them (with real-valued rows a column's position can move the last bit)
+    bank = rng.integers(-4, 5, size=(rows, dims)).astype(np.float32)
+    duplicates = {0: (ARG_GROUP_ROWS + 3, ARG_GROUP_ROWS + 4),  # one group
+                  1: (2, 2 * ARG_GROUP_ROWS + 5),  # two groups of the first chunk
+                  2: (7, rows - 3)}  # the first chunk and the last
+    q = rng.integers(-4, 5, size=(1, patches, dims)).astype(np.float32)
+    bank[[b for _, b in duplicates.values()]] += 9  # nothing else as near as the duplicated pairs
+    for patch, (a, b) in duplicates.items():
+        bank[b] = bank[a]
+        q[0, patch] = bank[a]
+    inits = [numpy_helper.from_array(np.ascontiguousarray(bank.T), "bank_t"),
+             numpy_helper.from_array((bank ** 2).sum(1), "bank_sq"), numpy_helper.from_array(np.float32(-2), "m2"),
+             numpy_helper.from_array(np.array([-1], np.int64), "axes")]
+    nodes = [helper.make_node("MatMul", ["q", "bank_t"], ["dot"]), helper.make_node("Mul", ["dot", "m2"], ["dm"]),
+             helper.make_node("Add", ["dm", "bank_sq"], ["d"]),  # |m|^2 - 2 q.m: argmin = the nearest row
+             helper.make_node("Neg", ["d"], ["neg_d"]),
+             helper.make_node("ArgMin", ["d"], ["nearest_row"], axis=-1, keepdims=0, select_last_index=select_last_index),
+             helper.make_node("ArgMax", ["neg_d"], ["farthest_neg"], axis=-1, keepdims=1,
+                              select_last_index=select_last_index)]
+    outputs = [helper.make_tensor_value_info("nearest_row", TensorProto.INT64, [1, patches]),
+               helper.make_tensor_value_info("farthest_neg", TensorProto.INT64, [1, patches, 1])]
+    graph = helper.make_graph(nodes, "bank", [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, patches, dims])],
+                              outputs, inits)
+    original = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    chunked, report = chunk_bank_reductions(original, max_elements=patches * 4 * ARG_GROUP_ROWS)
+    assert report and report[0]["chunks"] == 3
+    onnx.checker.check_model(chunked)
+    assert sum(n.op_type == "GatherElements" for n in chunked.graph.node) >= 2 * 3  # two-level in each chunk
+    expected, got = run(original, q), run(chunked, q)
+    np.testing.assert_array_equal(expected[0], got[0])
+    np.testing.assert_array_equal(expected[1], got[1])
+    for patch, (a, b) in duplicates.items():
+        assert got[0][0, patch] == (b if select_last_index else a)
