@@ -364,6 +364,16 @@ def _image_scores(head, features: np.ndarray, tiles: int = 1, batch: int = 16) -
 
 
 @torch.no_grad()
+def _map_max_scores(graph, features: np.ndarray, tiles: int = 1, batch: int = 16) -> np.ndarray:
+    """Image scores as an artefact with image_score_from="map_max" computes them (ScoringGraph's head, smoother,
+    stitching and maximum) from frames' features, `tiles` consecutive rows per frame."""
+    rows = batch * tiles
+    out = [graph.raw_scores_from_features(torch.from_numpy(np.array(features[i:i + rows])))[0].numpy()
+           for i in range(0, len(features), rows)]
+    return np.concatenate(out).astype(np.float64)
+
+
+@torch.no_grad()
 def _frame_feature_batches(pipeline, frames, batch: int = 4):
     for i in range(0, len(frames), batch):
         # frames differ in size: each is resized (and tiled) inside the pipeline, one at a time, then batched
@@ -484,7 +494,16 @@ class Validator:
                                                                   if key.geometry.tiles else 1))
         self.fit_rate[recipe.method] = fit_s / max(1.0, rows * ratio * rows)
         tiles = key.geometry.tiles.num_tiles if key.geometry.tiles else 1
-        self.scores[(key, recipe)] = {name: _image_scores(head, features[name], tiles) for name in self.sets}
+        if (self.config.image_score_from or method.default_image_score_from) == "map_max":
+            # validate the score the artefact will output: the smoothed (stitched) map's maximum, not the head's
+            from adtk.toolkit.scoring import scoring_graph
+
+            pipeline = self.components.pipeline(key, recipe)
+            graph = scoring_graph(pipeline.preprocess, pipeline.backbone, pipeline.embedding, head, key.geometry,
+                                  self.config.blur_sigma, pipeline.tiling, "map_max")
+            self.scores[(key, recipe)] = {name: _map_max_scores(graph, features[name], tiles) for name in self.sets}
+        else:
+            self.scores[(key, recipe)] = {name: _image_scores(head, features[name], tiles) for name in self.sets}
         self.fit_seconds[(key, recipe)] = fit_s
         return self.scores[(key, recipe)]
 

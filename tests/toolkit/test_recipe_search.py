@@ -257,3 +257,23 @@ def test_validation_goods_are_the_held_out_ones_then_fit_images_no_candidate_is_
     assert not {s.path for s in chosen} & {s.path for s in subsample}
     assert len({s.path for s in chosen}) == 80
     assert validation_goods(calib, fit, subsample, limit=12, seed=0) == _subset(calib, 12, seed=0)
+
+
+def test_validation_scores_a_map_max_candidate_as_its_artefact_does(tiny_build, tiny_dataset):
+    """PatchCore's artefacts score images by the smoothed map's maximum: the search's validation scores them the
+    same way from the frames' features (not by the head's own score)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from adtk.toolkit.recipe_search import _image_scores, _map_max_scores
+
+    graph = tiny_build.graph.eval()
+    assert graph.image_score_from == "map_max"
+    frames = torch.from_numpy(np.stack([np.array(Image.open(s.path).convert("RGB").resize((96, 96)))
+                                        for s in tiny_dataset.test[:5]]))
+    with torch.no_grad():
+        features = graph.embedding(graph.backbone(graph.backbone_inputs(frames))).numpy()
+        expected = graph.raw_scores(frames)[0].numpy()
+    np.testing.assert_allclose(_map_max_scores(graph, features, batch=2), expected, rtol=1e-5)
+    assert not np.allclose(_image_scores(graph.head, features), expected, rtol=1e-3)  # the head's own differs
