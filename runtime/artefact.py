@@ -135,6 +135,8 @@ def _scan(reader: _Reader, size: int) -> tuple[str | None, str | None, str, str]
                 recorded = value
                 continue
             if entry_key == MANIFEST_KEY:
+                if manifest_json is not None:  # which one would a reader take? Neither: refuse the file
+                    raise ArtefactError("two manifests")
                 manifest_json = value
             covered.update(header)
             covered.update(payload)
@@ -146,6 +148,17 @@ def _scan(reader: _Reader, size: int) -> tuple[str | None, str | None, str, str]
             whole.update(chunk)
             length -= len(chunk)
     return recorded, manifest_json, covered.hexdigest(), whole.hexdigest()
+
+
+def _object_without_repeated_keys(pairs: list) -> dict:
+    """A JSON object as a dict, refusing one that names a key twice (json keeps the last, other readers the first:
+    a re-sealed manifest could show one threshold to one tool and another to the next)."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"the key {repeated!r:.80} appears twice in one object")
+    return result
 
 
 def _verified_manifest(reader: _Reader, size: int, source: str) -> tuple[dict, str, str]:
@@ -171,9 +184,10 @@ def _verified_manifest(reader: _Reader, size: int, source: str) -> tuple[dict, s
     if manifest_json is None:
         raise ArtefactError(f"{source}: no manifest ({MANIFEST_KEY}) in the artefact")
     try:
-        manifest = json.loads(manifest_json)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ArtefactError(f"{source}: manifest is not valid JSON ({exc})") from None
+        manifest = json.loads(manifest_json, object_pairs_hook=_object_without_repeated_keys)
+    except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, a repeated key, an int of 4,300+ digits
+        reason = "a number of thousands of digits" if "integer string conversion" in str(exc) else str(exc)[:200]
+        raise ArtefactError(f"{source}: manifest is not valid JSON ({reason})") from None
     validate_manifest(manifest, source)  # runtime/manifest.py: the one schema, checked before any use
     return manifest, recorded, file_sha256
 
@@ -188,13 +202,21 @@ def verify_bytes(data: bytes, source: str = "artefact") -> VerifiedArtefact:
 
 
 def _check_graph(data, manifest: dict, source: str) -> None:
-    """The manifest against the graph's own values (graph_values); data: bytes or a read-only mmap."""
+    """What the graph may not hold (graph_structure: external data, deep nesting), then the manifest against the
+    graph's own values (graph_values); data: bytes or a read-only mmap."""
+    from adtk.runtime.graph_structure import check_graph_structure
     from adtk.runtime.graph_values import check_manifest_against_graph
 
+    problem = None
     try:
+        check_graph_structure(data, source)
         check_manifest_against_graph(data, manifest, source)
+    except ArtefactError as exc:  # ours name the file; the protobuf walk's do not
+        problem = str(exc) if str(exc).startswith(f"{source}: ") else f"{source}: the graph cannot be read ({exc})"
     except (IndexError, ValueError, UnicodeDecodeError) as exc:  # a graph field the walk cannot read
-        raise ArtefactError(f"{source}: the graph cannot be read ({exc})") from None
+        problem = f"{source}: the graph cannot be read ({exc})"
+    if problem is not None:  # raised out here: a traceback kept alive would hold views of an mmap being closed
+        raise ArtefactError(problem)
 
 
 @dataclass(frozen=True)
@@ -228,9 +250,7 @@ def verify_file(path: str | Path) -> VerifiedFile:
     import mmap
 
     path = Path(path)
-    if not path.is_file():
-        raise ArtefactError(not_a_file_message(path))
-    with open(path, "rb") as stream:
+    with _open_artefact(path) as stream:
         size = os.fstat(stream.fileno()).st_size
         manifest, recorded, file_sha256 = _verified_manifest(_Reader(stream=stream), size, str(path))
         with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
@@ -247,11 +267,29 @@ STREAM_FIRST_BYTES = 256 * 1024 ** 2
 def read_artefact(path: str | Path) -> VerifiedArtefact:
     """Read and verify an artefact file. The returned bytes are the only ones a backend may use."""
     path = Path(path)
+    with _open_artefact(path) as stream:
+        size = os.fstat(stream.fileno()).st_size
+        if size > MAX_ARTEFACT_BYTES:  # before any byte is read
+            raise ArtefactError(f"{path}: {size} bytes is over the 2 GB single-file limit")
+        if size > STREAM_FIRST_BYTES:
+            verify_file(path)
+        data = stream.read(size)  # what fstat saw: a file still growing is read to that size, and verified as such
+    return verify_bytes(data, str(path))
+
+
+def _open_artefact(path: Path):
+    """The artefact file opened for reading, only if it is a regular file (regular_files.open_regular: a name
+    swapped for a FIFO after a look at it must not block the model watcher forever); ArtefactError otherwise."""
+    from adtk.runtime.regular_files import NotARegularFile, open_regular
+
     if not path.is_file():
         raise ArtefactError(not_a_file_message(path))
-    size = path.stat().st_size
-    if size > MAX_ARTEFACT_BYTES:  # before any byte is read
-        raise ArtefactError(f"{path}: {size} bytes is over the 2 GB single-file limit")
-    if size > STREAM_FIRST_BYTES:
-        verify_file(path)
-    return verify_bytes(path.read_bytes(), str(path))
+    try:
+        return open_regular(path)
+    except NotARegularFile:  # it was swapped since is_file (for a pipe, a device)
+        message = f"{path}: not a regular file (a device, a pipe or a socket), not an artefact file"
+    except FileNotFoundError:
+        message = f"{path}: no such artefact file"
+    except OSError as exc:  # no permission to read it
+        message = f"{path}: cannot read it ({exc.strerror or type(exc).__name__})"
+    raise ArtefactError(message)

@@ -80,11 +80,11 @@ def _tensor(payload) -> tuple[str, list[int], np.ndarray | None]:
     return name, dims, (values.astype(np.float64) if values.size == count else None)
 
 
-def _read_graph(model_bytes) -> tuple[dict, list[str], list[str]]:
+def _read_graph(model_bytes) -> tuple[dict, list[str], list[str], set[str]]:
     """One walk over the graph's top-level fields -> (the initializers that matter to the manifest: name -> (dims,
-    values or None), input names, output names)."""
+    values or None), input names, output names, every initializer's name)."""
     wanted = set(EXPECTED_FROM_MANIFEST) | set(SIZE_OPERATORS)
-    found, inputs, outputs = {}, [], []
+    found, inputs, outputs, initializers = {}, [], [], set()
     for field, wire, _, _, graph in top_level_fields(memoryview(model_bytes)):
         if field != _MODEL_GRAPH or wire != WIRE_LEN:
             continue
@@ -93,6 +93,7 @@ def _read_graph(model_bytes) -> tuple[dict, list[str], list[str]]:
                 continue
             if graph_field == _GRAPH_INITIALIZER:
                 name, dims, values = _tensor(payload)
+                initializers.add(name)
                 if name in wanted:
                     found[name] = (dims, values)
             elif graph_field in (_GRAPH_INPUT, _GRAPH_OUTPUT):
@@ -100,7 +101,7 @@ def _read_graph(model_bytes) -> tuple[dict, list[str], list[str]]:
                              for value_field, value_wire, _, _, value in top_level_fields(payload)
                              if value_field == _VALUE_INFO_NAME and value_wire == WIRE_LEN), "")
                 (inputs if graph_field == _GRAPH_INPUT else outputs).append(name)
-    return found, inputs, outputs
+    return found, inputs, outputs, initializers
 
 
 def check_manifest_against_graph(model_bytes, manifest: dict, source: str = "artefact") -> None:
@@ -109,12 +110,20 @@ def check_manifest_against_graph(model_bytes, manifest: dict, source: str = "art
     would otherwise load and fail on the first frame)."""
     from adtk.runtime.manifest import INPUT_NAME, OUTPUT_NAMES
 
-    found, inputs, outputs = _read_graph(model_bytes)
+    found, inputs, outputs, initializers = _read_graph(model_bytes)
     missing = [name for name in OUTPUT_NAMES if name not in outputs] + ([] if INPUT_NAME in inputs else [INPUT_NAME])
     if missing:
         raise ArtefactError(f"{source}: the graph lacks the artefact contract's {', '.join(missing)} (it has inputs "
                             f"{inputs[:4]}, outputs {outputs[:8]}): it is not an adtk artefact or it was edited "
                             "after the build. Do not use it; copy the artefact again from the build machine")
+    # an input an initializer backs has a value without being fed (onnxruntime lets a caller override it; adtk feeds
+    # only frames); any other input would be missing from every run, so the first frame would fail, not the load
+    extra = [name for name in inputs if name != INPUT_NAME and name not in initializers]
+    if extra:
+        raise ArtefactError(f"{source}: the graph has inputs besides the contract's {INPUT_NAME} "
+                            f"({', '.join(repr(name[:40]) for name in extra[:4])}"
+                            f"{f' and {len(extra) - 4} more' if len(extra) > 4 else ''}): it was edited after the "
+                            "build. Do not use it; copy the artefact again from the build machine")
     disagreements = []
     for name, expected_of in EXPECTED_FROM_MANIFEST.items():
         if name not in found or found[name][1] is None:

@@ -70,6 +70,8 @@ def _open_fully_decoded(source: Path | bytes, name: str, what: str, hint: str,
         return DataError(f"{name}: cannot decode {what} ({reason}); {hint}")
 
     if isinstance(source, Path):
+        from adtk.runtime.regular_files import NotARegularFile, open_regular
+
         try:
             size_bytes = source.stat().st_size
         except FileNotFoundError:  # nothing to remove and nothing to skip: say what is wrong with the name
@@ -78,23 +80,35 @@ def _open_fully_decoded(source: Path | bytes, name: str, what: str, hint: str,
             raise fail(f"cannot read file: {error.strerror or error}") from None
         if not source.is_file():
             raise fail("not a file")
-    else:
-        size_bytes = len(source)
-        source = io.BytesIO(source)
-    if size_bytes == 0:
+        if size_bytes == 0:
+            raise fail("empty file, 0 bytes")
+        try:  # one descriptor from here on: a name swapped for a FIFO since the look above cannot block the reader
+            stream = open_regular(source)
+        except NotARegularFile:
+            raise fail("not a file") from None
+        except FileNotFoundError:  # removed since the look above
+            raise DataError(f"{name}: file not found; it does not exist") from None
+        except OSError as error:
+            raise fail(f"cannot read file: {error.strerror or error}") from None
+        with stream:
+            return _decode_switching_truncation_off(stream, fail, max_pixels)
+    if len(source) == 0:
         raise fail("empty file, 0 bytes")
-    budget = default_max_pixels() if max_pixels is None else int(max_pixels)
+    return _decode_switching_truncation_off(io.BytesIO(source), fail, max_pixels)
 
+
+def _decode_switching_truncation_off(stream, fail: Callable[[str], DataError], max_pixels: int | None) -> Image.Image:
+    budget = default_max_pixels() if max_pixels is None else int(max_pixels)
     if not ImageFile.LOAD_TRUNCATED_IMAGES:
         # The usual case: no lock, so threads can decode in parallel (Pillow releases the GIL).
-        return _decode_strictly(source, fail, budget)
+        return _decode_strictly(stream, fail, budget)
     with _truncation_switch_lock:
         # Someone switched on Pillow's global "accept truncated files"; switch it off while we
         # decode (serialised: rare) so that a truncated file still fails, then put it back.
         previous_switch = ImageFile.LOAD_TRUNCATED_IMAGES
         ImageFile.LOAD_TRUNCATED_IMAGES = False
         try:
-            return _decode_strictly(source, fail, budget)
+            return _decode_strictly(stream, fail, budget)
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = previous_switch
 
@@ -123,13 +137,12 @@ _BMP_INFO_HEADER_SIZES = (40, 52, 56, 64, 108, 124)  # the BMP headers with a si
 def _malformed_size(source) -> str | None:
     """Why a header's enormous declared size is no size at all, or None: a BMP's width is a signed 32-bit field
     that Pillow reads unsigned, so a negative one (a corrupt or crafted header) reads as ~4.3 billion px."""
-    try:
-        if isinstance(source, Path):
-            with open(source, "rb") as stream:
-                head = stream.read(26)
-        else:
-            head = source.getvalue()[:26]
-    except OSError:
+    try:  # the open file the decoder reads (a file's stream or the bytes' BytesIO): read its start, put it back
+        position = source.tell()
+        source.seek(0)
+        head = source.read(26)
+        source.seek(position)
+    except (OSError, ValueError):
         return None
     if len(head) == 26 and head[:2] == b"BM":
         header_size, width = struct.unpack_from("<Ii", head, 14)
