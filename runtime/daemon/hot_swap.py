@@ -128,26 +128,33 @@ class ModelWatcher:
                    if self._looked_at.get(name) != sig and self._last_seen.get(name) == sig]
         self._last_seen = current
         self._looked_at = {name: sig for name, sig in self._looked_at.items() if name in current}
-        # newest first: if several arrived at once, the last one written is the one meant to run
-        for name in sorted(settled, key=lambda n: current[n][2], reverse=True):
+        # newest first: if several arrived at once, the last one written is the one meant to run; once one of them
+        # verifies, the older ones are superseded (looked at, never loaded: loading them would replace its offer)
+        newest_first = sorted(settled, key=lambda n: current[n][2], reverse=True)
+        for number, name in enumerate(newest_first):
             self._looked_at[name] = current[name]
-            self._consider(self.folder / name)
+            if self._consider(self.folder / name):
+                self._looked_at.update((older, current[older]) for older in newest_first[number + 1:])
+                return
 
-    def _consider(self, path: Path) -> None:
+    def _consider(self, path: Path) -> bool:
+        """Verify one candidate; True when it verified (offered, or it is the artefact already served)."""
         try:
             detector = load_verified(path, self.backend, self.public_key, self.max_pixels)
         except AdtkError as exc:
-            self._refuse(path, str(exc))
-            return
+            reason = str(exc)  # ArtefactError's name the file; a backend's (onnxruntime refusing the graph) do not
+            self._refuse(path, reason if reason.startswith(str(path)) else f"{path}: {reason}")
+            return False
         except Exception as exc:  # noqa: BLE001 - whatever a bad file does, the served model keeps running
             self._refuse(path, f"{path}: {type(exc).__name__}: {exc}")
-            return
+            return False
         if detector.artefact.sha256 == self._serving_sha256:
             self.on_offered(path, None)  # the same artefact again (a re-copy, its signature arriving): settled
-            return
+            return True
         with self._lock:
             self._offer = detector  # a newer offer replaces one not yet taken
         self.on_offered(path, detector)
+        return True
 
     def _refuse(self, path: Path, reason: str) -> None:
         """reason names the file (ArtefactError messages start with the path)."""

@@ -365,6 +365,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         limit = self.api.limits.max_body_bytes
         declared = self.headers.get("Content-Length")
+        declared_all = self.headers.get_all("Content-Length") or []
+        if declared is not None and (len(set(value.strip() for value in declared_all)) > 1
+                                     or not declared.strip().isascii() or not declared.strip().isdigit()):
+            # int() would take "+5", "1_000" or " 5 ": a proxy in front may read such a length (or the other of two
+            # lengths) differently and take the rest of this body for a request of its own (request smuggling)
+            self.close_connection = True
+            self.api.refused("http_requests_refused", "bad request", f"{self.client_address[0]}: Content-Length "
+                             f"{', '.join(repr(value[:24]) for value in declared_all[:2])}")
+            self._send(400, {"error": "Content-Length must be one decimal byte count (digits only, stated once)"})
+            return
         try:
             if self.headers.get("Transfer-Encoding") is not None or declared is None:
                 raise ValueError("chunked or absent")

@@ -130,9 +130,11 @@ class FolderSource:
         self._done: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) when it was scored
         self._unreadable: dict[str, str] = {}  # name -> why it cannot be looked at (stat failed), this poll
         self._reported: set[str] = set()  # unreadable names already reported
+        self._changed_ns: dict[str, int] = {}  # name -> st_ctime_ns on the last poll (permissions, owner, content)
+        self._failed: dict[str, int] = {}  # name -> st_ctime_ns when it could not be read or decoded
 
     def _candidates(self) -> dict[str, tuple[int, int]]:
-        found, self._unreadable = {}, {}
+        found, self._unreadable, self._changed_ns = {}, {}, {}
         for path in self.folder.iterdir():
             name = path.name
             if name.startswith(".") or path.suffix.lower() not in self._extensions:
@@ -145,6 +147,7 @@ class FolderSource:
                 self._unreadable[name] = exc.strerror or type(exc).__name__
                 continue
             found[name] = (stat.st_size, stat.st_mtime_ns)
+            self._changed_ns[name] = stat.st_ctime_ns
         return found
 
     def frames(self, counter: FrameCounter, stop: threading.Event, on_reopen=None) -> Iterator[Frame]:
@@ -160,6 +163,13 @@ class FolderSource:
                 continue
             # forget files that left the folder, so memory stays bounded by the folder's size
             self._done = {name: sig for name, sig in self._done.items() if name in found}
+            # a file that could not be read (no permission) or decoded is looked at again once its permissions,
+            # owner or content change (chmod changes st_ctime, not the size and mtime that say "scored already")
+            for name, changed_ns in list(self._failed.items()):
+                if name not in found or self._changed_ns.get(name) != changed_ns:
+                    del self._failed[name]
+                    if name in found:
+                        self._done.pop(name, None)
             # an entry that cannot even be looked at is reported once (an undecodable frame naming it), not retried
             self._reported = {name for name in self._reported if name in self._unreadable}
             for name, reason in sorted(self._unreadable.items()):
@@ -182,6 +192,7 @@ class FolderSource:
                 try:
                     yield counter.make(str(path), decode_image(path, max_pixels=self.max_pixels, hint=SKIPPED_HINT))
                 except DataError as exc:
+                    self._failed[name] = self._changed_ns.get(name)
                     yield counter.make(str(path), None, str(exc))
                 if stop.is_set():
                     return

@@ -301,3 +301,37 @@ def test_a_client_resetting_the_connection_while_the_reply_is_written_is_gone_no
     assert counts(service)["scoring_errors"] == 0 and counts(service)["http_predictions"] == 1
     monkeypatch.setattr(ApiServer, "predict", real_predict)
     assert http(port, "/predict", image)[0] == 200  # the daemon goes on
+
+
+def _raw_exchange(port: int, request: bytes) -> bytes:
+    """Send `request` on a fresh connection; everything the server answers until it closes or goes quiet."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(3)
+    sock.sendall(request)
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except socket.timeout:
+        pass
+    sock.close()
+    return answer
+
+
+@pytest.mark.parametrize("lengths", [["+{n}"], ["{n}_0"], ["0x{n}"], ["{n}", "5"], ["{n}", "{n}0"]])
+def test_a_content_length_a_proxy_could_read_another_way_is_refused_not_guessed(daemon, test_images, lengths):
+    """int() reads "+5", "1_000" (and the first of two lengths was taken): a reverse proxy in front (README: per-client
+    limits belong there) reads them otherwise, and the bytes one side takes for body the other takes for a request
+    of its own. One decimal length, stated once, or 400 and the connection closed."""
+    service, port, log = daemon
+    image = png_bytes(test_images[0])
+    n = len(image)
+    headers = b"".join(b"Content-Length: %s\r\n" % value.format(n=n).encode() for value in lengths)
+    answer = _raw_exchange(port, b"POST /predict HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n" + image)
+    assert answer.startswith(b"HTTP/1.1 400") and b"one decimal byte count" in answer
+    assert answer.count(b"HTTP/1.1 ") == 1  # nothing of the body was answered as a request of its own
+    assert counts(service)["http_predictions"] == 0
+    assert any(kind == "http bad request" and "Content-Length" in message for kind, message in log.lines)
+    same_twice = _raw_exchange(port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nContent-Length: %d"
+                                     b"\r\nConnection: close\r\n\r\n" % (n, n) + image)
+    assert same_twice.startswith(b"HTTP/1.1 200")  # the same length twice says one thing (RFC 9110)

@@ -236,3 +236,64 @@ def test_daemon_and_flash_import_without_torch_opencv_paho_pillow():
     """, also_absent=("cv2", "paho"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_of_models_arriving_together_the_newest_verified_one_is_offered_and_a_backend_refusal_names_its_file(
+        tiny_build, variant_artefact_bytes, tmp_path):
+    """"Newest first: the last one written is the one meant to run." Each verified candidate used to replace the
+    previous offer, so the OLDEST good file of a batch won (seen: a hand copy of several models at once)."""
+    import os
+
+    from adtk.runtime.daemon.hot_swap import ModelWatcher
+    from tests.runtime.test_artefact_tampered_files import resealed
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    refused = []
+    watcher = ModelWatcher(folder, serving_sha256="another model",
+                           on_refused=lambda path, reason: refused.append((path.name, reason)))
+    watcher._looked_at = watcher._last_seen = watcher._signatures()  # as start() does, without its thread
+
+    def custom_op(model) -> None:  # verifies (sealed, contract intact); onnxruntime refuses the unknown domain
+        from onnx import helper
+
+        model.graph.node.append(helper.make_node("Evil", ["raw_score"], ["evil"], domain="com.example.evil"))
+        model.opset_import.append(helper.make_opsetid("com.example.evil", 1))
+
+    files = {"a_older.onnx": tiny_build.artefact.read_bytes(), "b_newer.onnx": variant_artefact_bytes,
+             "c_unknown_op.onnx": resealed(tiny_build.artefact.read_bytes(), custom_op)}
+    for age, (name, data) in zip((30, 20, 10), files.items()):
+        (folder / name).write_bytes(data)
+        os.utime(folder / name, (time.time() - age, time.time() - age))
+    for _ in range(2):
+        watcher.poll_once()
+    offered = watcher.take()
+    assert offered is not None and offered.artefact.sha256 == read_artefact(folder / "b_newer.onnx").sha256
+    assert [name for name, _ in refused] == ["c_unknown_op.onnx"]
+    assert refused[0][1].startswith(str(folder / "c_unknown_op.onnx") + ": onnxruntime could not load")
+    watcher.poll_once()  # the superseded older file is not loaded later either
+    assert watcher.take() is None
+
+
+def test_a_file_name_with_a_newline_or_control_bytes_is_one_log_line(tiny_build, tmp_path, run_service, wait):
+    """A name is anyone's who can write to the folder: "x\\nadtk serve: model swapped: ..." must not forge a
+    second log line, nor an ESC sequence recolour the operator's terminal."""
+    import io
+
+    from adtk.runtime.daemon.service import RateLimitedLog
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    forged = "x.png\nadtk serve: model swapped: 0123456789ab... -> evil\x1b[8m.png"
+    (incoming / forged).write_bytes(b"not an image")
+    (incoming / "bad\udcff.png").write_bytes(b"not an image either")  # an undecodable byte in the name
+    stream = io.StringIO()
+    service = ScoringService(ServiceConfig(model=tiny_build.artefact, watch=False),
+                             FolderSource(incoming, poll_s=0.05), [], log=RateLimitedLog(0.0, stream))
+    run_service(service)
+    wait(lambda: service.metrics.snapshot()["frames_undecodable"] == 2, what="both files counted")
+    service.stop()
+    lines = [line for line in stream.getvalue().splitlines() if "undecodable frame" in line]
+    assert len(lines) == 2 and all(line.startswith("adtk serve: undecodable frame: ") for line in lines)
+    assert not any(line.startswith("adtk serve: model swapped") for line in stream.getvalue().splitlines())
+    assert "\x1b" not in stream.getvalue() and "x.png\\nadtk serve" in stream.getvalue() and "\\udcff" in stream.getvalue()
