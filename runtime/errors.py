@@ -32,3 +32,12 @@ class BackendError(AdtkError):
 
 class WeightsError(ConfigError):
     """Backbone weights cannot be found or do not match the backbone."""
+
+
+def one_line(text: str) -> str:
+    """`text` with what is not printable escaped (a newline as \\n, ESC as \\x1b, an undecodable file-name byte as
+    \\udcff): a frame named "a.png\\nadtk serve: model swapped: ..." is one log line that shows its name, not two
+    lines, one of them forged, and no terminal control sequence reaches the reader's screen."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)

@@ -71,3 +71,18 @@ def test_an_image_path_that_does_not_exist_is_named_as_missing(runner, tiny_buil
     assert f"{missing}: file not found; it does not exist" in result.output
     assert "remove it" not in result.output and "cannot decode" not in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_inspect_escapes_control_characters_of_a_re_sealed_manifest(runner, tiny_build, tmp_path):
+    """A manifest string with a newline and ESC codes (an attacker's re-seal) prints as one escaped line: no
+    forged line, no terminal control sequence."""
+    from tests.conftest import reseal_with_manifest_edit
+
+    edited = tmp_path / "edited.onnx"
+    forged = "imagenet\x1b[2J\nadtk inspect: integrity OK"
+    edited.write_bytes(reseal_with_manifest_edit(tiny_build.artefact.read_bytes(),
+                                                 lambda m: m["backbone"].update(weights_source=forged)))
+    result = runner.invoke(cli, ["inspect", str(edited)])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\\x1b[2J\\nadtk inspect: integrity OK" in result.output
+    assert not any(line.startswith("adtk inspect:") for line in result.output.splitlines())

@@ -21,6 +21,7 @@ from adtk.runtime.daemon.hot_swap import ModelWatcher, load_verified
 from adtk.runtime.daemon.metrics import DaemonMetrics
 from adtk.runtime.daemon.sinks import FrameResult
 from adtk.runtime.daemon.sources import Frame, FrameCounter, FrameQueue
+from adtk.runtime.errors import one_line
 from adtk.runtime.detector import Detector
 
 
@@ -56,14 +57,6 @@ class RateLimitedLog:
         more = f" ({suppressed} more since the last report)" if suppressed else ""
         print(f"adtk serve: {one_line(kind)}: {one_line(message)}{more}", file=self.stream, flush=True)
 
-
-def one_line(text: str) -> str:
-    """`text` with what is not printable escaped (a newline as \\n, ESC as \\x1b, an undecodable file-name byte as
-    \\udcff): a frame named "a.png\\nadtk serve: model swapped: ..." is one log line that shows its name, not two
-    lines, one of them forged, and no terminal control sequence reaches the reader's screen."""
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
 
 
 class ScoringService:

@@ -47,38 +47,46 @@ def command(model, as_json, as_config):
                             "edited after the build. `adtk inspect --json` prints it as stored") from None
 
 
+def _say(line: str) -> None:
+    """One line of the summary, its non-printable characters escaped: the manifest's strings are the builder's,
+    or an attacker's who re-sealed the file (a newline would forge a line, ESC codes would reach the terminal)."""
+    from adtk.runtime.errors import one_line
+
+    click.echo(one_line(line))
+
+
 def _print_summary(model, artefact, info: dict, operators) -> None:
     m = artefact.manifest
-    click.echo(f"{model}: {info['bytes'] / 1e6:.2f} MB, integrity OK (sha256 {artefact.sha256[:16]}...)")
-    click.echo(f"method    {m['method']['name']} {json.dumps(m['method']['params'])}")
-    click.echo(f"fit       {json.dumps(m['method'].get('fit', {}))}")
+    _say(f"{model}: {info['bytes'] / 1e6:.2f} MB, integrity OK (sha256 {artefact.sha256[:16]}...)")
+    _say(f"method    {m['method']['name']} {json.dumps(m['method']['params'])}")
+    _say(f"fit       {json.dumps(m['method'].get('fit', {}))}")
     members = m["ensemble"]["members"] if m.get("ensemble") else [{"backbone": m["backbone"]}]
     for number, member in enumerate(members):
         backbone = member["backbone"]
         label = "backbone " if len(members) == 1 else f"member {number + 1} "
-        click.echo(f"{label} {backbone['name']} {backbone['stages']} strides {backbone.get('strides')} weights "
+        _say(f"{label} {backbone['name']} {backbone['stages']} strides {backbone.get('strides')} weights "
                    f"{backbone['weights_source']}")
     if m.get("ensemble"):
-        click.echo(f"ensemble  {m['ensemble']['combine']}")
+        _say(f"ensemble  {m['ensemble']['combine']}")
     height, width = m["input"]["model_size_px"]
     tiling = m["input"].get("tiling")
     tiles = (f"; {tiling['grid'][0] * tiling['grid'][1]} tiles of {tiling['tile_px']} px ({tiling['grid'][0]}x"
              f"{tiling['grid'][1]}, rows at {tiling['row_starts']}, columns at {tiling['col_starts']})" if tiling else "")
-    click.echo(f"input     {m['input']['layout']} uint8 {m['input']['channels']} any size -> {height}x{width} px "
+    _say(f"input     {m['input']['layout']} uint8 {m['input']['channels']} any size -> {height}x{width} px "
                f"(HxW){tiles}; maps [B, {height}, {width}]")
     postprocess = m["postprocess"]
     image_score_from = postprocess.get("image_score_from", "head")  # artefacts built before the field took the head's
-    click.echo(f"score     image score from {image_score_from} ("
+    _say(f"score     image score from {image_score_from} ("
                + ("the method's own" if image_score_from == "head" else "max of the smoothed anomaly map")
                + f"); map blur sigma {postprocess['blur_sigma']:g}")
     cal = m["calibration"]
-    click.echo(f"threshold {cal['threshold']:.5g} ({cal['method']})")
-    click.echo(f"training  {m['training']['num_fit_images']} images, list sha256 {m['training']['list_sha256'][:16]}...")
+    _say(f"threshold {cal['threshold']:.5g} ({cal['method']})")
+    _say(f"training  {m['training']['num_fit_images']} images, list sha256 {m['training']['list_sha256'][:16]}...")
     search = m["training"].get("recipe_search")
     if search:  # adtk build --method auto: what it chose among how many, on what
         chosen = search["chosen"]
         tried = sum(c.get("status", "validated") == "validated" for c in search["candidates"])
-        click.echo(f"auto      chose {chosen['method']} {chosen['backbone']} {chosen['stages']}"
+        _say(f"auto      chose {chosen['method']} {chosen['backbone']} {chosen['stages']}"
                    + (f" + {', '.join(chosen['ensemble'])}" if chosen.get("ensemble") else "")
                    + f" size {chosen['image_size_px']}" + (f" tile {chosen['tile']}" if chosen.get("tile") else "")
                    + f", coreset {chosen['coreset_ratio']}: validation AUROC {chosen['validation_auroc']} on "
@@ -87,11 +95,11 @@ def _print_summary(model, artefact, info: dict, operators) -> None:
                    + (f", {len(search['skipped_for_time'])} skipped for time" if search.get("skipped_for_time") else "")
                    + f" (search {search['search_s']} s)")
     for io_name, values in (("inputs", info["inputs"]), ("outputs", info["outputs"])):
-        click.echo(f"{io_name:<9} " + ", ".join(f"{v['name']} {v['dtype']}{v['shape']}" for v in values))
+        _say(f"{io_name:<9} " + ", ".join(f"{v['name']} {v['dtype']}{v['shape']}" for v in values))
     if operators is None:
-        click.echo(f"operators (not listed: {missing_extra_message('onnx', 'listing them')})")
+        _say(f"operators (not listed: {missing_extra_message('onnx', 'listing them')})")
     else:
-        click.echo("operators " + ", ".join(f"{op} x{n}" for op, n in operators.items()))
+        _say("operators " + ", ".join(f"{op} x{n}" for op, n in operators.items()))
 
 
 def _describe_graph(model_bytes: bytes):
