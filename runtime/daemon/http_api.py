@@ -357,6 +357,24 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, {"error": f"no endpoint {path}; try /health, /model, /metrics or POST /predict"})
 
+    def handle_expect_100(self) -> bool:
+        """`Expect: 100-continue`: the client waits for a go-ahead before it sends the body. The standard handler
+        gives it at once; here only to an authorised client whose declared body is within the limit (else the
+        body would come only to be refused), the refusal answered instead and the connection closed."""
+        if not self._authorised():
+            self.close_connection = True
+            return False
+        declared = (self.headers.get("Content-Length") or "").strip()
+        if declared.isascii() and declared.isdigit() and (len(declared) > 19
+                                                          or int(declared) > self.api.limits.max_body_bytes):
+            self.close_connection = True
+            self.api.refused("http_requests_refused", "body size", f"{self.client_address[0]}: {declared[:24]} bytes "
+                             "announced with Expect: 100-continue")
+            self._send(413, {"error": f"body of {declared[:24]} bytes; POST one image of 1.."
+                                      f"{self.api.limits.max_body_bytes} bytes"})
+            return False
+        return super().handle_expect_100()
+
     def do_POST(self):  # noqa: N802
         if not self._authorised():
             return

@@ -335,3 +335,36 @@ def test_a_content_length_a_proxy_could_read_another_way_is_refused_not_guessed(
     same_twice = _raw_exchange(port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nContent-Length: %d"
                                      b"\r\nConnection: close\r\n\r\n" % (n, n) + image)
     assert same_twice.startswith(b"HTTP/1.1 200")  # the same length twice says one thing (RFC 9110)
+
+
+def test_expect_100_continue_is_answered_only_to_an_authorised_client_within_the_body_limit(daemon, test_images):
+    """A client that asks before it sends (Expect: 100-continue) gets the refusal, not a go-ahead for a body that
+    would be refused: a wrong token is 401 and a length over the limit 413, before any body; a good one gets 100."""
+    service, _, _ = daemon
+    token = "a-token-of-sixteen-plus"
+    server = ApiServer(service, "127.0.0.1", 0, limits=LIMITS, token=token).start()
+    port = server.address[1]
+    try:
+        image = png_bytes(test_images[0])
+
+        def ask(length: int, auth: str) -> bytes:
+            return _raw_exchange(port, b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                                       b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n" % (auth.encode(), length))
+
+        assert ask(len(image), "wrong-token-wrong-token").startswith(b"HTTP/1.1 401")
+        too_large = ask(LIMITS.max_body_bytes + 1, token)
+        assert too_large.startswith(b"HTTP/1.1 413") and b"100 Continue" not in too_large
+        assert ask(len(image), token).startswith(b"HTTP/1.1 100 Continue")
+        sock = socket.create_connection(("127.0.0.1", port))  # and the go-ahead leads to a prediction
+        sock.settimeout(10)
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\n"
+                     b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n" % (token.encode(), len(image)))
+        assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(image)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 200")
+    finally:
+        server.shutdown()
