@@ -53,3 +53,14 @@ def test_sink_values_are_parsed_or_refused_with_the_accepted_forms(tmp_path):
     assert isinstance(open_sink(f"overlay:{tmp_path / 'o'}"), OverlaySink)
     with pytest.raises(ConfigError, match="mqtt://host"):
         open_sink("kafka://broker/topic")
+
+
+def test_a_source_name_with_undecodable_bytes_is_valid_unicode_in_the_record(tmp_path):
+    """A watched file named with a byte that is not UTF-8 reaches Python as a lone surrogate; the record carries
+    it as visible text, so strict JSON parsers (which refuse a lone surrogate escape) read every line."""
+    from dataclasses import replace
+
+    record = replace(result(1, True), source="/watch/part\udcff.png").as_record()
+    line = json.dumps(record, ensure_ascii=False)
+    line.encode("utf-8")  # a lone surrogate cannot be encoded: this raised
+    assert json.loads(line)["source"] == "/watch/part\\udcff.png"
