@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +85,25 @@ def read_engine(engine_path: str | Path, artefact: VerifiedArtefact) -> bytes:
     if not meta_path.is_file():
         raise ArtefactError(f"{engine_path}: no metadata {meta_path.name} beside the engine; rebuild it with "
                             "`adtk compile`")
-    meta = json.loads(meta_path.read_text())
-    data = engine_path.read_bytes()
+    from adtk.runtime.artefact import MAX_ARTEFACT_BYTES
+    from adtk.runtime.regular_files import open_regular
+
+    try:  # a regular file of a sane size (a FIFO would block, a huge one fill memory), one JSON object
+        with open_regular(meta_path) as stream:
+            text = stream.read(64 * 1024 + 1)
+        if len(text) > 64 * 1024:
+            raise ValueError("larger than 64 KB")
+        meta = json.loads(text.decode("utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+        with open_regular(engine_path) as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size > MAX_ARTEFACT_BYTES:
+                raise ValueError(f"the engine is {size} bytes, over the 2 GB limit")
+            data = stream.read(size)
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: UnicodeDecodeError and JSONDecodeError too
+        raise ArtefactError(f"{engine_path}: the engine or its metadata {meta_path.name} cannot be used ({exc}); "
+                            "rebuild it with `adtk compile`") from None
     if hashlib.sha256(data).hexdigest() != meta.get("engine_sha256"):
         raise ArtefactError(f"{engine_path}: engine sha256 does not match its metadata: altered or damaged")
     if meta.get("artefact_sha256") != artefact.file_sha256:

@@ -44,3 +44,31 @@ def test_engine_matches_onnxruntime(tiny_build, tmp_path):
     backend = TensorRTBackend(read_artefact(tiny_build.artefact), engine_path=engine)
     got = backend.run({"frames": frames})
     np.testing.assert_allclose(got["raw_score"], reference.raw_score, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("meta", [b"{not json", b"[1, 2]", b"\xff\xfe", b"{" * 100_000, b" " * 70_000, "fifo"])
+def test_engine_metadata_that_cannot_be_read_is_refused_in_one_line(tiny_build, tmp_path, meta):
+    """The engine's .json is read before anything trusts the engine: bad JSON, another JSON type, bytes that are not
+    UTF-8, a nesting bomb, an oversized file or a FIFO (which would block the reader) are one ArtefactError each."""
+    import hashlib
+    import json
+    import os
+
+    from adtk.runtime.artefact import read_artefact
+    from adtk.runtime.backends.tensorrt import engine_metadata_path, read_engine
+    from adtk.runtime.errors import ArtefactError
+
+    artefact = read_artefact(tiny_build.artefact)
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"engine bytes")
+    good = {"engine_sha256": hashlib.sha256(b"engine bytes").hexdigest(), "artefact_sha256": artefact.file_sha256}
+    engine_metadata_path(engine).write_text(json.dumps(good))
+    assert read_engine(engine, artefact) == b"engine bytes"
+    engine_metadata_path(engine).unlink()
+    if meta == "fifo":
+        os.mkfifo(engine_metadata_path(engine))
+    else:
+        engine_metadata_path(engine).write_bytes(meta)
+    expected = "no metadata" if meta == "fifo" else "cannot be used"  # a FIFO is no file: refused unopened
+    with pytest.raises(ArtefactError, match=f"{expected}.*rebuild it with `adtk compile`"):
+        read_engine(engine, artefact)
