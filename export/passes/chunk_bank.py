@@ -47,12 +47,13 @@ from adtk.export.passes.tensorrt_check import MAX_TENSOR_ELEMENTS
 CPU_CACHE_CHUNK_ELEMENTS = 2 ** 20
 # Why a chunk's ArgMin/ArgMax is done in two levels: onnxruntime's ArgMin walks a row one element at a time, ~7x
 # slower than its vectorised ReduceMin (1,024 x 1,088 floats: 0.41 vs 0.06 ms on 2 cores), and a head may need the
-# nearest row of every patch (a local-density head does): at a 70k-row bank its chunks' ArgMins were 29% of the frame. Viewed as [.., P, G, g]
-# (g consecutive rows per group), a ReduceMin over each group, an ArgMin over the G group minima and one over the
-# g values of the winning group give the same index (the first group holding the minimum, then the first index
-# in it: ONNX's tie rule, or the last of each with select_last_index) in 0.20 ms. g = 32 was the fastest of
-# 8 / 16 / 32 / 64 there (0.35 / 0.22 / 0.20 / 0.21 ms). Chunks hold whole groups of g where the size limit allows
-# (_chunk_bounds); a chunk of another size takes the largest power of two below g dividing it.
+# nearest row of every patch (a local-density head does): at a 70k-row bank its chunks' ArgMins were 29% of the
+# frame. Viewed as [.., P, G, g] (g consecutive rows per group), a ReduceMin over each group, an ArgMin over the
+# G group minima and one over the g values of the winning group give the same index (the first group holding the
+# minimum, then the first index in it: ONNX's tie rule, or the last of each with select_last_index) in 0.20 ms.
+# g = 32 was the fastest of 8 / 16 / 32 / 64 there (0.35 / 0.22 / 0.20 / 0.21 ms). Chunks hold whole groups of g
+# where the size limit allows (_chunk_bounds); a chunk of another size takes the largest power of two below g
+# dividing it. The search's ReduceMin of the same chunk reads the group minima (_rewrite): one pass, not two.
 ARG_GROUP_ROWS = 32
 
 
