@@ -21,8 +21,8 @@ from adtk.runtime.daemon.hot_swap import ModelWatcher, load_verified
 from adtk.runtime.daemon.metrics import DaemonMetrics
 from adtk.runtime.daemon.sinks import FrameResult
 from adtk.runtime.daemon.sources import Frame, FrameCounter, FrameQueue
-from adtk.runtime.errors import one_line
 from adtk.runtime.detector import Detector
+from adtk.runtime.errors import one_line
 
 
 @dataclass
@@ -56,7 +56,6 @@ class RateLimitedLog:
             self._last[kind] = (now, 0)
         more = f" ({suppressed} more since the last report)" if suppressed else ""
         print(f"adtk serve: {one_line(kind)}: {one_line(message)}{more}", file=self.stream, flush=True)
-
 
 
 class ScoringService:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from adtk.runtime.errors import one_line
 from adtk.runtime.extras import missing_extra_message
 
 
@@ -50,8 +51,6 @@ def command(model, as_json, as_config):
 def _say(line: str) -> None:
     """One line of the summary, its non-printable characters escaped: the manifest's strings are the builder's,
     or an attacker's who re-sealed the file (a newline would forge a line, ESC codes would reach the terminal)."""
-    from adtk.runtime.errors import one_line
-
     click.echo(one_line(line))
 
 
@@ -65,7 +64,7 @@ def _print_summary(model, artefact, info: dict, operators) -> None:
         backbone = member["backbone"]
         label = "backbone " if len(members) == 1 else f"member {number + 1} "
         _say(f"{label} {backbone['name']} {backbone['stages']} strides {backbone.get('strides')} weights "
-                   f"{backbone['weights_source']}")
+             f"{backbone['weights_source']}")
     if m.get("ensemble"):
         _say(f"ensemble  {m['ensemble']['combine']}")
     height, width = m["input"]["model_size_px"]
@@ -73,12 +72,12 @@ def _print_summary(model, artefact, info: dict, operators) -> None:
     tiles = (f"; {tiling['grid'][0] * tiling['grid'][1]} tiles of {tiling['tile_px']} px ({tiling['grid'][0]}x"
              f"{tiling['grid'][1]}, rows at {tiling['row_starts']}, columns at {tiling['col_starts']})" if tiling else "")
     _say(f"input     {m['input']['layout']} uint8 {m['input']['channels']} any size -> {height}x{width} px "
-               f"(HxW){tiles}; maps [B, {height}, {width}]")
+         f"(HxW){tiles}; maps [B, {height}, {width}]")
     postprocess = m["postprocess"]
     image_score_from = postprocess.get("image_score_from", "head")  # artefacts built before the field took the head's
     _say(f"score     image score from {image_score_from} ("
-               + ("the method's own" if image_score_from == "head" else "max of the smoothed anomaly map")
-               + f"); map blur sigma {postprocess['blur_sigma']:g}")
+         + ("the method's own" if image_score_from == "head" else "max of the smoothed anomaly map")
+         + f"); map blur sigma {postprocess['blur_sigma']:g}")
     cal = m["calibration"]
     _say(f"threshold {cal['threshold']:.5g} ({cal['method']})")
     _say(f"training  {m['training']['num_fit_images']} images, list sha256 {m['training']['list_sha256'][:16]}...")
@@ -87,13 +86,13 @@ def _print_summary(model, artefact, info: dict, operators) -> None:
         chosen = search["chosen"]
         tried = sum(c.get("status", "validated") == "validated" for c in search["candidates"])
         _say(f"auto      chose {chosen['method']} {chosen['backbone']} {chosen['stages']}"
-                   + (f" + {', '.join(chosen['ensemble'])}" if chosen.get("ensemble") else "")
-                   + f" size {chosen['image_size_px']}" + (f" tile {chosen['tile']}" if chosen.get("tile") else "")
-                   + f", coreset {chosen['coreset_ratio']}: validation AUROC {chosen['validation_auroc']} on "
-                   f"synthetic defects, predicted {chosen['predicted_ms']} ms on {search['costed_on']}; {tried} of "
-                   f"{len(search['candidates'])} candidates validated"
-                   + (f", {len(search['skipped_for_time'])} skipped for time" if search.get("skipped_for_time") else "")
-                   + f" (search {search['search_s']} s)")
+             + (f" + {', '.join(chosen['ensemble'])}" if chosen.get("ensemble") else "")
+             + f" size {chosen['image_size_px']}" + (f" tile {chosen['tile']}" if chosen.get("tile") else "")
+             + f", coreset {chosen['coreset_ratio']}: validation AUROC {chosen['validation_auroc']} on "
+             f"synthetic defects, predicted {chosen['predicted_ms']} ms on {search['costed_on']}; {tried} of "
+             f"{len(search['candidates'])} candidates validated"
+             + (f", {len(search['skipped_for_time'])} skipped for time" if search.get("skipped_for_time") else "")
+             + f" (search {search['search_s']} s)")
     for io_name, values in (("inputs", info["inputs"]), ("outputs", info["outputs"])):
         _say(f"{io_name:<9} " + ", ".join(f"{v['name']} {v['dtype']}{v['shape']}" for v in values))
     if operators is None:
