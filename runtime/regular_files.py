@@ -11,6 +11,7 @@ in between.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from typing import BinaryIO
@@ -35,3 +36,14 @@ def open_regular(path) -> BinaryIO:
     except BaseException:
         os.close(descriptor)
         raise
+
+
+def read_small_json(path, limit_bytes: int = 64 * 1024):
+    """The JSON document of a small side file (a signature, an engine's metadata), read as a regular file of at
+    most `limit_bytes`. Raises OSError (NotARegularFile among them) or ValueError (too large, not UTF-8, not
+    JSON), or RecursionError (a nesting bomb): callers name the file in their own words."""
+    with open_regular(path) as stream:
+        text = stream.read(limit_bytes + 1)
+    if len(text) > limit_bytes:
+        raise ValueError(f"larger than {limit_bytes // 1024} KB")
+    return json.loads(text.decode("utf-8"))

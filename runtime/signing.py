@@ -113,14 +113,10 @@ def verify_signature_digest(file_sha256: str, source: str | Path, sig_path: str 
     if not sig_path.is_file():
         raise ArtefactError(f"{source}: a public key is configured ({public_key_path}) but there is no signature "
                             f"{sig_path.name}; sign it with `adtk sign {Path(source).name} --key PRIVATE.pem`")
-    from adtk.runtime.regular_files import open_regular
+    from adtk.runtime.regular_files import read_small_json
 
     try:
-        with open_regular(sig_path) as stream:  # a .sig swapped for a FIFO must not block the model watcher
-            text = stream.read(64 * 1024 + 1)
-        if len(text) > 64 * 1024:
-            raise ValueError("larger than 64 KB")
-        record = json.loads(text.decode("utf-8"))
+        record = read_small_json(sig_path)  # a .sig swapped for a FIFO must not block the model watcher
         signature = base64.b64decode(record["signature"], validate=True)
     except (ValueError, KeyError, TypeError, OSError, RecursionError) as exc:
         raise ArtefactError(f"{sig_path}: not a valid adtk signature file ({exc})") from None

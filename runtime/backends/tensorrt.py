@@ -16,7 +16,6 @@ and the engine's own sha256 matches: a stale or altered engine is refused, never
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -86,14 +85,10 @@ def read_engine(engine_path: str | Path, artefact: VerifiedArtefact) -> bytes:
         raise ArtefactError(f"{engine_path}: no metadata {meta_path.name} beside the engine; rebuild it with "
                             "`adtk compile`")
     from adtk.runtime.artefact import MAX_ARTEFACT_BYTES
-    from adtk.runtime.regular_files import open_regular
+    from adtk.runtime.regular_files import open_regular, read_small_json
 
-    try:  # a regular file of a sane size (a FIFO would block, a huge one fill memory), one JSON object
-        with open_regular(meta_path) as stream:
-            text = stream.read(64 * 1024 + 1)
-        if len(text) > 64 * 1024:
-            raise ValueError("larger than 64 KB")
-        meta = json.loads(text.decode("utf-8"))
+    try:  # regular files of a sane size (a FIFO would block, a huge one fill memory); the metadata one JSON object
+        meta = read_small_json(meta_path)
         if not isinstance(meta, dict):
             raise ValueError(f"a JSON {type(meta).__name__}, not an object")
         with open_regular(engine_path) as stream:
