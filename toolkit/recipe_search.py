@@ -494,7 +494,9 @@ class Validator:
                                                                   if key.geometry.tiles else 1))
         self.fit_rate[recipe.method] = fit_s / max(1.0, rows * ratio * rows)
         tiles = key.geometry.tiles.num_tiles if key.geometry.tiles else 1
-        if (self.config.image_score_from or method.default_image_score_from) == "map_max":
+        from adtk.toolkit.build import image_score_source
+
+        if image_score_source(self.config, method) == "map_max":
             # validate the score the artefact will output: the smoothed (stitched) map's maximum, not the head's
             from adtk.toolkit.scoring import scoring_graph
 
