@@ -149,6 +149,10 @@ def _rewrite(model, matmul, shapes, rows: int, chunks: int, max_rows: int) -> in
         new_inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
+    def shared_const(suffix, value):  # a constant of this search that several chunks read alike: made once
+        name = f"{matmul.output[0]}__{suffix}"
+        return name if any(init.name == name for init in new_inits) else const(name, value)
+
     axis_last = const(f"{matmul.output[0]}__axis_last", np.array([-1], dtype=np.int64))
     for c in range(chunks):
         start, end = int(bounds[c]), int(bounds[c + 1])
@@ -204,7 +208,7 @@ def _rewrite(model, matmul, shapes, rows: int, chunks: int, max_rows: int) -> in
             if red.op_type in ("ReduceMin", "ReduceMax") and shared:  # the same minimum: read it, not the chunk
                 new_nodes.append(helper.make_node("Identity", [shared], [f"{red.output[0]}__part{c}_v"]))
                 continue
-            new_nodes.extend(_partial(red, chunk_input, c, starts, axis_last, rank, end - start))
+            new_nodes.extend(_partial(red, chunk_input, c, starts, shared_const, axis_last, rank, end - start))
             if red.op_type in ("ArgMin", "ArgMax"):
                 extrema.setdefault((chunk_input, value_op), f"{red.output[0]}__part{c}_v")
     for red in reductions:
@@ -250,8 +254,10 @@ def _stored_in_chunks(model, search: set[int]) -> dict:
     return stored
 
 
-def _partial(red, chunk_input: str, c: int, start, axis_last: str, rank: int, chunk_rows: int) -> list:
-    """start(): the name of the chunk's first-row constant (made on first use)."""
+def _partial(red, chunk_input: str, c: int, start, shared_const, axis_last: str, rank: int,
+             chunk_rows: int) -> list:
+    """start(): the name of the chunk's first-row constant (made on first use); shared_const(suffix, value): the name of
+    a constant the chunks share (made once)."""
     from onnx import helper
 
     attrs = {a.name: helper.get_attribute_value(a) for a in red.attribute}
@@ -262,7 +268,7 @@ def _partial(red, chunk_input: str, c: int, start, axis_last: str, rank: int, ch
         group = _arg_group_rows(chunk_rows)
         if group > 1:
             return _two_level_arg(red.op_type, chunk_input, base, rank, chunk_rows, group,
-                                  attrs.get("select_last_index", 0), start)
+                                  attrs.get("select_last_index", 0), start, shared_const, axis_last)
         value_op = "ReduceMin" if red.op_type == "ArgMin" else "ReduceMax"
         return [helper.make_node(value_op, [chunk_input, axis_last], [f"{base}_v"], keepdims=1),
                 helper.make_node(red.op_type, [chunk_input], [f"{base}_local"], axis=-1, keepdims=1,
@@ -284,38 +290,32 @@ def _arg_group_rows(chunk_rows: int) -> int:
 
 
 def _two_level_arg(op: str, chunk_input: str, base: str, rank: int, rows: int, group: int, select_last: int,
-                   start) -> list:
+                   start, shared_const, axis_last: str) -> list:
     """The chunk's value (_v) and global index (_i) of its ArgMin/ArgMax, through groups of `group` rows (why:
     ARG_GROUP_ROWS). [.., P, rows] -> [.., P, G, group] -> group extrema [.., P, G] -> winning group [.., P, 1] ->
     its `group` values [.., P, 1, group] -> index in the group; index = group x winner + index in the group."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     reduce_op = "ReduceMin" if op == "ArgMin" else "ReduceMax"
-
-    def const(suffix, values):
-        return numpy_helper.from_array(np.asarray(values, dtype=np.int64), f"{base}_{suffix}")
-
-    shape = const("grouped_shape", [0] * (rank - 1) + [rows // group, group])  # 0: keep that dim (batch, P)
-    axis = const("axis_last", [-1])
-    expand = const("group_shape", [1] * rank + [group])
-    width = const("group_rows", [group])
-    nodes = [
-        helper.make_node("Reshape", [chunk_input, shape.name], [f"{base}_groups"]),
-        helper.make_node(reduce_op, [f"{base}_groups", axis.name], [f"{base}_group_v"], keepdims=0),
-        helper.make_node(reduce_op, [f"{base}_group_v", axis.name], [f"{base}_v"], keepdims=1),
+    shape = shared_const(f"arg_grouped_{rows // group}x{group}",  # 0: keep that dim (batch, P)
+                         np.array([0] * (rank - 1) + [rows // group, group], np.int64))
+    expand = shared_const(f"arg_group_shape{group}", np.array([1] * rank + [group], np.int64))
+    width = shared_const(f"arg_group_rows{group}", np.array([group], np.int64))
+    return [
+        helper.make_node("Reshape", [chunk_input, shape], [f"{base}_groups"]),
+        helper.make_node(reduce_op, [f"{base}_groups", axis_last], [f"{base}_group_v"], keepdims=0),
+        helper.make_node(reduce_op, [f"{base}_group_v", axis_last], [f"{base}_v"], keepdims=1),
         helper.make_node(op, [f"{base}_group_v"], [f"{base}_group"], axis=-1, keepdims=1,
                          select_last_index=select_last),
-        helper.make_node("Unsqueeze", [f"{base}_group", axis.name], [f"{base}_group_1"]),
-        helper.make_node("Expand", [f"{base}_group_1", expand.name], [f"{base}_group_g"]),
+        helper.make_node("Unsqueeze", [f"{base}_group", axis_last], [f"{base}_group_1"]),
+        helper.make_node("Expand", [f"{base}_group_1", expand], [f"{base}_group_g"]),
         helper.make_node("GatherElements", [f"{base}_groups", f"{base}_group_g"], [f"{base}_winning"], axis=-2),
         helper.make_node(op, [f"{base}_winning"], [f"{base}_in_group"], axis=-1, keepdims=0,
                          select_last_index=select_last),
-        helper.make_node("Mul", [f"{base}_group", width.name], [f"{base}_group_start"]),
+        helper.make_node("Mul", [f"{base}_group", width], [f"{base}_group_start"]),
         helper.make_node("Add", [f"{base}_group_start", f"{base}_in_group"], [f"{base}_local"]),
         helper.make_node("Add", [f"{base}_local", start()], [f"{base}_i"]),
     ]
-    # the constants travel as Constant nodes (this function's caller adds initializers only through its own const)
-    return [helper.make_node("Constant", [], [t.name], value=t) for t in (shape, axis, expand, width)] + nodes
 
 
 def _merge(red, chunks: int, axis_last: str) -> list:
