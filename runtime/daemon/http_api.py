@@ -357,6 +357,36 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, {"error": f"no endpoint {path}; try /health, /model, /metrics or POST /predict"})
 
+    def _declared_length(self) -> int | tuple[int, str, str, str]:
+        """The body length the request declares, or its refusal as (status, log kind, log detail, error): one decimal
+        byte count stated once (int() would take "+5", "1_000" or " 5 ": a proxy in front may read such a length, or
+        the other of two lengths, differently and take the rest of this body for a request of its own: request
+        smuggling), no chunked upload, 1..max_body_bytes. The one reading of Content-Length, for do_POST and
+        handle_expect_100 alike."""
+        limit = self.api.limits.max_body_bytes
+        declared = self.headers.get("Content-Length")
+        declared_all = self.headers.get_all("Content-Length") or []
+        if declared is not None and (len(set(value.strip() for value in declared_all)) > 1
+                                     or not declared.strip().isascii() or not declared.strip().isdigit()):
+            return (400, "bad request", f"Content-Length {', '.join(repr(value[:24]) for value in declared_all[:2])}",
+                    "Content-Length must be one decimal byte count (digits only, stated once)")
+        if self.headers.get("Transfer-Encoding") is not None or declared is None:
+            return 411, "bad request", "no Content-Length", "Content-Length required (chunked uploads are not accepted)"
+        if len(declared.strip()) > 19:  # no byte count has more digits (and int() refuses ~4,300 and more)
+            return (413, "body size", f"a Content-Length of {len(declared)} characters",
+                    f"Content-Length of {len(declared)} digits; POST one image of 1..{limit} bytes")
+        length = int(declared)
+        if length <= 0 or length > limit:
+            return (413 if length > 0 else 400, "body size", f"{length} bytes",
+                    f"body of {length} bytes; POST one image of 1..{limit} bytes")
+        return length
+
+    def _refuse(self, status: int, kind: str, detail: str, error: str) -> None:
+        """Answer `status` and close: the body is not read, so the connection cannot be reused."""
+        self.close_connection = True
+        self.api.refused("http_requests_refused", kind, f"{self.client_address[0]}: {detail}")
+        self._send(status, {"error": error})
+
     def handle_expect_100(self) -> bool:
         """`Expect: 100-continue`: the client waits for a go-ahead before it sends the body. The standard handler
         gives it at once; here only to an authorised client whose declared body is within the limit (else the
@@ -364,14 +394,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorised():
             self.close_connection = True
             return False
-        declared = (self.headers.get("Content-Length") or "").strip()
-        if declared.isascii() and declared.isdigit() and (len(declared) > 19
-                                                          or int(declared) > self.api.limits.max_body_bytes):
-            self.close_connection = True
-            self.api.refused("http_requests_refused", "body size", f"{self.client_address[0]}: {declared[:24]} bytes "
-                             "announced with Expect: 100-continue")
-            self._send(413, {"error": f"body of {declared[:24]} bytes; POST one image of 1.."
-                                      f"{self.api.limits.max_body_bytes} bytes"})
+        declared = self._declared_length()
+        if isinstance(declared, tuple):
+            status, kind, detail, error = declared
+            self._refuse(status, kind, f"{detail} announced with Expect: 100-continue", error)
             return False
         return super().handle_expect_100()
 
@@ -381,38 +407,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] != "/predict":
             self._send(404, {"error": f"no endpoint POST {self.path}; POST an image to /predict"})
             return
-        limit = self.api.limits.max_body_bytes
-        declared = self.headers.get("Content-Length")
-        declared_all = self.headers.get_all("Content-Length") or []
-        if declared is not None and (len(set(value.strip() for value in declared_all)) > 1
-                                     or not declared.strip().isascii() or not declared.strip().isdigit()):
-            # int() would take "+5", "1_000" or " 5 ": a proxy in front may read such a length (or the other of two
-            # lengths) differently and take the rest of this body for a request of its own (request smuggling)
-            self.close_connection = True
-            self.api.refused("http_requests_refused", "bad request", f"{self.client_address[0]}: Content-Length "
-                             f"{', '.join(repr(value[:24]) for value in declared_all[:2])}")
-            self._send(400, {"error": "Content-Length must be one decimal byte count (digits only, stated once)"})
-            return
-        try:
-            if self.headers.get("Transfer-Encoding") is not None or declared is None:
-                raise ValueError("chunked or absent")
-            if len(declared.strip()) > 19:  # no byte count has more digits (and int() refuses ~4,300 and more)
-                self.close_connection = True
-                self.api.refused("http_requests_refused", "body size", f"{self.client_address[0]}: a Content-Length "
-                                 f"of {len(declared)} characters")
-                self._send(413, {"error": f"Content-Length of {len(declared)} digits; POST one image of 1..{limit} "
-                                          "bytes"})
-                return
-            length = int(declared)
-        except ValueError:
-            self.close_connection = True
-            self.api.refused("http_requests_refused", "bad request", f"{self.client_address[0]}: no Content-Length")
-            self._send(411, {"error": "Content-Length required (chunked uploads are not accepted)"})
-            return
-        if length <= 0 or length > limit:
-            self.close_connection = True  # the body is not read: the connection cannot be reused
-            self.api.refused("http_requests_refused", "body size", f"{self.client_address[0]}: {length} bytes")
-            self._send(413 if length > 0 else 400, {"error": f"body of {length} bytes; POST one image of 1..{limit} bytes"})
+        length = self._declared_length()
+        if isinstance(length, tuple):
+            self._refuse(*length)
             return
         self.server.set_deadline(self.request, None)  # waiting for a body slot is the daemon's time
         if not self.api.body_slots.acquire(timeout=self.api.limits.busy_wait_s):

@@ -368,3 +368,25 @@ def test_expect_100_continue_is_answered_only_to_an_authorised_client_within_the
         assert answer.startswith(b"HTTP/1.1 200")
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("lengths, status", [(["+{n}"], 400), (["{n}_0"], 400), (["{n}", "{n}0"], 400),
+                                             (["{over}", "{n}"], 400), (["0"], 400), (["9" * 30], 413),
+                                             (["{over}"], 413)])
+def test_a_content_length_is_refused_the_same_with_and_without_expect_100_continue(daemon, test_images, lengths,
+                                                                                   status):
+    """Expect: 100-continue and the POST itself read Content-Length the one way: the same final answer either way, a
+    refusal before the go-ahead (no body comes for a request that is refused)."""
+    service, port, _ = daemon
+    image = png_bytes(test_images[0])
+    headers = b"".join(b"Content-Length: %s\r\n" % value.format(n=len(image), over=LIMITS.max_body_bytes + 1).encode()
+                       for value in lengths)
+    go_ahead = b"HTTP/1.1 100 Continue\r\n\r\n"
+    plain = _raw_exchange(port, b"POST /predict HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n" + image)
+    asked = _raw_exchange(port, b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n" + headers + b"\r\n"
+                          + image)
+    assert plain.startswith(b"HTTP/1.1 %d " % status)
+    assert not asked.startswith(go_ahead)
+    assert asked.split(b"\r\n")[0] == plain.split(b"\r\n")[0]
+    assert json.loads(asked.partition(b"\r\n\r\n")[2]) == json.loads(plain.partition(b"\r\n\r\n")[2])
+    assert counts(service)["http_predictions"] == 0
