@@ -19,7 +19,7 @@ import numpy as np
 
 from adtk.runtime.artefact import INPUT_NAME, VerifiedArtefact, read_artefact
 from adtk.runtime.errors import BackendError, DataError
-from adtk.runtime.pixels import check_frame_pixels, to_rgb_frame
+from adtk.runtime.pixels import MIN_FRAME_SIDE_PX, check_frame_pixels, to_rgb_frame
 
 
 @dataclass(frozen=True)
@@ -50,20 +50,53 @@ def create_backend(artefact: VerifiedArtefact, backend: str, engine_path=None, m
     raise BackendError(f"unknown backend {backend!r} (known: auto, tensorrt, onnxruntime, cpu, cuda, ort-tensorrt)")
 
 
-def as_frame(image, source: str = "frame", max_pixels: int | None = None) -> np.ndarray:
-    """One image (array or path) -> uint8 [H, W, 3] RGB, within the pixel budget.
+def read_verified(path: str | Path, public_key: str | Path | None = None) -> VerifiedArtefact:
+    """Read and verify an artefact file (integrity record, manifest, contract) and, when a public key is given or
+    $ADTK_PUBLIC_KEY names one, its ed25519 signature `<file>.sig` against the bytes read. Nothing of the file
+    has reached a backend yet."""
+    from adtk.runtime.signing import configured_public_key, verify_signature
 
-    Paths go through the one decoder (adtk.runtime.images.decode_image); arrays through the same final
-    conversion (adtk.runtime.pixels.to_rgb_frame: grey repeated, alpha composited over black)."""
+    artefact = read_artefact(path)
+    key = configured_public_key(public_key)
+    if key is not None:
+        verify_signature(artefact.model_bytes, path, key)
+    return artefact
+
+
+ENCODED = (bytes, bytearray, memoryview)
+
+
+def _is_pillow_image(image) -> bool:
+    """A Pillow image, known without importing Pillow (the runtime imports it only for encoded images)."""
+    return type(image).__module__.startswith("PIL.") and hasattr(image, "getbands")
+
+
+def as_frame(image, source: str = "frame", max_pixels: int | None = None) -> np.ndarray:
+    """One image (array, path, an encoded file's bytes or a Pillow image) -> uint8 [H, W, 3] RGB, within the pixel
+    budget.
+
+    Paths and bytes go through the one decoder (adtk.runtime.images.decode_image), Pillow images through its mode
+    conversion (a palette image is not its indices, CMYK not RGBA), arrays through the same final conversion
+    (adtk.runtime.pixels.to_rgb_frame: grey repeated, alpha composited over black)."""
     if isinstance(image, (str, PathLike)):
         from adtk.runtime.images import read_image  # Pillow is imported only when paths are given
 
         frame = read_image(image, max_pixels=max_pixels)
+    elif isinstance(image, ENCODED):
+        from adtk.runtime.images import decode_image
+
+        frame = decode_image(bytes(image), source, max_pixels=max_pixels)
+    elif _is_pillow_image(image):
+        from adtk.runtime.images import pillow_image_to_rgb
+
+        check_frame_pixels(image.width, image.height, source, max_pixels)
+        frame = pillow_image_to_rgb(image, source)
     else:
         frame = to_rgb_frame(np.asarray(image), source)
         check_frame_pixels(frame.shape[1], frame.shape[0], source, max_pixels)
-    if min(frame.shape[:2]) < 16:
-        raise DataError(f"{source}: image of {frame.shape[1]}x{frame.shape[0]} px is too small (16 px minimum)")
+    if min(frame.shape[:2]) < MIN_FRAME_SIDE_PX:
+        raise DataError(f"{source}: image of {frame.shape[1]}x{frame.shape[0]} px is too small "
+                        f"({MIN_FRAME_SIDE_PX} px minimum)")
     return frame
 
 
@@ -77,18 +110,13 @@ class Detector:
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", public_key: str | Path | None = None,
              max_pixels: int | None = None, **backend_options) -> "Detector":
-        """Verify the file (integrity record, manifest, contract; its ed25519 signature `<file>.sig` when a
-        public key is given or $ADTK_PUBLIC_KEY names one), then open it with a backend.
+        """Verify the file (`read_verified`: integrity record, manifest, contract; its ed25519 signature
+        `<file>.sig` when a public key is given or $ADTK_PUBLIC_KEY names one), then open it with a backend.
 
         Only the verified bytes reach the backend: the file is read once, so a file replaced after the
         check cannot be the one that runs.
         """
-        from adtk.runtime.signing import configured_public_key, verify_signature
-
-        artefact = read_artefact(path)
-        key = configured_public_key(public_key)
-        if key is not None:
-            verify_signature(artefact.model_bytes, path, key)
+        artefact = read_verified(path, public_key)
         return cls(artefact, create_backend(artefact, backend, **backend_options), max_pixels=max_pixels)
 
     @property
@@ -101,7 +129,8 @@ class Detector:
         return int(height), int(width)
 
     def predict(self, frames) -> Prediction:
-        """frames: uint8 [B, H, W, 3] RGB, one [H, W, 3] frame, or a sequence of paths/arrays."""
+        """frames: uint8 [B, H, W, 3] RGB, one [H, W, 3] frame, or a sequence of paths/arrays (an encoded file's
+        bytes and Pillow images are taken too, converted as a decoded file is)."""
         batches = self._as_batches(frames)
         parts = [self.backend.run({INPUT_NAME: batch}) for batch in batches]
         merged = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
@@ -120,13 +149,17 @@ class Detector:
                 raise DataError(f"frames: expected uint8 [B, H, W, 3] RGB, got {frames.dtype} {list(frames.shape)}")
             if frames.shape[0] == 0:
                 raise DataError("frames: an empty batch [0, H, W, 3]; give at least one frame")
-            if min(frames.shape[1:3]) < 16:
-                raise DataError(f"frames: {frames.shape[2]}x{frames.shape[1]} px is too small (16 px minimum)")
+            if min(frames.shape[1:3]) < MIN_FRAME_SIDE_PX:
+                raise DataError(f"frames: {frames.shape[2]}x{frames.shape[1]} px is too small "
+                                f"({MIN_FRAME_SIDE_PX} px minimum)")
             check_frame_pixels(frames.shape[2], frames.shape[1], "frames", self.max_pixels)
             return [np.ascontiguousarray(frames)]
-        if isinstance(frames, (np.ndarray, str, PathLike)):
+        if isinstance(frames, (np.ndarray, str, PathLike, *ENCODED)) or _is_pillow_image(frames):
             frames = [frames]
-        if not isinstance(frames, Sequence) or len(frames) == 0:
+        if not isinstance(frames, Sequence):
+            raise DataError(f"frames: expected uint8 [B, H, W, 3] RGB, one [H, W, 3] frame, or a sequence of frames, "
+                            f"image paths, encoded image bytes or Pillow images; got {type(frames).__name__}")
+        if len(frames) == 0:
             raise DataError("no frames given")
         decoded = [as_frame(f, str(f) if isinstance(f, (str, PathLike)) else f"frame {i}", self.max_pixels)
                    for i, f in enumerate(frames)]

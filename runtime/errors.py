@@ -41,3 +41,10 @@ def one_line(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
+
+
+def unicode_text(text: str) -> str:
+    """`text` as valid Unicode: a file name's undecodable bytes reach Python as lone surrogates (\\udcff), which
+    json.dumps writes as escapes that strict JSON parsers refuse (they are no characters); here they become the
+    visible text \\udcff, so a JSON record says which name it was and parses everywhere."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -151,6 +151,69 @@ def _malformed_size(source) -> str | None:
     return None
 
 
+_TIFF_PLANAR_CONFIGURATION, _TIFF_BITS_PER_SAMPLE, _TIFF_SAMPLE_FORMAT = 284, 258, 339
+_SIGNED_INTEGER_SAMPLES = 2  # TIFF SampleFormat
+
+
+def _misread_tiff_layout(opened: Image.Image) -> str | None:
+    """Why Pillow would decode this TIFF into wrong pixels without an error, or None. Two layouts it reads silently
+    wrong: 16-bit samples in separate colour planes, uncompressed (each plane is read as 8-bit samples: the planes
+    mix into noise), and signed 8-bit samples (read as unsigned: -1 becomes 255)."""
+    try:
+        tags = opened.tag_v2
+        planar = tags.get(_TIFF_PLANAR_CONFIGURATION, 1)
+        bits = tags.get(_TIFF_BITS_PER_SAMPLE, (1,))
+        bits = tuple(bits) if isinstance(bits, (tuple, list)) else (bits,)
+        sample_format = tags.get(_TIFF_SAMPLE_FORMAT, (1,))
+        sample_format = tuple(sample_format) if isinstance(sample_format, (tuple, list)) else (sample_format,)
+    except Exception:  # noqa: BLE001 - a malformed tag: Pillow's own decoding decides
+        return None
+    compressed = opened.info.get("compression", "raw") != "raw"
+    if planar == 2 and not compressed and any(b != 8 for b in bits):
+        return (f"TIFF with {'/'.join(map(str, sorted(set(bits))))}-bit samples in separate colour planes, "
+                "uncompressed: not supported (its planes would decode mixed up); save it with the colour planes "
+                "interleaved (PlanarConfiguration 1) or compressed (LZW, deflate)")
+    if _SIGNED_INTEGER_SAMPLES in sample_format and all(b == 8 for b in bits):
+        return ("TIFF with signed 8-bit samples (SampleFormat 2): not supported (they would decode as unsigned, "
+                "-1 as 255); save it as unsigned 8- or 16-bit")
+    return None
+
+
+def _unreadable_variant(source) -> str | None:
+    """For a file no allowed plugin opened, what one of them recognised in its first bytes, or None: a TIFF whose
+    pixel layout Pillow has no mode for (float RGB, 64-bit samples: OpenCV writes float RGB TIFFs), or a header of
+    a known format that is corrupt or cut off."""
+    try:
+        position = source.tell()
+        source.seek(0)
+        prefix = source.read(16)
+    except (OSError, ValueError):
+        return None
+    try:
+        for name in _registered_formats():
+            factory, accept = Image.OPEN[name]
+            if accept is None or accept(prefix) is not True:
+                continue
+            label = {"MPO": "JPEG", "WEBP": "WebP"}.get(name, name)
+            if name == "TIFF":
+                try:  # it failed inside Image.open; parsed again only to learn why
+                    source.seek(0)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        factory(source, "").close()
+                except Exception as error:  # noqa: BLE001 - only its message is used, as Image.open ignored it
+                    if str(error) == "unknown pixel mode":
+                        return ("a TIFF whose pixel layout this decoder does not support (e.g. float RGB or 64-bit "
+                                "samples); save it as 8- or 16-bit integer or single-channel float32")
+            return f"a {label} file whose header is corrupt or cut off"
+    finally:
+        try:
+            source.seek(position)
+        except (OSError, ValueError):
+            pass
+    return None
+
+
 def _decode_strictly(source, fail: Callable[[str], DataError], max_pixels: int) -> Image.Image:
     """Header -> budget check -> decode all pixels -> EXIF orientation; map decoder errors to ``fail``."""
     try:
@@ -163,6 +226,8 @@ def _decode_strictly(source, fail: Callable[[str], DataError], max_pixels: int) 
                 if opened.width * opened.height > max_pixels and (malformed := _malformed_size(source)):
                     raise fail(malformed)
                 check_pixel_budget(opened.width, opened.height, max_pixels, fail)
+                if opened.format == "TIFF" and (misread := _misread_tiff_layout(opened)):
+                    raise fail(misread)
                 opened.load()  # inside the try: pixels decode lazily, and a truncated stream fails here
                 if opened.width * opened.height > max_pixels:  # a plugin that resized on load (JPEG draft)
                     check_pixel_budget(opened.width, opened.height, max_pixels, fail)
@@ -170,8 +235,8 @@ def _decode_strictly(source, fail: Callable[[str], DataError], max_pixels: int) 
     except DataError:
         raise
     except UnidentifiedImageError:
-        raise fail("unrecognised format: not a PNG, JPEG, BMP, TIFF, WebP, GIF or PPM image, or its header "
-                   "is corrupt or cut off") from None
+        raise fail(_unreadable_variant(source) or "unrecognised format: not a PNG, JPEG, BMP, TIFF, WebP, GIF or PPM "
+                   "image, or its header is corrupt or cut off") from None
     except Image.DecompressionBombError:  # Pillow's own limit tripped inside Image.open: far over any budget
         raise fail(_malformed_size(source) or f"declared size is over the pixel budget of {max_pixels / 1e6:.1f} MP "
                    "(and over Pillow's decompression-bomb limit); downscale it before sending") from None
@@ -184,7 +249,9 @@ def _decode_strictly(source, fail: Callable[[str], DataError], max_pixels: int) 
         if any(limit in message for limit in _METADATA_LIMITS):
             raise fail("oversized metadata chunk: a text or colour-profile chunk that decompresses far beyond any "
                        "real one; refused") from None
-        reason = "truncated file" if "truncat" in message.lower() else message or type(error).__name__
+        reason = ("truncated file" if "truncat" in message.lower()
+                  else "corrupt or cut-off WebP data" if message == "could not create decoder object"  # libwebp's
+                  else message or type(error).__name__)
         raise fail(reason) from None
 
 
@@ -213,7 +280,12 @@ def _to_rgb_uint8(image: Image.Image, name: str, hint: str = SKIP_BAD_HINT) -> n
         if mode.startswith("I;16") or mode == "I":
             array = np.asarray(image.convert("I") if mode not in ("I;16", "I") else image)
             if array.dtype == np.int32:  # "I": 16-bit data stored as int32; the documented range is 0..65535
-                array = np.clip(array, 0, 65535).astype(np.uint16)
+                low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+                if low < 0 or high > 65535:  # a 32-bit or signed TIFF: clipping would saturate it into a flat image
+                    raise DataError(f"{name}: cannot decode image (integer pixel values {low}..{high} are outside "
+                                    f"the 16-bit range 0..65535: a 32-bit or signed image; convert it to 8- or 16-bit "
+                                    f"unsigned); {hint}")
+                array = array.astype(np.uint16)
         elif mode == "F":
             array = np.asarray(image)
         elif mode in ("L", "LA", "RGB", "RGBA"):
@@ -227,6 +299,14 @@ def _to_rgb_uint8(image: Image.Image, name: str, hint: str = SKIP_BAD_HINT) -> n
             f"{name}: cannot decode (unsupported image mode {mode!r}: {error}); {hint}"
         ) from None
     return to_rgb_frame(scale_to_uint8(array, name), name)
+
+
+def pillow_image_to_rgb(image: Image.Image, name: str) -> np.ndarray:
+    """An image a caller opened with Pillow -> uint8 RGB [H, W, 3], converted as a decoded file is (any mode: its
+    pixels, not its raw buffer: np.asarray of a palette image gives the indices). Not re-oriented: a caller that
+    opened the file applies its EXIF orientation or not. Raises DataError for a mode that cannot be converted."""
+    rgb = _to_rgb_uint8(image, name, "convert it to RGB first")
+    return rgb if rgb.flags.writeable else rgb.copy()
 
 
 def decode_image(source: str | os.PathLike | bytes, name: str | None = None, max_pixels: int | None = None,
@@ -251,6 +331,37 @@ def decode_image(source: str | os.PathLike | bytes, name: str | None = None, max
     rgb = _to_rgb_uint8(image, name, hint)
     # Pillow hands out read-only buffers; callers (torch.from_numpy among them) expect a writable array.
     return rgb if rgb.flags.writeable else rgb.copy()
+
+
+_HEADER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, TypeError, IndexError, KeyError,
+                  ZeroDivisionError, OverflowError, AttributeError, MemoryError, Image.DecompressionBombError)
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file as `read_image` returns it (its EXIF orientation applied), from the header
+    alone: nothing is decoded or allocated for the declared size. For decisions over many files (the build's
+    --size auto); like the decoder, it opens only a regular file (a FIFO cannot block it) and only the allowed
+    formats. Raises DataError for a file whose header it cannot read; that file is named (or skipped) again when
+    it is decoded."""
+    from adtk.runtime.regular_files import open_regular
+
+    try:
+        with open_regular(path) as stream, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(stream, formats=_registered_formats()) as opened:
+                width, height = opened.size
+                try:
+                    orientation = opened.getexif().get(0x0112)  # EXIF Orientation
+                except Exception:  # noqa: BLE001 - a malformed EXIF block: the decoder ignores it too
+                    orientation = None
+                # 5..8 turn the picture a quarter: the decoder's exif_transpose swaps width and height; Pillow's TIFF
+                # plugin reports the turned size already
+                if orientation in (5, 6, 7, 8) and opened.format != "TIFF":
+                    width, height = height, width
+    except _HEADER_ERRORS as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+        raise DataError(f"{path}: cannot read the image header ({reason})") from None
+    return width, height
 
 
 def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
@@ -297,11 +408,13 @@ def read_mask(
 
 def expand_image_paths(paths) -> list[tuple[Path, Path]]:
     """Files and folders (searched recursively, hidden entries skipped, sorted) -> [(image path, name)],
-    where name is the path relative to the folder given (or the file name), for naming outputs."""
+    where name is the path relative to the folder given (or the file name), for naming outputs. In a folder,
+    everything named like an image but a folder is listed, a broken link, a link loop or a FIFO too: the decoder
+    names it (an error record with --skip-bad) rather than the run leaving it out without a word."""
     found: list[tuple[Path, Path]] = []
     for given in map(Path, paths):
         if given.is_dir():
-            images = sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            images = sorted(p for p in given.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()
                             and not any(part.startswith(".") for part in p.relative_to(given).parts))
             if not images:
                 raise DataError(f"{given}: no images in this folder ({', '.join(sorted(IMAGE_EXTENSIONS))})")

@@ -1,5 +1,5 @@
-"""Return freed memory to the OS promptly (glibc only; a no-op elsewhere). Used by the build
-(toolkit/build.py) and by the scoring daemon (`adtk serve`).
+"""This machine's physical memory, and returning freed memory to the OS promptly (glibc only; a no-op
+elsewhere). Used by the build (toolkit/build.py) and by the scoring daemon (`adtk serve`).
 
 glibc serves allocations above a threshold with mmap and returns them on free, but it raises that
 threshold to the size of every large block freed (up to 32 MB). After the first large blocks are freed,
@@ -15,11 +15,22 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 M_TRIM_THRESHOLD = -1  # glibc malloc.h
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 1 << 20
+UNKNOWN_MEMORY_BYTES = 4 * 1024**3  # not POSIX: assume a small device
+
+
+def physical_memory_bytes() -> int:
+    """This machine's physical memory, which the runtime's defaults are sized from (the frame pixel budget, the
+    daemon's warm-up memory limit): the device it runs on is the target."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return UNKNOWN_MEMORY_BYTES
 
 
 def release_large_blocks_promptly(arena_max: int | None = None) -> bool:

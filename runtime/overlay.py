@@ -15,13 +15,21 @@ pred_mask at the frame's resolution) outlined in cyan, a colour neither the heat
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 
+from adtk.runtime.errors import one_line
+
 MAP_THRESHOLD = 0.5  # anomaly_map's calibrated threshold (the artefact contract: 0.5 = beyond any good image)
 MIN_SIDE_PX = 320  # smaller frames are enlarged so that the outline and the banner stay legible
+# The frame in an overlay has at most this many pixels: a 16 x 70,000 px frame (a 1 KB PNG) enlarged to the
+# 320 px short side would be 1.4 million px wide (the daemon's overlay sink was killed for memory at 23 GB), and
+# drawing takes ~64 bytes per pixel, so a larger frame within the pixel budget (up to 100 MP) is drawn smaller
+# too: 8 MP, ~0.5 GB at the peak; a 3264 x 2448 camera frame is drawn as it is, a 4K one at 98%.
+MAX_DISPLAY_PIXELS = 8_000_000
 OUTLINE_RGB = (0, 255, 255)
 ANOMALOUS_RGB, GOOD_RGB = (200, 30, 30), (30, 130, 60)
 
@@ -87,11 +95,15 @@ def _draw_centred(draw, text: str, font, x: float, banner_px: int, align_right: 
     return start + (right - left)
 
 
-def display_size_hw(size_hw: tuple[int, int], min_side_px: int = MIN_SIDE_PX) -> tuple[int, int]:
-    """The frame's size in the overlay (below the banner): enlarged so the shorter side is min_side_px."""
-    height, width = int(size_hw[0]), int(size_hw[1])
-    scale = max(1.0, min_side_px / max(1, min(height, width)))
-    return (int(round(height * scale)), int(round(width * scale))) if scale > 1.0 else (height, width)
+def display_size_hw(size_hw: tuple[int, int], min_side_px: int = MIN_SIDE_PX,
+                    max_pixels: int = MAX_DISPLAY_PIXELS) -> tuple[int, int]:
+    """The frame's size in the overlay (below the banner): enlarged so the shorter side is min_side_px, but to
+    no more than max_pixels (a long thin frame is enlarged less), and shrunk to max_pixels when larger."""
+    height, width = max(1, int(size_hw[0])), max(1, int(size_hw[1]))
+    scale = min(max(1.0, min_side_px / min(height, width)), math.sqrt(max_pixels / (height * width)))
+    if scale == 1.0:
+        return height, width
+    return max(1, int(height * scale)), max(1, int(width * scale))  # rounded down: never past max_pixels
 
 
 def render_overlay(image: np.ndarray, anomaly_map: np.ndarray, pred_score: float, pred_label: bool,
@@ -140,13 +152,21 @@ def banner(width_px: int, height_px: int, text: str, rgb: tuple[int, int, int], 
     margin = round(height_px * 0.25)
     text_right = _draw_centred(draw, text, font, margin, height_px, align_right=False)
     if caption:
+        # one line, control characters escaped: a file name holding a newline cannot be measured as one line
+        caption = one_line(caption)
         small = _font(round(height_px * 0.42))
-        shown = caption
-        while shown and width_px - margin - draw.textlength(shown, font=small) < text_right + 2 * margin:
-            # too long for the banner: keep the end (a file name's end says most), marked as cut
-            caption = caption[1:]
-            shown = "\u2026" + caption
-        caption = shown
+        room = width_px - margin - text_right - 2 * margin
+        if draw.textlength(caption, font=small) > room:
+            # too long for the banner: keep the longest end that fits (a file name's end says most), marked as cut;
+            # a binary search (the width grows with the characters kept), so a 4,000-character name costs ~12 looks
+            fits, too_long = 0, len(caption)
+            while too_long - fits > 1:
+                middle = (fits + too_long) // 2
+                if draw.textlength("\u2026" + caption[-middle:], font=small) <= room:
+                    fits = middle
+                else:
+                    too_long = middle
+            caption = "\u2026" + caption[-fits:] if fits else ""
         if caption:
             _draw_centred(draw, caption, small, width_px - margin, height_px, align_right=True)
     return np.asarray(canvas)

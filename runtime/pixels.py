@@ -62,6 +62,10 @@ def to_rgb_frame(array: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+MIN_FRAME_SIDE_PX = 16
+"""The shortest side a frame may have: smaller ones are refused by the runtime (`Detector.predict`) and by the
+toolkit's loaders (training, calibration and test images) alike."""
+
 MAX_PIXELS_ENV = "ADTK_MAX_PIXELS"
 # Peak bytes per declared pixel while one frame is decoded and scored: the decoded buffer (up to 8 for
 # 16-bit RGBA), its orientation/RGB copies (~6) and the graph's float32 input before it resizes (12+).
@@ -83,10 +87,9 @@ def default_max_pixels(memory_bytes: int | None = None) -> int:
             raise DataError(f"${MAX_PIXELS_ENV}={value}: a budget under 256 px cannot fit any frame")
         return value
     if memory_bytes is None:
-        try:
-            memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):  # not POSIX: assume a small device
-            memory_bytes = 4 * 1024**3
+        from adtk.runtime.memory import physical_memory_bytes
+
+        memory_bytes = physical_memory_bytes()
     return int(min(max(memory_bytes // 8 // PEAK_BYTES_PER_PIXEL, 4_000_000), 100_000_000))
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adtk.runtime.errors import DataError
+from adtk.runtime.errors import DataError, one_line
 from adtk.runtime.images import (  # noqa: F401  (re-exported: the toolkit's image API)
     IMAGE_EXTENSIONS,
     MASK_THRESHOLD,
@@ -208,6 +208,7 @@ def iter_images(
     samples: Iterable[Sample],
     skip_bad: bool = False,
     on_warning: Callable[[str], None] | None = None,
+    min_side_px: int = 1,
 ) -> Iterator[tuple[Sample, np.ndarray]]:
     """Decode samples one at a time, yielding (sample, uint8 RGB [H, W, 3]).
 
@@ -216,6 +217,8 @@ def iter_images(
         skip_bad: False: the first bad file raises DataError. True: a bad file is reported
             through ``on_warning`` and not yielded.
         on_warning: called with one message per skipped file; default ``warnings.warn``.
+        min_side_px: an image with a shorter side is a bad file too (`adtk eval`: the runtime's
+            MIN_FRAME_SIDE_PX, as it would refuse to score it).
 
     Raises:
         DataError: a bad file (skip_bad False), or every sample was bad (skip_bad True).
@@ -227,10 +230,17 @@ def iter_images(
         seen.append(sample)
         try:
             image = read_image(sample.path)
+            if min(image.shape[:2]) < min_side_px:
+                raise DataError(f"{sample.path}: image of {image.shape[1]}x{image.shape[0]} px is too small "
+                                f"({min_side_px} px minimum); {SKIP_BAD_HINT}")
         except DataError as error:
             if not skip_bad:
                 raise
-            report(f"skipped: {error}")
+            # one line (a file name may hold a newline or ESC codes), without the hint to pass --skip-bad
+            message = str(error)
+            if message.endswith(f"; {SKIP_BAD_HINT}"):
+                message = message[:-len(f"; {SKIP_BAD_HINT}")]
+            report(f"skipped: {one_line(message)}")
             continue
         yielded += 1
         yield sample, image
@@ -307,16 +317,20 @@ def load_images(
 
 
 def _file_sha256(path: Path) -> tuple[int, str]:
-    """(size in bytes, sha256 hex) of a file, read in chunks so large files stay cheap."""
+    """(size in bytes, sha256 hex) of a file, read in chunks so large files stay cheap; (-1, "unreadable") for one
+    that cannot be read as a regular file (a broken link, a FIFO, no permission): --skip-bad skipped it already,
+    and a held-out image is hashed too, so neither a FIFO (it would block) nor the error may stop the build here."""
+    from adtk.runtime.regular_files import open_regular
+
     digest = hashlib.sha256()
     size_bytes = 0
     try:
-        with path.open("rb") as stream:
+        with open_regular(path) as stream:
             while chunk := stream.read(_HASH_CHUNK_BYTES):
                 digest.update(chunk)
                 size_bytes += len(chunk)
-    except OSError as error:
-        raise DataError(f"{path}: cannot read file ({error.strerror or error})") from None
+    except OSError:
+        return -1, "unreadable"
     return size_bytes, digest.hexdigest()
 
 

@@ -7,15 +7,19 @@ AUROC and AU-PRO use the raw (unclipped) outputs, so clipping in the normalised 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from adtk.runtime.detector import Detector
-from adtk.runtime.errors import DataError
+from adtk.runtime.errors import DataError, one_line
+from adtk.runtime.pixels import MIN_FRAME_SIDE_PX
 from adtk.toolkit.data import index_dataset, iter_images, read_sample_mask
 from adtk.toolkit.evaluation.metrics import evaluate_predictions, image_auroc
+
+logger = logging.getLogger("adtk")
 
 
 def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
@@ -27,9 +31,13 @@ def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 def evaluate_artefact(model_path: str | Path, data: str | Path, backend: str = "auto", batch_size: int = 8,
                       skip_bad: bool = False, progress: Callable[[int], None] | None = None,
-                      samples=None, details: dict | None = None) -> dict:
+                      samples=None, details: dict | None = None,
+                      on_warning: Callable[[str], None] | None = None) -> dict:
     """-> metrics dict (JSON-serialisable); `samples` overrides the data set's test split. A `details` dict
-    is filled with the per-image arrays (samples, scores, labels, raw maps, masks) for reports."""
+    is filled with the per-image arrays (samples, scores, labels, raw maps, masks) for reports. With skip_bad,
+    an image that cannot be used (its file or its mask) is skipped and named through `on_warning` (default: a
+    warning line on the "adtk" logger, as the build's)."""
+    warn = on_warning if on_warning is not None else (lambda message: logger.warning(f"warning: {message}"))
     detector = Detector.load(model_path, backend=backend)
     if samples is None:
         index = index_dataset(data)
@@ -53,16 +61,25 @@ def evaluate_artefact(model_path: str | Path, data: str | Path, backend: str = "
         batch.clear()
         batch_samples.clear()
 
-    for sample, image in iter_images(samples, skip_bad=skip_bad):
+    # frames the runtime refuses to score (under 16 px) are bad files here too: named, or skipped with --skip-bad
+    for sample, image in iter_images(samples, skip_bad=skip_bad, on_warning=warn, min_side_px=MIN_FRAME_SIDE_PX):
+        mask = np.zeros(size_hw, dtype=bool)
+        if sample.mask_path is not None:
+            try:
+                mask = resize_mask(read_sample_mask(sample, image.shape[:2]), size_hw)
+            except DataError as error:  # its image is skipped with it: the pixel metrics need the mask
+                if not skip_bad:
+                    raise
+                warn(one_line(f"skipped: {sample.path}, as its mask cannot be used: {error}"))
+                if progress:
+                    progress(1)
+                continue
         batch.append(image)
         batch_samples.append(sample)
         used.append(sample)
         labels.append(sample.label)
         types.append(sample.defect_type)
-        if sample.mask_path is not None:
-            masks.append(resize_mask(read_sample_mask(sample, image.shape[:2]), size_hw))
-        else:
-            masks.append(np.zeros(size_hw, dtype=bool))
+        masks.append(mask)
         if len(batch) == batch_size:
             flush()
         if progress:

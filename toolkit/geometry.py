@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adtk.runtime.errors import ConfigError
+from adtk.runtime.errors import ConfigError, DataError
 from adtk.toolkit.postprocess import AnomalyMapSmoother, TiledMapSmoother
 
 DEFAULT_SHORT_SIDE_PX = 256
@@ -278,8 +278,9 @@ def resolve_geometry(size: int | str | Sequence[int] | SizeSpec, tile: str | int
 
 
 def median_aspect_hw(samples, max_images: int = 400) -> float:
-    """Median height / width over (up to max_images of) the samples, from the image headers only."""
-    from PIL import Image
+    """Median height / width over (up to max_images of) the samples, from the image headers only (as decoded: EXIF
+    orientation applied, so portrait frames a camera stored turned count as portrait)."""
+    from adtk.runtime.images import read_image_size
 
     samples = list(samples)
     if len(samples) > max_images:  # evenly spaced, deterministic
@@ -287,9 +288,8 @@ def median_aspect_hw(samples, max_images: int = 400) -> float:
     ratios = []
     for sample in samples:
         try:
-            with Image.open(sample.path) as image:
-                width, height = image.size
-        except Exception:  # noqa: BLE001 - an unreadable image is reported (or skipped) when it is decoded
+            width, height = read_image_size(sample.path)
+        except DataError:  # an unreadable image is reported (or skipped) when it is decoded
             continue
         if width > 0 and height > 0:
             ratios.append(height / width)

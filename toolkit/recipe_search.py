@@ -272,7 +272,7 @@ def resolve_architectures(space: SearchSpace, training_samples, log) -> list[tup
 
 
 def _median_pixels(samples, max_images: int = 200) -> float:
-    from PIL import Image
+    from adtk.runtime.images import read_image_size
 
     samples = list(samples)
     if len(samples) > max_images:
@@ -280,10 +280,10 @@ def _median_pixels(samples, max_images: int = 200) -> float:
     sizes = []
     for sample in samples:
         try:
-            with Image.open(sample.path) as image:
-                sizes.append(image.size[0] * image.size[1])
-        except Exception:  # noqa: BLE001 - an unreadable image is reported (or skipped) when it is decoded
+            width, height = read_image_size(sample.path)
+        except DataError:  # an unreadable image is reported (or skipped) when it is decoded
             continue
+        sizes.append(width * height)
     return float(np.median(sizes)) if sizes else 0.0
 
 

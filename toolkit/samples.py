@@ -60,7 +60,9 @@ def _is_hidden(path: Path) -> bool:
 
 
 def _is_image_file(path: Path) -> bool:
-    return not _is_hidden(path) and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+    # Anything named like an image but a folder: a broken link, a link loop or a FIFO is listed too, so that the
+    # decoder names it (or --skip-bad reports it) instead of the index leaving it out without a word.
+    return not _is_hidden(path) and path.suffix.lower() in IMAGE_EXTENSIONS and not path.is_dir()
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
-from adtk.runtime.errors import ConfigError
+from adtk.runtime.errors import ConfigError, unicode_text
 from adtk.runtime.extras import require
 
 
@@ -39,18 +39,11 @@ class FrameResult:
     def as_record(self) -> dict:
         """The JSON document every sink emits (documented in `adtk serve --help`)."""
         return {
-            "frame_id": self.frame_id, "time": _iso_utc(self.captured_at_s), "source": _unicode_text(self.source),
+            "frame_id": self.frame_id, "time": _iso_utc(self.captured_at_s), "source": unicode_text(self.source),
             "score": round(self.pred_score, 6), "label": self.pred_label, "raw_score": round(self.raw_score, 6),
             "latency_ms": round(self.latency_ms, 3), "inference_ms": round(self.inference_ms, 3),
             "model_sha256": self.model_sha256,
         }
-
-
-def _unicode_text(text: str) -> str:
-    """`text` as valid Unicode: a file name's undecodable bytes reach Python as lone surrogates (\udcff), which
-    json.dumps writes as escapes that strict JSON parsers refuse (they are no characters); here they become the
-    visible text \udcff, so the record says which name it was and parses everywhere."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _iso_utc(seconds: float) -> str:

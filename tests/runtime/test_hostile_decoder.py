@@ -139,3 +139,115 @@ def test_a_png_with_a_huge_compressed_metadata_chunk_is_refused_in_plain_words(t
         with pytest.raises(DataError, match="oversized metadata chunk") as caught:
             decode_image(source)
         assert "MAX_TEXT" not in str(caught.value) and "PngImagePlugin" not in str(caught.value)
+
+
+def tiff_bytes(samples: np.ndarray, *, planar: bool = False, sample_format: int = 1) -> bytes:
+    """A minimal uncompressed little-endian TIFF of samples [H, W] or [H, W, C] (one strip per plane), for the
+    layouts Pillow cannot write: colour planes stored separately, signed 8-bit samples, float RGB."""
+    import struct
+
+    height, width = samples.shape[:2]
+    channels = 1 if samples.ndim == 2 else samples.shape[2]
+    data = samples.astype(samples.dtype.newbyteorder("<"))
+    strips = ([np.ascontiguousarray(data[..., c]).tobytes() for c in range(channels)] if planar and channels > 1
+              else [np.ascontiguousarray(data).tobytes()])
+    body = bytearray(b"II*\0\0\0\0\0")
+    offsets = []
+    for strip in strips:
+        offsets.append(len(body))
+        body += strip
+
+    def array(kind: str, values) -> int:  # out-of-line values -> their offset
+        at = len(body)
+        body.extend(struct.pack(f"<{len(values)}{kind}", *values))
+        return at
+
+    short, long_ = 3, 4
+    per_sample = lambda value: [value] * channels  # noqa: E731
+    entries = [(256, long_, [width]), (257, long_, [height]), (258, short, per_sample(data.dtype.itemsize * 8)),
+               (259, short, [1]), (262, short, [2 if channels >= 3 else 1]), (273, long_, offsets),
+               (277, short, [channels]), (278, long_, [height]), (279, long_, [len(s) for s in strips]),
+               (284, short, [2 if planar else 1]), (339, short, per_sample(sample_format))]
+    packed = []
+    for tag, kind, values in entries:
+        code = "H" if kind == short else "I"
+        if struct.calcsize(f"<{len(values)}{code}") <= 4:
+            field = struct.pack(f"<{len(values)}{code}", *values).ljust(4, b"\0")
+        else:
+            field = struct.pack("<I", array(code, values))
+        packed.append(struct.pack("<HHI", tag, kind, len(values)) + field)
+    if len(body) % 2:
+        body += b"\0"
+    struct.pack_into("<I", body, 4, len(body))
+    body += struct.pack("<H", len(packed)) + b"".join(packed) + b"\0\0\0\0"
+    return bytes(body)
+
+
+def test_tiff_layouts_pillow_would_decode_into_wrong_pixels_are_refused_by_name():
+    """Pillow reads 16-bit colour planes stored separately (uncompressed) as 8-bit planes, mixing them into
+    noise, and signed 8-bit samples as unsigned (-1 as 255), both without an error: a silently wrong score."""
+    rgb16 = np.random.default_rng(0).integers(0, 65536, (20, 24, 3)).astype(np.uint16)
+    interleaved = decode_image(tiff_bytes(rgb16))  # the same pixels interleaved: decoded (8-bit, from the top byte)
+    assert np.abs(interleaved.astype(int) - rgb16 / 257).max() <= 1
+    with pytest.raises(DataError, match=r"planar16.tif: .*16-bit samples in separate colour planes, uncompressed"):
+        decode_image(tiff_bytes(rgb16, planar=True), "planar16.tif")
+    rgb8 = (rgb16 >> 8).astype(np.uint8)
+    assert np.array_equal(decode_image(tiff_bytes(rgb8, planar=True)), rgb8)  # 8-bit planes: Pillow reads them right
+    signed = np.full((20, 24), -1, np.int8)
+    with pytest.raises(DataError, match=r"signed 8-bit samples"):
+        decode_image(tiff_bytes(signed, sample_format=2), "signed.tif")
+
+
+def test_integer_pixels_beyond_16_bits_are_refused_not_saturated(tmp_path):
+    # a 32-bit integer TIFF was clipped to 65535: a white frame, scored without a word
+    Image.fromarray(np.full((20, 20), 100_000, np.int32)).save(tmp_path / "int32.tif")
+    with pytest.raises(DataError, match=r"int32.tif: .*values 100000..100000 are outside the 16-bit range"):
+        read_image(tmp_path / "int32.tif")
+    negative = np.full((20, 20), -300, np.int16)
+    with pytest.raises(DataError, match=r"values -300..-300 are outside the 16-bit range"):
+        decode_image(tiff_bytes(negative, sample_format=2))
+    assert int(decode_image(tiff_bytes(np.full((20, 20), 257 * 7, np.int16), sample_format=2))[0, 0, 0]) == 7
+
+
+def test_a_known_format_that_cannot_be_read_is_named_as_that_format():
+    float_rgb = np.full((20, 20, 3), 0.5, np.float32)  # OpenCV writes float RGB TIFFs; Pillow has no mode for them
+    with pytest.raises(DataError, match=r"a TIFF whose pixel layout this decoder does not support"):
+        decode_image(tiff_bytes(float_rgb, sample_format=3))
+    from tests.runtime.hostile_inputs import png_bytes
+
+    with pytest.raises(DataError, match=r"a PNG file whose header is corrupt or cut off"):
+        decode_image(png_bytes(np.zeros((20, 20, 3), np.uint8))[:30])
+
+
+def test_read_image_size_is_the_decoded_size_from_the_header_without_blocking(tmp_path):
+    import os
+
+    from adtk.runtime.images import read_image_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned a quarter: stored 40 x 20 (width x height), shown 20 x 40
+    Image.new("RGB", (40, 20)).save(tmp_path / "turned.jpg", exif=exif.tobytes())
+    Image.new("RGB", (40, 20)).save(tmp_path / "turned.tif", exif=exif.tobytes())
+    for name in ("turned.jpg", "turned.tif"):
+        decoded = read_image(tmp_path / name)
+        assert read_image_size(tmp_path / name) == (decoded.shape[1], decoded.shape[0]) == (20, 40), name
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.png")  # opened plainly, a FIFO blocks its reader forever
+        with pytest.raises(DataError, match="pipe.png: cannot read the image header"):
+            read_image_size(tmp_path / "pipe.png")
+
+
+def test_detector_takes_pillow_images_and_encoded_bytes_as_their_files_and_names_other_types(tiny_build, tmp_path):
+    from adtk.runtime.detector import Detector
+
+    detector = Detector.load(tiny_build.artefact)
+    pixels = np.random.default_rng(1).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    palette = Image.fromarray(pixels).convert("P", palette=Image.ADAPTIVE, colors=16)
+    palette.save(tmp_path / "palette.png")
+    from_file = detector.predict(str(tmp_path / "palette.png")).raw_score
+    # np.asarray of a palette image is its indices: a list of Pillow images was scored as a dark grey frame
+    for given in (palette, [palette], (tmp_path / "palette.png").read_bytes()):
+        assert np.array_equal(detector.predict(given).raw_score, from_file), type(given)
+    for wrong, name in ((None, "NoneType"), ({"frame": pixels}, "dict"), (7, "int")):
+        with pytest.raises(DataError, match=f"got {name}$"):
+            detector.predict(wrong)

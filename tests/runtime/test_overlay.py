@@ -60,3 +60,30 @@ def test_save_png_leaves_no_temporary_file(tmp_path):
     path = save_png(picture, tmp_path / "a" / "x.png")
     assert [p.name for p in path.parent.iterdir()] == ["x.png"]
     assert np.array_equal(np.asarray(Image.open(path)), picture)
+
+
+def test_a_long_thin_frame_is_enlarged_only_up_to_the_overlay_pixel_limit():
+    """A 16 x 70,000 px frame (a 1 KB PNG) enlarged to the 320 px short side would be 1.4 million px wide: the
+    daemon's overlay sink was killed for memory at 23 GB. Enlarging stops at MAX_DISPLAY_PIXELS, larger frames
+    shrink to it, and frames that need neither are drawn as they are."""
+    from adtk.runtime.overlay import MAX_DISPLAY_PIXELS, display_size_hw
+
+    for size_hw in ((16, 70000), (1, 100000), (70000, 16), (12000, 9000), (16, 4000)):
+        height, width = display_size_hw(size_hw)
+        assert 1 <= height * width <= MAX_DISPLAY_PIXELS, size_hw
+        assert (height > width) == (size_hw[0] > size_hw[1])  # the aspect ratio kept
+    assert display_size_hw((400, 500)) == (400, 500)
+    assert display_size_hw((64, 96)) == (320, 480)
+
+
+def test_a_caption_with_a_newline_or_escape_codes_is_one_line_and_a_long_one_is_cut_quickly():
+    import time
+
+    frame = np.zeros((320, 320, 3), np.uint8)
+    # a file named with a newline: Pillow cannot measure multi-line text (adtk predict --overlays stopped, an
+    # internal error, and the daemon's overlay sink failed on the frame)
+    picture = render_overlay(frame, hot_square_map(), 0.9, True, caption="part\nDataError: \x1b[2Jforged.png")
+    assert picture.shape[1] == 320
+    tic = time.perf_counter()
+    render_overlay(frame, hot_square_map(), 0.9, True, caption="deep/" * 800 + "part.png")
+    assert time.perf_counter() - tic < 1.0  # 5.7 s when the cut dropped one character per measurement

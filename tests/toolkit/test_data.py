@@ -458,3 +458,28 @@ def test_prefetched_keeps_order_raises_where_raised_and_stops_with_its_caller():
     time.sleep(0.2)
     assert len(made) <= 6  # one ahead and one waiting at most, not the whole stream
     assert not [t for t in threading.enumerate() if t.name == "adtk-prefetch"]
+
+
+def test_entries_named_like_images_that_cannot_be_read_are_indexed_reported_and_hashed_without_blocking(tmp_path):
+    """A broken link, a link loop or a FIFO named like an image was left out of the index without a word; now the
+    build names it (or --skip-bad reports it), and hashing the image list neither blocks on the FIFO nor stops."""
+    import os
+
+    write_rgb(tmp_path / "a.png", height=20, width=20)
+    (tmp_path / "broken.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    expected = ["a.png", "broken.png", "loop.png"]
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.png")
+        expected.append("pipe.png")
+    (tmp_path / "folder.png").mkdir()
+    index = index_dataset(tmp_path)
+    assert names(index.train) == expected
+    with pytest.raises(DataError, match="broken.png: file not found"):
+        load_images(index.train)
+    reported: list[str] = []
+    images, kept = load_images(index.train, skip_bad=True, on_warning=reported.append)
+    assert names(kept) == ["a.png"]
+    assert [message.split(": ")[1].rsplit("/", 1)[-1] for message in reported] == expected[1:]
+    assert not any("--skip-bad" in message for message in reported)  # it was given: no hint to pass it
+    assert len(training_list_sha256(index.train)) == 64

@@ -141,3 +141,25 @@ def test_stitched_map_is_the_overlap_average_of_each_tiles_smoothed_map():
             if frame == 0:
                 count[y:y + 32, x:x + 32] += 1
     np.testing.assert_allclose(stitched.numpy(), expected / count, atol=1e-5)
+
+
+def test_the_median_aspect_of_the_training_images_is_that_of_the_decoded_frames(tmp_path):
+    """--size auto read the stored size: a camera's portrait frames stored turned (EXIF orientation 6) counted as
+    landscape, so every frame was squashed; a FIFO among them blocked the build."""
+    import os
+
+    from PIL import Image
+
+    from adtk.toolkit.data import Sample
+    from adtk.toolkit.geometry import median_aspect_hw
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    samples = []
+    for i in range(3):
+        Image.new("RGB", (64, 32)).save(tmp_path / f"{i}.jpg", exif=exif.tobytes())  # shown 32 wide, 64 tall
+        samples.append(Sample(tmp_path / f"{i}.jpg", 0, "good", None))
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.jpg")
+        samples.append(Sample(tmp_path / "pipe.jpg", 0, "good", None))
+    assert median_aspect_hw(samples) == 2.0

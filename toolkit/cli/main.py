@@ -17,7 +17,7 @@ import sys
 
 import click
 
-from adtk.runtime.errors import AdtkError, ConfigError
+from adtk.runtime.errors import AdtkError, ConfigError, one_line
 from adtk.runtime.extras import MissingExtraError, missing_extra_message
 
 RUNTIME_ERROR, USAGE_ERROR = 1, 2  # click exits 2 for its own usage errors
@@ -35,7 +35,9 @@ class AdtkGroup(click.Group):
         except AdtkError as exc:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"{type(exc).__name__}: {exc}", err=True)
+            # one line whatever the message holds: a file named "a.png\nDataError: ..." cannot forge a second line,
+            # and no terminal control sequence (ESC) from a file name reaches the screen
+            click.echo(one_line(f"{type(exc).__name__}: {exc}"), err=True)
             sys.exit(USAGE_ERROR if isinstance(exc, ConfigError) else RUNTIME_ERROR)
         except ModuleNotFoundError as exc:
             # An optional dependency that a command imports lazily: one line naming the extra, not a traceback.
@@ -54,15 +56,15 @@ class AdtkGroup(click.Group):
             if ctx.params.get("debug"):
                 raise
             where = exc.filename if exc.filename is not None else "a path it was given"
-            click.echo(f"adtk {ctx.invoked_subcommand}: cannot use {where}: {exc.strerror or exc}", err=True)
+            click.echo(one_line(f"adtk {ctx.invoked_subcommand}: cannot use {where}: {exc.strerror or exc}"), err=True)
             sys.exit(RUNTIME_ERROR)
         except Exception as exc:  # noqa: BLE001 - a bug of ours: one line that says so, not a traceback
             if ctx.params.get("debug"):
                 raise
             first_line = str(exc).splitlines()[0] if str(exc) else ""
-            click.echo(f"internal error in adtk {ctx.invoked_subcommand}: {type(exc).__name__}: {first_line} (an "
-                       f"unexpected error inside adtk, a bug: rerun with `adtk --debug {ctx.invoked_subcommand} ...` "
-                       "for the traceback and report it)", err=True)
+            click.echo(one_line(f"internal error in adtk {ctx.invoked_subcommand}: {type(exc).__name__}: {first_line} "
+                                f"(an unexpected error inside adtk, a bug: rerun with `adtk --debug "
+                                f"{ctx.invoked_subcommand} ...` for the traceback and report it)"), err=True)
             sys.exit(RUNTIME_ERROR)
 
 

@@ -23,23 +23,26 @@ def command(model, images, backend, skip_bad, overlay_dir):
     With --overlays DIR, also "overlay": the PNG written.
     With --skip-bad, an undecodable image gives {"path": str, "error": str}.
     """
-    from adtk.runtime.detector import Detector
-    from adtk.runtime.errors import DataError
-    from adtk.runtime.images import expand_image_paths, read_image
+    from adtk.runtime.detector import Detector, as_frame
+    from adtk.runtime.errors import DataError, unicode_text
+    from adtk.runtime.images import expand_image_paths
 
     detector = Detector.load(model, backend=backend)
     overlays_written = set()
     for path, name in expand_image_paths(images):
+        # JSON records carry names as valid Unicode: a name's undecodable bytes as the text \udcff, not as a lone
+        # surrogate escape that strict JSON parsers refuse
+        shown = unicode_text(str(path))
         try:
-            image = read_image(path)
-            prediction = detector.predict(image[None])  # refuses e.g. a frame under 16 px: this image only
+            image = as_frame(path, str(path), detector.max_pixels)  # decoded, then e.g. a frame under 16 px refused
+            prediction = detector.predict(image[None])
         except DataError as exc:
             message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
             if not skip_bad:
                 raise DataError(message) from None
-            click.echo(json.dumps({"path": str(path), "error": message}))
+            click.echo(json.dumps({"path": shown, "error": unicode_text(message)}))
             continue
-        record = {"path": str(path), "pred_score": round(float(prediction.pred_score[0]), 6),
+        record = {"path": shown, "pred_score": round(float(prediction.pred_score[0]), 6),
                   "pred_label": bool(prediction.pred_label[0]),
                   "raw_score": round(float(prediction.raw_score[0]), 6)}
         if overlay_dir is not None:
@@ -51,5 +54,5 @@ def command(model, images, backend, skip_bad, overlay_dir):
             if target in overlays_written:  # ok.png and ok.jpg side by side: the second keeps its own suffix
                 target = overlay_dir / name.with_name(name.name + ".png")
             overlays_written.add(target)
-            record["overlay"] = str(save_png(picture, target))
+            record["overlay"] = unicode_text(str(save_png(picture, target)))
         click.echo(json.dumps(record))
