@@ -37,6 +37,9 @@ class OnnxRuntimeBackend(Backend):
         # The CPU arena keeps the largest blocks it ever handed out: right for fixed-size frames (fast),
         # wrong for a daemon fed frames of any size (its RSS would stay at the largest frame's peak).
         options.enable_cpu_mem_arena = bool(memory_arena)
+        # Errors only: at its default (warnings) onnxruntime prints coloured lines to stderr for odd but working
+        # graphs (an unused initializer...), which would land in the daemon's log on every load. 3 = ERROR.
+        options.log_severity_level = 3
         if intra_op_threads:
             options.intra_op_num_threads = int(intra_op_threads)
         self.providers = choose_providers(provider, ort.get_available_providers())

@@ -1,9 +1,11 @@
 """Hot swap: watch the model folder; verify a new artefact away from the scoring loop; offer it for a swap.
 
-What makes a half-copied model impossible to score with: `Detector.load` reads the file ONCE and checks
+What makes a half-copied model impossible to score with: `read_verified` reads the file ONCE and checks
 the integrity record (sha256 over every byte) and the contract on exactly those bytes before any
 session exists, so a truncated or still-growing file fails verification, and a file replaced after the
-check cannot be the one that runs. A candidate must also score a warm-up frame (finite outputs of the
+check cannot be the one that runs. A candidate must also load and score its warm-up frames in a child process
+within a memory limit and a timeout (isolated_warm_up.py: a graph built to exhaust memory or crash onnxruntime
+takes down the child, not the daemon), and score a warm-up frame in the daemon (finite outputs of the
 contract's shapes, pred_score in 0..1) before it is offered. The scoring loop takes the offered
 detector between two frames (`take()`), so no frame is ever scored half by one model and half by another.
 
@@ -23,34 +25,24 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import numpy as np
-
-from adtk.runtime.detector import Detector
-from adtk.runtime.errors import AdtkError, ArtefactError
+from adtk.runtime.daemon.isolated_warm_up import WarmUpLimits, check_in_child, warm_up
+from adtk.runtime.detector import Detector, create_backend, read_verified
+from adtk.runtime.errors import AdtkError
 from adtk.runtime.signing import signature_path
 
 PREVIOUS_SUFFIX = ".previous.onnx"
 
 
-def warm_up(detector: Detector) -> None:
-    """Score one mid-grey frame at the model size; raise ArtefactError if the outputs break the contract."""
-    height, width = detector.model_size_px
-    prediction = detector.predict(np.full((1, height, width, 3), 128, dtype=np.uint8))
-    score = prediction.pred_score
-    if score.shape != (1,) or not np.all(np.isfinite(score)) or not 0.0 <= float(score[0]) <= 1.0:
-        raise ArtefactError(f"warm-up frame gave pred_score {score.tolist()} (expected one value in 0..1)")
-    if prediction.anomaly_map.shape != (1, height, width) or not np.all(np.isfinite(prediction.anomaly_map)):
-        raise ArtefactError(f"warm-up frame gave an anomaly map of shape {list(prediction.anomaly_map.shape)} "
-                            f"with non-finite values or not [1, {height}, {width}]")
-
-
 def load_verified(path: str | Path, backend: str = "auto", public_key: str | Path | None = None,
-                  max_pixels: int | None = None) -> Detector:
-    """Detector.load (integrity, schema, manifest against graph, signature when a key is configured) plus
-    the warm-up frame. onnxruntime's memory arena is off: frames of any size arrive, and an arena keeps
-    the high-water mark of every size it ever saw."""
-    detector = Detector.load(path, backend=backend, public_key=public_key, max_pixels=max_pixels,
-                             memory_arena=False)
+                  max_pixels: int | None = None, warm_up_limits: WarmUpLimits = WarmUpLimits()) -> Detector:
+    """Verify the file (integrity, schema, manifest against graph, signature when a key is configured), load it
+    and score its warm-up frames in a child process within `warm_up_limits` (before this process gives it to
+    any backend), then open it here and score the warm-up frame again (it checks the contract on the backend
+    that will serve, and warms it). onnxruntime's memory arena is off: frames of any size arrive, and an arena
+    keeps the high-water mark of every size it ever saw."""
+    artefact = read_verified(path, public_key)
+    check_in_child(artefact, max_pixels, str(path), warm_up_limits)
+    detector = Detector(artefact, create_backend(artefact, backend, memory_arena=False), max_pixels=max_pixels)
     warm_up(detector)
     return detector
 
@@ -64,10 +56,11 @@ class ModelWatcher:
 
     def __init__(self, folder: str | Path, serving_sha256: str, backend: str = "auto", poll_s: float = 1.0,
                  on_refused=lambda path, reason: None, on_offered=lambda path, detector: None,
-                 public_key: str | Path | None = None, max_pixels: int | None = None):
+                 public_key: str | Path | None = None, max_pixels: int | None = None,
+                 warm_up_limits: WarmUpLimits = WarmUpLimits()):
         self.folder = Path(folder)
         self.backend, self.poll_s = backend, poll_s
-        self.public_key, self.max_pixels = public_key, max_pixels
+        self.public_key, self.max_pixels, self.warm_up_limits = public_key, max_pixels, warm_up_limits
         self.on_refused, self.on_offered = on_refused, on_offered
         self._serving_sha256 = serving_sha256
         self._lock = threading.Lock()
@@ -140,7 +133,7 @@ class ModelWatcher:
     def _consider(self, path: Path) -> bool:
         """Verify one candidate; True when it verified (offered, or it is the artefact already served)."""
         try:
-            detector = load_verified(path, self.backend, self.public_key, self.max_pixels)
+            detector = load_verified(path, self.backend, self.public_key, self.max_pixels, self.warm_up_limits)
         except AdtkError as exc:
             reason = str(exc)  # ArtefactError's name the file; a backend's (onnxruntime refusing the graph) do not
             self._refuse(path, reason if reason.startswith(str(path)) else f"{path}: {reason}")

@@ -14,10 +14,11 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from adtk.runtime.daemon.hot_swap import ModelWatcher, load_verified
+from adtk.runtime.daemon.isolated_warm_up import WarmUpLimits
 from adtk.runtime.daemon.metrics import DaemonMetrics
 from adtk.runtime.daemon.sinks import FrameResult
 from adtk.runtime.daemon.sources import Frame, FrameCounter, FrameQueue
@@ -36,6 +37,8 @@ class ServiceConfig:
     log_every_s: float = 10.0
     max_pixels: int | None = None  # per frame, checked before decoding; None = sized from this machine's memory
     public_key: Path | None = None  # ed25519 public key: every model must carry a valid .sig (None: $ADTK_PUBLIC_KEY)
+    # memory and time a model may take to load and score its warm-up frames in a child process before it is served
+    warm_up_limits: WarmUpLimits = field(default_factory=WarmUpLimits)
 
 
 class RateLimitedLog:
@@ -89,14 +92,15 @@ class ScoringService:
 
     def start(self) -> "ScoringService":
         """Verify and warm up the model (raises ArtefactError if it is bad), then start the threads."""
-        self._install(load_verified(self.model_path, self.config.backend, self.public_key, self.config.max_pixels),
-                      self.model_path)
+        self._install(load_verified(self.model_path, self.config.backend, self.public_key, self.config.max_pixels,
+                                    self.config.warm_up_limits), self.model_path)
         if self.config.watch:
             folder = self.config.model_dir or self.model_path.parent
             self._watcher = ModelWatcher(folder, self.detector.artefact.sha256, self.config.backend,
                                          self.config.watch_poll_s, on_refused=self._on_refused,
                                          on_offered=self._on_offered, public_key=self.public_key,
-                                         max_pixels=self.config.max_pixels).start()
+                                         max_pixels=self.config.max_pixels,
+                                         warm_up_limits=self.config.warm_up_limits).start()
         if self.source is not None:
             self._capture_thread = threading.Thread(target=self._capture, name="adtk-capture", daemon=True)
             self._capture_thread.start()

@@ -56,3 +56,32 @@ def png_bytes(image: np.ndarray, **options) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", **options)
     return buffer.getvalue()
+
+
+def allocation_bomb(artefact_bytes: bytes, floats_per_input_value: int) -> bytes:
+    """The artefact, re-sealed, with raw_score plus the sum of a ConstantOfShape tensor of `floats_per_input_value`
+    float32 zeros per value of the input frame (x 64 * 64 * 3 at the tiny build's model size): the file stays small
+    and every output keeps its value, but each frame allocates that much. The size is computed from the frame's
+    shape, so no optimiser can fold it away before a frame arrives."""
+    from onnx import helper, numpy_helper
+
+    from tests.runtime.test_artefact_tampered_files import resealed
+
+    def add_bomb(model) -> None:
+        nodes = list(model.graph.node)
+        producer = next(node for node in nodes if "raw_score" in node.output)
+        producer.output[list(producer.output).index("raw_score")] = "bomb.raw_score"
+        bomb = [helper.make_node("Shape", ["frames"], ["bomb.shape"]),
+                helper.make_node("ReduceProd", ["bomb.shape"], ["bomb.values"], keepdims=1),
+                helper.make_node("Mul", ["bomb.values", "bomb.factor"], ["bomb.size"]),
+                helper.make_node("ConstantOfShape", ["bomb.size"], ["bomb.zeros"],
+                                 value=numpy_helper.from_array(np.zeros(1, np.float32))),
+                helper.make_node("ReduceSum", ["bomb.zeros"], ["bomb.sum"], keepdims=0),
+                helper.make_node("Add", ["bomb.raw_score", "bomb.sum"], ["raw_score"])]
+        at = nodes.index(producer) + 1  # before raw_score's consumers: the graph stays topologically sorted
+        del model.graph.node[:]
+        model.graph.node.extend(nodes[:at] + bomb + nodes[at:])
+        model.graph.initializer.append(numpy_helper.from_array(np.array([floats_per_input_value], np.int64),
+                                                               "bomb.factor"))
+
+    return resealed(artefact_bytes, add_bomb)

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from adtk.runtime.daemon.isolated_warm_up import DEFAULT_TIMEOUT_S, WarmUpLimits
+
 
 def parse_http(value: str) -> tuple[str, int]:
     """HOST:PORT, [IPV6]:PORT or :PORT -> (host, port), checked (the bind itself is checked by ApiServer)."""
@@ -79,8 +81,16 @@ def _finite(param, value):
               help="Seconds a client has to send its headers (3x for a body, 1.5x idle between requests).")
 @click.option("--http-predictions", "http_predictions", type=click.IntRange(min=1), default=2, show_default=True,
               help="Frames POST /predict decodes and scores at once (memory: each is within --max-pixels).")
+@click.option("--warm-up-memory-mb", type=click.IntRange(min=64, max=1024**2), default=None,
+              help="Memory a model may use to load and score its warm-up frames (one at the model size, one of "
+                   "--max-pixels), tried in a separate process before it is served; a model that needs more is "
+                   "refused (default: half this machine's memory, 2048..8192, at least 4x the artefact's size).")
+@click.option("--warm-up-timeout", "warm_up_timeout_s", type=click.FloatRange(min=1, max=3600),
+              default=DEFAULT_TIMEOUT_S, show_default=True, callback=lambda ctx, param, value: _finite(param, value),
+              help="Seconds that separate process may take; a model that takes longer is refused.")
 def command(model, source, sinks, http_bind, token_file, queue_capacity, pace_fps, loop, model_dir, no_watch,
-            public_key, backend, max_pixels, http_max_connections, http_max_body_mb, http_timeout_s, http_predictions):
+            public_key, backend, max_pixels, http_max_connections, http_max_body_mb, http_timeout_s, http_predictions,
+            warm_up_memory_mb, warm_up_timeout_s):
     """Score frames from --source with MODEL until SIGTERM; hot-swap new artefacts placed in its folder.
 
     \b
@@ -105,7 +115,8 @@ def command(model, source, sinks, http_bind, token_file, queue_capacity, pace_fp
     release_large_blocks_promptly(arena_max=2)  # frames of any size, decoded on several threads (runtime/memory.py)
 
     config = ServiceConfig(model=model, model_dir=model_dir, watch=not no_watch, queue_capacity=queue_capacity,
-                           backend=backend, max_pixels=max_pixels, public_key=public_key)
+                           backend=backend, max_pixels=max_pixels, public_key=public_key,
+                           warm_up_limits=WarmUpLimits(memory_mb=warm_up_memory_mb, timeout_s=warm_up_timeout_s))
     limits = HttpLimits(max_connections=http_max_connections, max_body_bytes=int(http_max_body_mb * 1024**2),
                         header_timeout_s=http_timeout_s, body_timeout_s=3 * http_timeout_s,
                         idle_timeout_s=1.5 * http_timeout_s, max_concurrent_predictions=http_predictions)
