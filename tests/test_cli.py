@@ -82,3 +82,22 @@ def test_user_errors_exit_1_for_runtime_and_2_for_usage_with_a_message(runner, b
     assert result.exit_code == 1 and "frame.png" in result.output
     result = runner.invoke(cli, ["predict", "--skip-bad", str(built), str(not_image)])
     assert result.exit_code == 0 and '"error"' in result.output
+
+
+def test_build_and_eval_say_what_the_data_set_index_found_odd(runner, built, tiny_dataset, tmp_path):
+    """Defect images without masks count for image-level metrics only: allowed, but build and eval say so (the
+    index noted it and nobody printed it)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset.root, data)
+    unmasked = sorted((data / "ground_truth").iterdir())[0]
+    shutil.rmtree(unmasked)
+    evaluated = runner.invoke(cli, ["eval", str(built), "--data", str(data)])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert f"warning: test/{unmasked.name}: " in evaluated.output and "have no mask" in evaluated.output
+    out = tmp_path / "model.onnx"
+    fitted = runner.invoke(cli, ["build", "--method", "patchcore", "--data", str(data), "-o", str(out),
+                                 "--random-weights", "--size", "64", "--coreset-ratio", "0.2"])
+    assert fitted.exit_code == 0, fitted.output
+    assert f"warning: test/{unmasked.name}: " in fitted.output and "have no mask" in fitted.output

@@ -170,6 +170,8 @@ def prepare_inputs(config: BuildConfig, index: DatasetIndex | None, steps: Build
     target = load_target(config.target) if config.target else None
     precision = resolve_precision(config.precision, target)
     index = index or index_dataset(config.data, **config.data_layout)
+    for warning in index.warnings:  # allowed oddities (defect images without masks, ignored folders): said once
+        steps.warn(warning)
     fit_samples, calibration_samples = split_training_set(index.train, config.calib_fraction,
                                                           config.max_train_images, config.seed)
     # labelled defects (seed 003) are chosen before any image is read, so a wrong type fails fast

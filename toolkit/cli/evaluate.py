@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from adtk.runtime.errors import one_line
 from adtk.toolkit.cli.progress import progress_factory
 from adtk.toolkit.cli.tables import format_table
 from adtk.toolkit.data_layouts import data_layout_options
@@ -59,7 +60,10 @@ def command(ctx, model, data, backend, json_out, skip_bad, report_dir=None, poll
                           "see `adtk research pollution --help`)")
     details = {} if report_dir is not None else None
     layout = {key: value for key, value in layout.items() if value is not None}
-    test_samples = list(index_dataset(data, **layout).test)
+    index = index_dataset(data, **layout)
+    for warning in index.warnings:  # allowed oddities (defect images without masks, ignored folders): said once
+        click.echo(one_line(f"warning: {warning}"), err=True)
+    test_samples = list(index.test)
     with progress_factory(len(test_samples), "eval") as bar:
         metrics = evaluate_artefact(model, data, backend=backend, skip_bad=skip_bad, progress=bar.update,
                                     details=details, samples=test_samples or None)
