@@ -44,7 +44,7 @@ from adtk.toolkit.build_config import BuildConfig, config_to_dict, validate_buil
 from adtk.toolkit.calibration import Calibration, calibrate
 from adtk.toolkit.data import DatasetIndex, Sample, index_dataset, iter_images, prefetched, training_list_sha256
 from adtk.toolkit.ensemble import backbone_choices, geometry_stride, member_statistics
-from adtk.toolkit.geometry import Geometry, make_tiling, median_aspect_hw, parse_size, parse_tile, resolve_geometry
+from adtk.toolkit.geometry import Geometry, make_tiling, median_image_shape, parse_size, parse_tile, resolve_geometry
 from adtk.toolkit.labelled_defects import (LabelledFeatures, defects_manifest_entry, extract_labelled_features,
                                            labelled_defect_samples)
 from adtk.toolkit.memory import (keep_arrays_off_huge_pages, release_large_blocks_promptly,
@@ -180,7 +180,8 @@ def prepare_inputs(config: BuildConfig, index: DatasetIndex | None, steps: Build
         defect_samples = labelled_defect_samples(index, config.defects_from_test, steps.warn)
     elif config.defects_from_test:
         steps.warn(f"--defects-from-test is ignored: {method.name} does not learn from labelled defects")
-    geometry = build_geometry(config, geometry_stride(choices), index.train, steps.log)
+    geometry, finer = build_geometry(config, geometry_stride(choices), index.train, steps.log)
+    method = bank_rows_as_at_256(config, method, finer, steps.log)
     return BuildInputs(method, index, fit_samples, calibration_samples, defect_samples, refine_spec, target,
                        precision, geometry, choices)
 
@@ -580,19 +581,47 @@ def check_geometry_request(config: BuildConfig, method) -> list:
     return choices
 
 
-def build_geometry(config: BuildConfig, stride: int, training_samples, log) -> Geometry:
+def build_geometry(config: BuildConfig, stride: int, training_samples, log) -> tuple[Geometry, float]:
     """The input geometry (toolkit/geometry.py), checked before any feature is extracted; stride: what every side
-    must be a multiple of (the deepest tapped stride, or the LCM over an ensemble's members)."""
+    must be a multiple of (the deepest tapped stride, or the LCM over an ensemble's members). -> (geometry, how
+    many times the pixels of the 256-px short side plain auto gives for the images' own resolution: 1 otherwise)."""
     spec = parse_size(config.image_size_px)
     needs_aspect = spec.is_auto or parse_tile(config.tile) is not None
-    aspect = median_aspect_hw(training_samples) if needs_aspect else None
-    geometry = resolve_geometry(spec, config.tile, stride, aspect)
+    shape = median_image_shape(training_samples) if needs_aspect else None
+    aspect = shape.aspect_hw if shape is not None else None
+    # Plain auto keeps elongated frames at their own resolution (up to geometry.MAX_AUTO_SHORT_SIDE_PX) when no frame
+    # budget binds the build; a --target build keeps the 256-px short side its sizing was measured with, and spends
+    # the budget on the bank (`--method auto --target` weighs finer inputs against banks on validation).
+    native_short_side = shape.short_side_px if shape is not None and config.target is None else None
+    geometry = resolve_geometry(spec, config.tile, stride, aspect, native_short_side)
+    at_256 = resolve_geometry(spec, config.tile, stride, aspect) if native_short_side is not None else geometry
+    finer = (geometry.model_hw[0] * geometry.model_hw[1]) / (at_256.model_hw[0] * at_256.model_hw[1])
     if needs_aspect:
         tiles = geometry.tiles
-        log(f"input geometry: training images' median height/width {aspect:.3f} -> model size "
+        log(f"input geometry: training images' median height/width {aspect:.3f}, short side {shape.short_side_px:.0f} "
+            f"px -> model size "
             f"{geometry.model_hw[0]}x{geometry.model_hw[1]} px"
-            + (f", {len(tiles.row_starts)}x{len(tiles.col_starts)} tiles of {tiles.tile_px} px" if tiles else ""))
-    return geometry
+            + (f", {len(tiles.row_starts)}x{len(tiles.col_starts)} tiles of {tiles.tile_px} px" if tiles else "")
+            + (f" (the images' own resolution: {finer:.2f}x the pixels of the 256-px short side)" if finer > 1 else ""))
+    return geometry, finer
+
+
+def bank_rows_as_at_256(config: BuildConfig, method: AnomalyMethod, finer: float, log) -> AnomalyMethod:
+    """Plain auto at an elongated frame's own resolution (`finer` x the pixels of the 256-px short side): a linear
+    sizing knob the user did not set (bank rows per training patch, e.g. coreset_ratio) is divided by `finer`, so
+    the bank holds as many rows as at 256 px and a frame's search grows with its own patches only, not with their
+    square. Measured with the default PatchCore on two self-made tall sets (bench/results/geometry.md,
+    2026-12-04): at 1024 x 400 the same rows as at 640 x 256 (ratio 0.04) scored 0.918 / 0.987 image AUROC against
+    0.926 / 0.984 at the full 0.1, at 279 against 676 ms per 1250 x 500 frame (640 x 256: 0.883 / 0.896, 103 ms)."""
+    if finer <= 1:
+        return method
+    changes = {knob.param: method.params()[knob.param] / finer for knob in method.sizing_knobs()
+               if knob.cost_exponent == 1.0 and not knob.integer and knob.param not in config.method_params}
+    if not changes:
+        return method
+    log("bank: " + ", ".join(f"{param} {method.params()[param]:.4g} -> {value:.4g}" for param, value in changes.items())
+        + " (as many rows as at the 256-px short side; give it to choose)")
+    return method.with_params(**changes)
 
 
 def build_ensemble(config: BuildConfig, choices, geometry: Geometry, index: DatasetIndex, fit_samples, calib_samples,

@@ -2,8 +2,9 @@
 ratio) and the tiling of a frame into overlapping tiles inside the scoring graph.
 
     --size auto         the default: 256 x 256 for near-square training images (long / short side <= 4:3),
-                        otherwise their median aspect ratio kept with the short side at 256 px (a 500 x 1250 frame
-                        -> 256 x 640 wide, not squashed to a square)
+                        otherwise their median aspect ratio kept with the short side at the images' own median
+                        short side, within 256..512 px (a 500 x 1250 frame -> 496 x 1248, at its own resolution:
+                        neither squashed to a square nor shrunk)
     --size 256          square 256 x 256 (anomalib's image_size; every frame squashed to it)
     --size 256x640      height 256, width 640 (HxW, as every shape in adtk)
     --size auto:65536   the training images' median aspect ratio at this pixel budget
@@ -47,6 +48,13 @@ DEFAULT_SHORT_SIDE_PX = 256
 # points with the short side at 256 (a 256x256-pixel budget, auto:65536, gains ~5); magnetic-tile (median
 # height / width 1.16) scores 0.9578 at 304 x 256 against 0.9621 squashed, at 1.19x the cost.
 NEAR_SQUARE_ASPECT = 4 / 3
+# Elongated frames keep their own resolution, up to this short side: a thin crack 1-3 px wide in a 500-px-wide frame
+# shrunk to 256 px is 0.5-1.5 px wide at the backbone's input. Measured with the default PatchCore on two self-made
+# tall sets with thin cracks (bench/results/geometry.md, 2026-12-04), short side 256 / 400 / 496 px, the bank at
+# 256 px's rows (build.bank_rows_as_at_256): image AUROC 0.883 / 0.918 / 0.923 and 0.896 / 0.987 / 0.996, AU-PRO
+# 0.79 / 0.94 / 0.94 and 0.75 / 0.96 / 0.97, at 108 / 292 / 420 ms per 1250 x 500 frame (2 cores). The frame's cost
+# grows with its pixels: beyond 512 px a default would outrun most devices; --size HxW or --tile go further.
+MAX_AUTO_SHORT_SIDE_PX = 512
 MAX_SIDE_PX = 4096  # the exported graph accepts frames up to 8192 px a side; a model side beyond 4096 px would
 # not fit any target's frame budget anyway
 DEFAULT_TILE_OVERLAP_FRACTION = 0.25
@@ -194,11 +202,15 @@ def auto_size(aspect_hw: float, pixel_budget: int, stride: int) -> tuple[int, in
     return round_to_multiple(width * aspect_hw, stride), round_to_multiple(width, stride)
 
 
-def auto_model_size(aspect_hw: float, stride: int, short_side_px: int = DEFAULT_SHORT_SIDE_PX) -> tuple[int, int]:
-    """Plain `--size auto`: short_side_px square for near-square images (long / short <= NEAR_SQUARE_ASPECT),
-    otherwise the aspect ratio kept with the short side at short_side_px, the long side rounded to `stride`."""
+def auto_model_size(aspect_hw: float, stride: int, native_short_side_px: float | None = None) -> tuple[int, int]:
+    """Plain `--size auto`: DEFAULT_SHORT_SIDE_PX square for near-square images (long / short <=
+    NEAR_SQUARE_ASPECT), otherwise the aspect ratio kept with the short side at the images' own
+    (native_short_side_px: their median; None = unknown) rounded down to `stride`, within DEFAULT_SHORT_SIDE_PX ..
+    MAX_AUTO_SHORT_SIDE_PX, the long side rounded to `stride`."""
     if max(aspect_hw, 1 / aspect_hw) <= NEAR_SQUARE_ASPECT:
-        return short_side_px, short_side_px
+        return DEFAULT_SHORT_SIDE_PX, DEFAULT_SHORT_SIDE_PX
+    own = DEFAULT_SHORT_SIDE_PX if native_short_side_px is None else int(native_short_side_px) // stride * stride
+    short_side_px = min(max(own, DEFAULT_SHORT_SIDE_PX), MAX_AUTO_SHORT_SIDE_PX)
     longest = (MAX_SIDE_PX // stride) * stride  # a line-scan strip is squashed beyond 16:1, not refused
     return tuple(min(side, longest) for side in short_side_hw(aspect_hw, short_side_px, stride))
 
@@ -235,11 +247,13 @@ def tile_starts(length: int, tile: int, min_overlap: int) -> tuple[int, ...]:
 
 
 def resolve_geometry(size: int | str | Sequence[int] | SizeSpec, tile: str | int | TileSpec | None, stride: int,
-                     aspect_hw: float | None) -> Geometry:
+                     aspect_hw: float | None, native_short_side_px: float | None = None) -> Geometry:
     """The build's geometry from --size and --tile, checked (ConfigError) before any feature is extracted.
 
     stride: the backbone's deepest tapped stride (the LCM over the members of an ensemble); aspect_hw: the
-    training images' median height / width (needed for `auto`, and for --tile without an explicit --size).
+    training images' median height / width (needed for `auto`, and for --tile without an explicit --size);
+    native_short_side_px: their median short side (plain `auto` keeps an elongated frame's own resolution up to
+    MAX_AUTO_SHORT_SIDE_PX; None: the short side is DEFAULT_SHORT_SIDE_PX).
     With --tile and no fixed size, the working size keeps the aspect ratio with its short side at the tile
     size (a tall frame becomes one column of tiles), or at the pixel budget given as auto:PIXELS.
     """
@@ -250,7 +264,7 @@ def resolve_geometry(size: int | str | Sequence[int] | SizeSpec, tile: str | int
             if aspect_hw is None:
                 raise ConfigError("--size auto needs the training images' aspect ratio; none was read")
             hw = (auto_size(aspect_hw, spec.pixel_budget, stride) if spec.budget_given
-                  else auto_model_size(aspect_hw, stride))
+                  else auto_model_size(aspect_hw, stride, native_short_side_px))
         else:
             hw = spec.fixed_hw
         check_model_size(hw, stride)
@@ -277,25 +291,41 @@ def resolve_geometry(size: int | str | Sequence[int] | SizeSpec, tile: str | int
     return Geometry(working, layout)
 
 
-def median_aspect_hw(samples, max_images: int = 400) -> float:
-    """Median height / width over (up to max_images of) the samples, from the image headers only (as decoded: EXIF
-    orientation applied, so portrait frames a camera stored turned count as portrait)."""
+@dataclass(frozen=True)
+class ImageShape:
+    """The training images' medians, from their headers: what `auto` sizes and the recipe search read."""
+
+    aspect_hw: float  # height / width
+    short_side_px: float
+    pixels: float  # height x width
+
+
+def median_image_shape(samples, max_images: int = 400) -> ImageShape:
+    """Medians over (up to max_images of) the samples, from the image headers only (as decoded: EXIF orientation
+    applied, so portrait frames a camera stored turned count as portrait)."""
     from adtk.runtime.images import read_image_size
 
     samples = list(samples)
     if len(samples) > max_images:  # evenly spaced, deterministic
         samples = [samples[i] for i in np.linspace(0, len(samples) - 1, max_images).round().astype(int)]
-    ratios = []
+    sizes = []
     for sample in samples:
         try:
             width, height = read_image_size(sample.path)
         except DataError:  # an unreadable image is reported (or skipped) when it is decoded
             continue
         if width > 0 and height > 0:
-            ratios.append(height / width)
-    if not ratios:
+            sizes.append((height, width))
+    if not sizes:
         raise ConfigError("--size auto / --tile: no training image header could be read to find the aspect ratio")
-    return float(np.median(ratios))
+    heights, widths = np.array(sizes, dtype=np.float64).T
+    return ImageShape(float(np.median(heights / widths)), float(np.median(np.minimum(heights, widths))),
+                      float(np.median(heights * widths)))
+
+
+def median_aspect_hw(samples, max_images: int = 400) -> float:
+    """Median height / width of the samples (median_image_shape)."""
+    return median_image_shape(samples, max_images).aspect_hw
 
 
 class Tiling(nn.Module):

@@ -239,10 +239,10 @@ def resolve_architectures(space: SearchSpace, training_samples, log) -> list[tup
     architecture that does not apply to these frames (a tile grid of one tile, a geometry equal to an earlier
     one's) gets None and says why."""
     from adtk.toolkit.ensemble import geometry_stride
-    from adtk.toolkit.geometry import median_aspect_hw, parse_tile, resolve_geometry
+    from adtk.toolkit.geometry import median_image_shape, parse_tile, resolve_geometry
 
-    aspect = median_aspect_hw(training_samples)
-    pixels = _median_pixels(training_samples)
+    shape = median_image_shape(training_samples)
+    aspect, pixels = shape.aspect_hw, shape.pixels
     elongation = max(aspect, 1.0 / aspect)
     out, seen = [], {}
     for architecture in space.architectures:
@@ -269,22 +269,6 @@ def resolve_architectures(space: SearchSpace, training_samples, log) -> list[tup
     log(f"auto: training frames' median height/width {aspect:.3f}, median {pixels / 1e3:.0f} kpx; "
         f"{sum(g is not None for _, g, _ in out)} of {len(out)} architectures apply")
     return out
-
-
-def _median_pixels(samples, max_images: int = 200) -> float:
-    from adtk.runtime.images import read_image_size
-
-    samples = list(samples)
-    if len(samples) > max_images:
-        samples = [samples[i] for i in np.linspace(0, len(samples) - 1, max_images).round().astype(int)]
-    sizes = []
-    for sample in samples:
-        try:
-            width, height = read_image_size(sample.path)
-        except DataError:  # an unreadable image is reported (or skipped) when it is decoded
-            continue
-        sizes.append(width * height)
-    return float(np.median(sizes)) if sizes else 0.0
 
 
 @torch.no_grad()

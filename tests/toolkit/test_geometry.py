@@ -8,7 +8,8 @@ import torch
 
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.geometry import (
-    MAX_SIDE_PX, Tiling, TileLayout, auto_size, parse_size, parse_tile, resolve_geometry, tile_starts,
+    MAX_AUTO_SHORT_SIDE_PX, MAX_SIDE_PX, Tiling, TileLayout, auto_size, parse_size, parse_tile, resolve_geometry,
+    tile_starts,
 )
 from adtk.toolkit.postprocess import AnomalyMapSmoother, TiledMapSmoother
 
@@ -35,6 +36,30 @@ def test_plain_auto_squares_near_square_frames_and_keeps_the_aspect_of_elongated
     geometry = resolve_geometry("auto", None, stride=16, aspect_hw=aspect_hw)
     assert geometry.model_hw == hw and geometry.tiles is None
     assert resolve_geometry("auto", None, stride=32, aspect_hw=aspect_hw).model_hw[0] % 32 == 0
+
+
+@pytest.mark.parametrize("native_short_side, hw", [
+    (500, (1248, 496)),  # a 500 x 1250 frame at its own resolution (rounded down to the stride)
+    (330, (800, 320)), (1200, (1280, 512)),  # 330 -> 320 (the stride); larger frames stop at MAX_AUTO_SHORT_SIDE_PX
+    (200, (640, 256)), (None, (640, 256)),  # small frames are not shrunk below 256 px; unknown: 256
+])
+def test_plain_auto_keeps_an_elongated_frame_at_its_own_resolution_up_to_a_cap(native_short_side, hw):
+    geometry = resolve_geometry("auto", None, stride=16, aspect_hw=1250 / 500, native_short_side_px=native_short_side)
+    assert geometry.model_hw == hw
+    assert MAX_AUTO_SHORT_SIDE_PX == 512
+    wide = resolve_geometry("auto", None, stride=16, aspect_hw=500 / 1250, native_short_side_px=native_short_side)
+    assert wide.model_hw == hw[::-1]
+
+
+def test_plain_auto_keeps_near_square_frames_at_256_whatever_their_resolution():
+    assert resolve_geometry("auto", None, stride=16, aspect_hw=1.16, native_short_side_px=1024).model_hw == (256, 256)
+
+
+def test_the_native_short_side_changes_only_plain_auto():
+    assert resolve_geometry("auto:65536", None, stride=16, aspect_hw=2.5, native_short_side_px=500).model_hw == (400, 160)
+    assert resolve_geometry("256x640", None, stride=16, aspect_hw=2.5, native_short_side_px=500).model_hw == (256, 640)
+    tiled = resolve_geometry("auto", "256", stride=16, aspect_hw=2.5, native_short_side_px=500)
+    assert tiled.model_hw == (640, 256)  # with --tile, auto is the short side at the tile size, as before
 
 
 def test_plain_auto_caps_a_line_scan_strip_at_the_side_limit_instead_of_refusing_it():

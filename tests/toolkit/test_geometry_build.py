@@ -102,11 +102,41 @@ def test_the_default_size_keeps_tall_frames_tall_and_says_so(tall_dataset, tmp_p
 
     config = BuildConfig(data=tall_dataset.root, out=tmp_path / "model.onnx")
     logged = []
-    geometry = build_geometry(config, 16, tall_dataset.train, logged.append)
+    geometry, finer = build_geometry(config, 16, tall_dataset.train, logged.append)
     height, width = geometry.model_hw
     assert width == 256 and height % 16 == 0 and 2.4 <= height / width <= 2.7 and geometry.tiles is None
+    assert finer == 1.0  # frames 64 px wide are not enlarged past the 256-px short side either
     assert any(f"{height}x{width}" in line for line in logged)
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_the_default_size_keeps_tall_frames_at_their_own_resolution_with_the_bank_of_256_px(tmp_path):
+    """Tall training frames 400 px wide: plain auto keeps their resolution (1008 x 400, not 640 x 256), and a
+    default PatchCore's coreset ratio shrinks by the pixel ratio so its bank holds the rows it would at 256 px; a
+    ratio the user gave, a --target build and a method without a bank knob are left alone."""
+    from adtk.toolkit.build import bank_rows_as_at_256, build_geometry
+    from adtk.toolkit.data import Sample
+    from adtk.toolkit.geometry import resolve_geometry
+    from adtk.toolkit.methods.registry import create_method
+
+    samples = []
+    for i in range(3):
+        Image.new("RGB", (400, 1000 + 8 * i)).save(tmp_path / f"{i}.png")  # headers are all that is read
+        samples.append(Sample(tmp_path / f"{i}.png", 0, "good", None))
+    logged = []
+    config = BuildConfig(data=tmp_path, out=tmp_path / "model.onnx")
+    geometry, finer = build_geometry(config, 16, samples, logged.append)
+    assert geometry.model_hw == (1008, 400) and finer == pytest.approx(1008 * 400 / (640 * 256))
+    method = bank_rows_as_at_256(config, create_method("patchcore"), finer, logged.append)
+    assert method.params()["coreset_ratio"] == pytest.approx(0.1 / finer)
+    assert any("coreset_ratio 0.1 -> " in line for line in logged)
+    given = BuildConfig(data=tmp_path, out=tmp_path / "model.onnx", method_params={"coreset_ratio": 0.1})
+    assert bank_rows_as_at_256(given, create_method("patchcore", coreset_ratio=0.1), finer,
+                               logged.append).params()["coreset_ratio"] == 0.1
+    assert bank_rows_as_at_256(config, create_method("padim"), finer, logged.append).params() == \
+        create_method("padim").params()
+    targeted = BuildConfig(data=tmp_path, out=tmp_path / "model.onnx", target="x86_cpu")
+    assert build_geometry(targeted, 16, samples, logged.append) == (resolve_geometry("auto", None, 16, 1008 / 400), 1.0)
 
 
 @pytest.mark.parametrize("size, tile, message", [

@@ -59,8 +59,9 @@ CLI_ONLY = frozenset({"config_file", "print_config", "as_json", "engine", "param
 @click.option("--random-weights", is_flag=True, help="Random backbone weights (tests and size checks only).")
 @click.option("--size", "image_size_px", default=None, metavar="auto|N|HxW|auto:PIXELS",
               help="Model input size. auto (default): 256x256 for near-square training images (up to 4:3), "
-                   "otherwise their median aspect ratio with the short side at 256 px (tall frames are not "
-                   "squashed). N: N x N, every frame squashed (anomalib's way); HxW (e.g. 256x640); auto:PIXELS: the "
+                   "otherwise their median aspect ratio at their own median short side within 256..512 px "
+                   "(tall frames are neither squashed nor shrunk; the bank keeps its 256-px rows; with --target "
+                   "the short side is 256 px). N: N x N, every frame squashed (anomalib's way); HxW (e.g. 256x640); auto:PIXELS: the "
                    "aspect ratio at a pixel budget. Sides are rounded to the backbone's stride. With --tile: the size "
                    "the tiles are cut from (N = its short side, aspect kept; auto = short side at the tile size).")
 @click.option("--tile", default=None, metavar="SIZE[:OVERLAP]",
