@@ -36,7 +36,24 @@ from adtk.runtime.errors import ConfigError, DataError
 from adtk.toolkit.backbones import deepest_stage, state_dict_sha256
 from adtk.toolkit.methods.base import FitInputs, PreparedBackbone, register_method
 from adtk.toolkit.methods.ldknn import LDKNN
-from adtk.toolkit.preprocess import RESIZE_ALIGN_CORNERS, RESIZE_ANTIALIAS, RESIZE_MODE
+from adtk.toolkit.preprocess import RESIZE_ALIGN_CORNERS, RESIZE_ANTIALIAS, RESIZE_MODE, FramePreprocess
+
+# The fast preset's budget (24 updates of 21 images) was set with frames of at most this many pixels (256 x 256 on
+# near-square sets, 640 x 256 on tall frames before plain --size auto kept their own resolution): a larger model size
+# fine-tunes on its frames scaled down to it, so the fine-tune costs the same whatever the scoring size (a 1248 x 496
+# model size would take ~3.8x its ~280 s on 2 cores). The keep-or-revert check scores at the model size.
+FINETUNE_MAX_PIXELS = 640 * 256
+
+
+def finetune_size(model_hw: tuple[int, int]) -> tuple[int, int]:
+    """The model size, or the model size scaled down to FINETUNE_MAX_PIXELS (aspect kept; sides multiples of 8:
+    the proxy task pools its deepest map globally, so no stride has to divide them)."""
+    height, width = model_hw
+    if height * width <= FINETUNE_MAX_PIXELS:
+        return height, width
+    scale = (FINETUNE_MAX_PIXELS / (height * width)) ** 0.5
+    return max(32, int(height * scale) // 8 * 8), max(32, int(width * scale) // 8 * 8)
+
 
 # The fine-tune and its keep-or-revert check (torch training, DefectMaker's scipy/scikit-image, the validation's
 # scikit-learn metrics) are imported when REB is made or run, not with the method registry: every other build
@@ -98,7 +115,15 @@ class REB(LDKNN):
         frames = frames_at_model_size(images, preprocess.image_size_px)
         seed = self.seed
         tuned, heldout = split_heldout(len(frames), seed) if self.validate else (np.arange(len(frames)), [])
-        report = finetune_backbone(deep, deep.channels[-1], frames[tuned], preprocess, self.preset,
+        tune_hw = finetune_size(preprocess.image_size_px)
+        if tune_hw == preprocess.image_size_px:
+            tune_frames, tune_preprocess = frames[tuned], preprocess
+        else:
+            self._say(f"reb: fine-tuning on the frames at {tune_hw[0]}x{tune_hw[1]} px (the model size "
+                      f"{preprocess.image_size_px[0]}x{preprocess.image_size_px[1]} scaled to the preset's budget)")
+            tune_frames = frames_at_model_size(frames[tuned], tune_hw)  # the images are read once (lazy)
+            tune_preprocess = FramePreprocess(tune_hw, preprocess.mean, preprocess.std)
+        report = finetune_backbone(deep, deep.channels[-1], tune_frames, tune_preprocess, self.preset,
                                    seed=seed, progress=progress, first_tap=backbone.stages[0])
         self.finetune_report = report.as_dict()
         finetuned = copy.deepcopy(backbone)

@@ -297,3 +297,33 @@ def test_exact_sampler_and_density_search_stay_reachable(monkeypatch):
         create_method("ldknn", sampler="online")
     with pytest.raises(ConfigError):
         create_method("reb", density_search="hnsw")
+
+
+def test_reb_fine_tunes_a_large_model_size_on_frames_scaled_to_the_presets_budget(monkeypatch):
+    """A model size over FINETUNE_MAX_PIXELS (tall frames kept at their own resolution) fine-tunes on the frames
+    scaled down to it, so the fine-tune's cost does not grow with the scoring size; smaller sizes are unchanged."""
+    import functools
+
+    from adtk.toolkit.backbones import create_backbone
+    from adtk.toolkit.methods import reb
+    from adtk.toolkit.preprocess import FramePreprocess
+
+    assert reb.finetune_size((256, 256)) == (256, 256) and reb.finetune_size((640, 256)) == (640, 256)
+    height, width = reb.finetune_size((1248, 496))
+    assert height * width <= reb.FINETUNE_MAX_PIXELS and height % 8 == 0 and width % 8 == 0
+    assert abs(height / width - 1248 / 496) < 0.15
+    monkeypatch.setattr(reb, "FINETUNE_MAX_PIXELS", 32 * 64)  # 96 x 48 frames -> 64 x 32
+    seen = []
+
+    def record(deep, channels, frames, normalise, preset, **kwargs):
+        seen.append((frames.shape[1:3], normalise.image_size_px))
+        raise RuntimeError("stop after the fine-tune's inputs")
+
+    monkeypatch.setattr("adtk.toolkit.training.finetune.finetune_backbone", record)
+    method = create_method("reb", coreset_ratio=0.5)
+    make = functools.partial(create_backbone, "tf_efficientnet_lite0", random_weights=True, seed=0)
+    backbone = make()
+    frames = np.random.default_rng(0).integers(100, 140, size=(12, 96, 48, 3), dtype=np.uint8)
+    with pytest.raises(RuntimeError, match="stop after"):
+        method.prepare_backbone(backbone, FramePreprocess((96, 48), backbone.mean, backbone.std), iter(frames), make)
+    assert seen == [((64, 32), (64, 32))]
