@@ -29,6 +29,11 @@ def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize((size_hw[1], size_hw[0]), Image.NEAREST)) > 127
 
 
+# Frames scored per call, in model-size pixels: 8 frames of 640 x 256. A batch's intermediates grow with its patches
+# (and a memory bank's search with patches x rows): 8 frames at a 1248 x 496 model size took 9.4 GB with LDKNN.
+EVAL_BATCH_PIXELS = 8 * 640 * 256
+
+
 def evaluate_artefact(model_path: str | Path, data: str | Path, backend: str = "auto", batch_size: int = 8,
                       skip_bad: bool = False, progress: Callable[[int], None] | None = None,
                       samples=None, details: dict | None = None,
@@ -45,6 +50,7 @@ def evaluate_artefact(model_path: str | Path, data: str | Path, backend: str = "
         if not samples:
             raise DataError(f"{data}: no test images (expected test/good and test/<defect type> folders)")
     size_hw = detector.model_size_px
+    batch_size = max(1, min(batch_size, EVAL_BATCH_PIXELS // (size_hw[0] * size_hw[1])))
     scores, labels, pred_labels, maps, masks, types, used = [], [], [], [], [], [], []
     pred_scores: list[float] = []
     batch: list[np.ndarray] = []
