@@ -133,6 +133,9 @@ def test_the_default_size_keeps_tall_frames_at_their_own_resolution_with_the_ban
     given = BuildConfig(data=tmp_path, out=tmp_path / "model.onnx", method_params={"coreset_ratio": 0.1})
     assert bank_rows_as_at_256(given, create_method("patchcore", coreset_ratio=0.1), finer,
                                logged.append).params()["coreset_ratio"] == 0.1
+    for bank_method in ("ldknn", "reb"):  # LDKNN declared no knob: its bank kept 10% of 3.8x the patches
+        assert bank_rows_as_at_256(config, create_method(bank_method), finer,
+                                   logged.append).params()["coreset_ratio"] == pytest.approx(0.1 / finer)
     assert bank_rows_as_at_256(config, create_method("padim"), finer, logged.append).params() == \
         create_method("padim").params()
     targeted = BuildConfig(data=tmp_path, out=tmp_path / "model.onnx", target="x86_cpu")

@@ -30,7 +30,7 @@ from torch import nn
 from adtk.runtime.errors import ConfigError
 from adtk.toolkit.coreset import ApproximateGreedyCoreset, sampler_group_rows
 from adtk.toolkit.features import PatchEmbedding
-from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, register_method
+from adtk.toolkit.methods.base import AnomalyMethod, FitInputs, HeadOutput, SizingKnob, register_method
 from adtk.toolkit.search import (APPROXIMATE_MIN_ROWS, approximate_nearest_neighbours, nearest_bank_rows,
                                  nearest_neighbours, register_search_bank)
 
@@ -166,6 +166,12 @@ class LDKNN(AnomalyMethod):
 
     def embedding(self, channels: tuple[int, ...]) -> nn.Module:
         return PatchEmbedding(channels, embed_dim=self.embed_dim)
+
+    def sizing_knobs(self) -> tuple[SizingKnob, ...]:
+        # As PatchCore's: the head's cost (the GEMM against the bank, the nearest row's ArgMin and its density) is
+        # linear in the bank rows. Without it a --target build could not shrink the bank, and plain auto at a tall
+        # frame's own resolution kept 10% of 3.8x the patches (174k rows, 4.7 GB to score one 1250 x 500 frame).
+        return (SizingKnob("coreset_ratio", minimum=0.001, cost_exponent=1.0),)
 
     def fit(self, inputs: FitInputs) -> LDKNNState:
         """inputs.features [N, D, h, w] float32 -> LDKNNState. inputs.progress(done, total) follows the coreset,
