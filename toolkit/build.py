@@ -599,8 +599,7 @@ def build_geometry(config: BuildConfig, stride: int, training_samples, log) -> t
     if needs_aspect:
         tiles = geometry.tiles
         log(f"input geometry: training images' median height/width {aspect:.3f}, short side {shape.short_side_px:.0f} "
-            f"px -> model size "
-            f"{geometry.model_hw[0]}x{geometry.model_hw[1]} px"
+            f"px -> model size {geometry.model_hw[0]}x{geometry.model_hw[1]} px"
             + (f", {len(tiles.row_starts)}x{len(tiles.col_starts)} tiles of {tiles.tile_px} px" if tiles else "")
             + (f" (the images' own resolution: {finer:.2f}x the pixels of the 256-px short side)" if finer > 1 else ""))
     return geometry, finer
