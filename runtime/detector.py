@@ -19,7 +19,7 @@ import numpy as np
 
 from adtk.runtime.artefact import INPUT_NAME, VerifiedArtefact, read_artefact
 from adtk.runtime.errors import BackendError, DataError
-from adtk.runtime.pixels import MIN_FRAME_SIDE_PX, check_frame_pixels, to_rgb_frame
+from adtk.runtime.pixels import check_frame_pixels, check_frame_side, to_rgb_frame
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,7 @@ def as_frame(image, source: str = "frame", max_pixels: int | None = None) -> np.
     else:
         frame = to_rgb_frame(np.asarray(image), source)
         check_frame_pixels(frame.shape[1], frame.shape[0], source, max_pixels)
-    if min(frame.shape[:2]) < MIN_FRAME_SIDE_PX:
-        raise DataError(f"{source}: image of {frame.shape[1]}x{frame.shape[0]} px is too small "
-                        f"({MIN_FRAME_SIDE_PX} px minimum)")
+    check_frame_side(frame.shape[1], frame.shape[0], source)
     return frame
 
 
@@ -149,9 +147,7 @@ class Detector:
                 raise DataError(f"frames: expected uint8 [B, H, W, 3] RGB, got {frames.dtype} {list(frames.shape)}")
             if frames.shape[0] == 0:
                 raise DataError("frames: an empty batch [0, H, W, 3]; give at least one frame")
-            if min(frames.shape[1:3]) < MIN_FRAME_SIDE_PX:
-                raise DataError(f"frames: {frames.shape[2]}x{frames.shape[1]} px is too small "
-                                f"({MIN_FRAME_SIDE_PX} px minimum)")
+            check_frame_side(frames.shape[2], frames.shape[1], "frames")
             check_frame_pixels(frames.shape[2], frames.shape[1], "frames", self.max_pixels)
             return [np.ascontiguousarray(frames)]
         if isinstance(frames, (np.ndarray, str, PathLike, *ENCODED)) or _is_pillow_image(frames):

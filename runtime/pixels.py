@@ -66,6 +66,14 @@ MIN_FRAME_SIDE_PX = 16
 """The shortest side a frame may have: smaller ones are refused by the runtime (`Detector.predict`) and by the
 toolkit's loaders (training, calibration and test images) alike."""
 
+
+def check_frame_side(width: int, height: int, source: str, min_side_px: int = MIN_FRAME_SIDE_PX,
+                     hint: str | None = None) -> None:
+    """Refuse a frame whose shorter side is under min_side_px, naming `source` (DataError; `hint` appended)."""
+    if min(width, height) < min_side_px:
+        raise DataError(f"{source}: image of {width}x{height} px is too small ({min_side_px} px minimum)"
+                        + (f"; {hint}" if hint else ""))
+
 MAX_PIXELS_ENV = "ADTK_MAX_PIXELS"
 # Peak bytes per declared pixel while one frame is decoded and scored: the decoded buffer (up to 8 for
 # 16-bit RGBA), its orientation/RGB copies (~6) and the graph's float32 input before it resizes (12+).

@@ -40,6 +40,7 @@ from adtk.runtime.images import (  # noqa: F401  (re-exported: the toolkit's ima
     read_image,
     read_mask,
 )
+from adtk.runtime.pixels import check_frame_side
 
 from adtk.toolkit.samples import (  # noqa: F401  (re-exported: data.py is the toolkit's data API)
     MASK_SUFFIX,
@@ -230,9 +231,7 @@ def iter_images(
         seen.append(sample)
         try:
             image = read_image(sample.path)
-            if min(image.shape[:2]) < min_side_px:
-                raise DataError(f"{sample.path}: image of {image.shape[1]}x{image.shape[0]} px is too small "
-                                f"({min_side_px} px minimum); {SKIP_BAD_HINT}")
+            check_frame_side(image.shape[1], image.shape[0], str(sample.path), min_side_px, SKIP_BAD_HINT)
         except DataError as error:
             if not skip_bad:
                 raise
