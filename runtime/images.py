@@ -34,13 +34,24 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from adtk.runtime.errors import DataError
 from adtk.runtime.pixels import MAX_PIXELS_ENV, default_max_pixels, scale_to_uint8, to_rgb_frame
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-)
-"""File extensions (lower case) that count as images; matched case-insensitively."""
-
 DECODABLE_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF", "PPM")
 """Pillow format plugins the decoder may use (MPO: the multi-picture JPEG many cameras write)."""
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({
+    ".png", ".apng",
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo",
+    ".bmp",
+    ".tif", ".tiff",
+    ".webp",
+    ".gif",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".pfm",  # Pillow's PPM plugin: colour, grey (8/16-bit), 1-bit, float
+})
+"""File extensions (lower case) that count as images when a folder is listed (data sets, `adtk predict DIR`, a
+watched folder); matched case-insensitively. Exactly the extensions Pillow registers for DECODABLE_FORMATS, so a
+folder lists every file the decoder would open if it were named directly, and no file it always refuses (.jp2,
+.tga, .psd: their plugins are not in DECODABLE_FORMATS). Written out rather than read from Pillow so that every
+Pillow version lists the same files; tests/toolkit/test_image_extensions.py checks it against Pillow's registry.
+Multi-frame files (animated GIF/PNG, multi-page TIFF, MPO) give their first frame, as `decode_image` says."""
 
 MASK_THRESHOLD = 127
 """Mask pixels > this value are defective: real masks have soft (anti-aliased) edges."""

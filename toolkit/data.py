@@ -40,7 +40,7 @@ from adtk.runtime.images import (  # noqa: F401  (re-exported: the toolkit's ima
     read_image,
     read_mask,
 )
-from adtk.runtime.pixels import check_frame_side
+from adtk.runtime.pixels import MIN_FRAME_SIDE_PX, check_frame_side
 
 from adtk.toolkit.samples import (  # noqa: F401  (re-exported: data.py is the toolkit's data API)
     MASK_SUFFIX,
@@ -58,8 +58,10 @@ def _index_mvtec(root: Path, pending_warnings: list[str]) -> tuple[tuple[Sample,
     """(train, test) samples of an MVTec-layout folder."""
     train_good = root / "train" / "good"
     if not train_good.is_dir():
+        # a file of that name is not "missing": say what is there
+        found = "is a file, not a folder" if train_good.exists() else "folder missing"
         raise DataError(
-            f"{train_good}: folder missing; an MVTec-layout data set needs its defect-free "
+            f"{train_good}: {found}; an MVTec-layout data set needs its defect-free "
             "training images in train/good/"
         )
     train_images = list_images(train_good)
@@ -95,7 +97,8 @@ def _index_mvtec(root: Path, pending_warnings: list[str]) -> tuple[tuple[Sample,
             )
             test.extend(Sample(image, 1, type_folder.name, masks.get(image)) for image in images)
     else:
-        pending_warnings.append(f"{test_folder}: folder missing, so there is no test set to evaluate on")
+        found = "is a file, not a folder" if test_folder.exists() else "folder missing"
+        pending_warnings.append(f"{test_folder}: {found}, so there is no test set to evaluate on")
 
     if ground_truth.is_dir():
         for mask_folder in list_subfolders(ground_truth):
@@ -209,7 +212,7 @@ def iter_images(
     samples: Iterable[Sample],
     skip_bad: bool = False,
     on_warning: Callable[[str], None] | None = None,
-    min_side_px: int = 1,
+    min_side_px: int = MIN_FRAME_SIDE_PX,
 ) -> Iterator[tuple[Sample, np.ndarray]]:
     """Decode samples one at a time, yielding (sample, uint8 RGB [H, W, 3]).
 
@@ -218,8 +221,9 @@ def iter_images(
         skip_bad: False: the first bad file raises DataError. True: a bad file is reported
             through ``on_warning`` and not yielded.
         on_warning: called with one message per skipped file; default ``warnings.warn``.
-        min_side_px: an image with a shorter side is a bad file too (`adtk eval`: the runtime's
-            MIN_FRAME_SIDE_PX, as it would refuse to score it).
+        min_side_px: an image with a shorter side is a bad file too. Default: the runtime's
+            MIN_FRAME_SIDE_PX, so no image the runtime would refuse to score is trained, calibrated or
+            evaluated on (a model fitted on such frames could never be used on them).
 
     Raises:
         DataError: a bad file (skip_bad False), or every sample was bad (skip_bad True).
@@ -245,8 +249,8 @@ def iter_images(
         yield sample, image
     if seen and yielded == 0:
         raise DataError(
-            f"no usable images in {_describe_folder(seen)}: all {len(seen)} files failed to "
-            "decode (see the warnings above)"
+            f"no usable images in {_describe_folder(seen)}: all {len(seen)} files were skipped as "
+            "undecodable or too small (see the warnings above)"
         )
 
 
@@ -350,5 +354,7 @@ def training_list_sha256(samples: Iterable[Sample]) -> str:
     digest = hashlib.sha256()
     for relative_path, path in relative:
         size_bytes, content_sha = _file_sha256(path)
-        digest.update(f"{relative_path}\0{size_bytes}\0{content_sha}\n".encode("utf-8"))
+        # the name's bytes as on disk: a name that is not valid UTF-8 (a Latin-1 name from an old camera share) holds
+        # surrogate escapes that .encode("utf-8") refuses; for every valid name these are the same bytes as UTF-8
+        digest.update(os.fsencode(relative_path) + f"\0{size_bytes}\0{content_sha}\n".encode("utf-8"))
     return digest.hexdigest()

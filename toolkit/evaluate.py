@@ -15,7 +15,6 @@ import numpy as np
 
 from adtk.runtime.detector import Detector
 from adtk.runtime.errors import DataError, one_line
-from adtk.runtime.pixels import MIN_FRAME_SIDE_PX
 from adtk.toolkit.data import index_dataset, iter_images, read_sample_mask
 from adtk.toolkit.evaluation.metrics import evaluate_predictions, image_auroc
 
@@ -67,8 +66,9 @@ def evaluate_artefact(model_path: str | Path, data: str | Path, backend: str = "
         batch.clear()
         batch_samples.clear()
 
-    # frames the runtime refuses to score (under 16 px) are bad files here too: named, or skipped with --skip-bad
-    for sample, image in iter_images(samples, skip_bad=skip_bad, on_warning=warn, min_side_px=MIN_FRAME_SIDE_PX):
+    # frames the runtime refuses to score (under 16 px) are bad files here too (iter_images' default minimum): named,
+    # or skipped with --skip-bad
+    for sample, image in iter_images(samples, skip_bad=skip_bad, on_warning=warn):
         mask = np.zeros(size_hw, dtype=bool)
         if sample.mask_path is not None:
             try:

@@ -29,14 +29,14 @@ MAGNETIC_TILE = (REPO_ROOT / ".." / "shared" / "data" / "magnetic-tile").resolve
 # helpers
 
 
-def write_rgb(path: Path, height: int = 8, width: int = 10, value: int = 100, fmt: str = "PNG") -> Path:
-    """Write a uniform RGB image and return its path."""
+def write_rgb(path: Path, height: int = 16, width: int = 20, value: int = 100, fmt: str = "PNG") -> Path:
+    """Write a uniform RGB image and return its path (16 px high: the loaders refuse frames under MIN_FRAME_SIDE_PX)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (width, height), (value, value, value)).save(path, format=fmt)
     return path
 
 
-def write_mask(path: Path, height: int = 8, width: int = 10, defect_rows: slice = slice(2, 4)) -> Path:
+def write_mask(path: Path, height: int = 16, width: int = 20, defect_rows: slice = slice(2, 4)) -> Path:
     """Write an L mask with 255 on ``defect_rows`` and return its path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     mask = np.zeros((height, width), np.uint8)
@@ -318,7 +318,7 @@ def test_plain_folder_layout(tmp_path):
     assert names(index.train) == ["a.webp", "b.jpeg", "m.tif", "z.bmp"]
     assert all(s.label == 0 for s in index.train)
     images, kept = load_images(index.train)
-    assert [img.shape for img in images] == [(8, 10, 3)] * 4 and kept == list(index.train)
+    assert [img.shape for img in images] == [(16, 20, 3)] * 4 and kept == list(index.train)
 
 
 def test_plain_folder_without_images_raises(tmp_path):
