@@ -34,14 +34,16 @@ PREVIOUS_SUFFIX = ".previous.onnx"
 
 
 def load_verified(path: str | Path, backend: str = "auto", public_key: str | Path | None = None,
-                  max_pixels: int | None = None, warm_up_limits: WarmUpLimits = WarmUpLimits()) -> Detector:
+                  max_pixels: int | None = None, warm_up_limits: WarmUpLimits = WarmUpLimits(),
+                  stop: threading.Event | None = None) -> Detector:
     """Verify the file (integrity, schema, manifest against graph, signature when a key is configured), load it
     and score its warm-up frames in a child process within `warm_up_limits` (before this process gives it to
     any backend), then open it here and score the warm-up frame again (it checks the contract on the backend
     that will serve, and warms it). onnxruntime's memory arena is off: frames of any size arrive, and an arena
-    keeps the high-water mark of every size it ever saw."""
+    keeps the high-water mark of every size it ever saw. Once `stop` is set the check in the child is killed
+    (ArtefactError: not checked)."""
     artefact = read_verified(path, public_key)
-    check_in_child(artefact, max_pixels, str(path), warm_up_limits)
+    check_in_child(artefact, max_pixels, str(path), warm_up_limits, stop)
     detector = Detector(artefact, create_backend(artefact, backend, memory_arena=False), max_pixels=max_pixels)
     warm_up(detector)
     return detector
@@ -80,6 +82,8 @@ class ModelWatcher:
         return self
 
     def stop(self) -> None:
+        """Setting the event also kills a candidate's warm-up check in progress (within STOP_POLL_S), so this
+        returns promptly rather than after up to --warm-up-timeout, and leaves no check process behind."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -125,6 +129,8 @@ class ModelWatcher:
         # verifies, the older ones are superseded (looked at, never loaded: loading them would replace its offer)
         newest_first = sorted(settled, key=lambda n: current[n][2], reverse=True)
         for number, name in enumerate(newest_first):
+            if self._stop.is_set():  # shutting down: start no check of the next candidate
+                return
             self._looked_at[name] = current[name]
             if self._consider(self.folder / name):
                 self._looked_at.update((older, current[older]) for older in newest_first[number + 1:])
@@ -133,8 +139,11 @@ class ModelWatcher:
     def _consider(self, path: Path) -> bool:
         """Verify one candidate; True when it verified (offered, or it is the artefact already served)."""
         try:
-            detector = load_verified(path, self.backend, self.public_key, self.max_pixels, self.warm_up_limits)
+            detector = load_verified(path, self.backend, self.public_key, self.max_pixels, self.warm_up_limits,
+                                     self._stop)
         except AdtkError as exc:
+            if self._stop.is_set():  # its check was killed because the daemon stops: not a refusal of the model
+                return False
             reason = str(exc)  # ArtefactError's name the file; a backend's (onnxruntime refusing the graph) do not
             self._refuse(path, reason if reason.startswith(str(path)) else f"{path}: {reason}")
             return False

@@ -28,8 +28,10 @@ Why a subprocess running `python -c` (the daemon's own interpreter and sys.path)
 * multiprocessing's "spawn": it re-imports the daemon's __main__ (the CLI) in the child and starts a
   resource-tracker process; a subprocess imports this module only and answers in JSON lines on stdout.
 The child inherits none of the daemon's open files or listening sockets (close_fds, subprocess's default), nor
-its HTTP token ($ADTK_SERVE_TOKEN), nor its terminal's Ctrl-C (a session of its own: Ctrl-C stops the daemon,
-which lets the check finish, rather than failing the check and refusing a good model).
+its HTTP token ($ADTK_SERVE_TOKEN), nor its terminal's Ctrl-C (a session of its own: the signal would fail the
+check and refuse a good model). Stopping the daemon (SIGTERM, Ctrl-C) kills a check in progress instead, within
+STOP_POLL_S: the model is "not checked", never refused, and no check outlives the daemon (one of a graph that
+never finishes would run on, an orphan, until the CPU-time backstop, or forever if it sleeps).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +65,8 @@ ALLOCATION_FAILED = ("bad_alloc", "Failed to allocate memory", "MemoryError")
 # The errors the child may re-raise in the daemon as they are (the message a user already knows, e.g.
 # "onnxruntime could not load the artefact: ..." for a graph onnxruntime refuses).
 KNOWN_ERRORS = {cls.__name__: cls for cls in (ArtefactError, BackendError, ConfigError, DataError)}
+# how soon a check in progress is killed once the daemon is told to stop (SIGTERM, Ctrl-C)
+STOP_POLL_S = 0.1
 CHILD_CODE = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
               "from adtk.runtime.daemon.isolated_warm_up import child_main; child_main()")
 
@@ -89,10 +94,11 @@ def largest_frame(model_size_px: tuple[int, int], max_pixels: int) -> tuple[int,
 
 
 def check_in_child(artefact: VerifiedArtefact, max_pixels: int | None, source: str,
-                   limits: WarmUpLimits = WarmUpLimits()) -> None:
+                   limits: WarmUpLimits = WarmUpLimits(), stop: threading.Event | None = None) -> None:
     """Load the verified model and score its warm-up frames in a child process within `limits`. Raises
     ArtefactError naming the problem (memory, crash, timeout), or the child's own AdtkError as it is (a graph
-    onnxruntime refuses, outputs that break the contract)."""
+    onnxruntime refuses, outputs that break the contract). Once `stop` is set (the daemon is shutting down) the
+    child is killed within STOP_POLL_S and ArtefactError says the model was not checked."""
     import importlib.util
 
     from adtk.runtime.pixels import default_max_pixels
@@ -104,15 +110,16 @@ def check_in_child(artefact: VerifiedArtefact, max_pixels: int | None, source: s
     header = {"manifest": artefact.manifest, "sha256": artefact.sha256, "file_sha256": artefact.file_sha256,
               "model_bytes": len(artefact.model_bytes), "memory_bytes": memory_bytes, "timeout_s": limits.timeout_s,
               "max_pixels": default_max_pixels() if max_pixels is None else int(max_pixels)}
-    stdout, stderr, status, timed_out = _run_child(header, artefact.model_bytes, limits.timeout_s)
-    problem = _problem(source, _reports(stdout), stderr.decode("utf-8", errors="replace"), status, timed_out,
+    stdout, stderr, status, ended = _run_child(header, artefact.model_bytes, limits.timeout_s, stop)
+    problem = _problem(source, _reports(stdout), stderr.decode("utf-8", errors="replace"), status, ended,
                        limits, memory_bytes)
     if problem is not None:
         raise problem
 
 
-def _run_child(header: dict, model_bytes: bytes, timeout_s: float) -> tuple[bytes, bytes, int, bool]:
-    """-> (stdout, stderr, exit status, whether it was killed at the timeout)."""
+def _run_child(header: dict, model_bytes: bytes, timeout_s: float,
+               stop: threading.Event | None = None) -> tuple[bytes, bytes, int, str | None]:
+    """-> (stdout, stderr, exit status, why it was killed: "timeout", "stopped" or None)."""
     environment = {name: value for name, value in os.environ.items() if name != TOKEN_ENV}
     # stdin is a pipe of our own, fed by a thread: communicate(input=...) would need the header and the model's
     # hundreds of MB as one bytes object (a copy); stdout and stderr are read by communicate meanwhile.
@@ -129,20 +136,33 @@ def _run_child(header: dict, model_bytes: bytes, timeout_s: float) -> tuple[byte
     feeder = threading.Thread(target=_feed, args=(write_end, header, model_bytes), name="adtk-warm-up-feed",
                               daemon=True)
     feeder.start()
-    timed_out = False
+    killed_for = None
+    deadline = time.monotonic() + timeout_s
     try:
-        stdout, stderr = process.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
+        while True:
+            # in steps of STOP_POLL_S: a daemon told to stop must not wait out a check of up to --warm-up-timeout
+            # (a retried communicate loses no output)
+            step_s = max(0.0, deadline - time.monotonic()) if stop is None else \
+                max(0.0, min(STOP_POLL_S, deadline - time.monotonic()))
+            try:
+                stdout, stderr = process.communicate(timeout=step_s)
+                break
+            except subprocess.TimeoutExpired:
+                if stop is not None and stop.is_set():
+                    killed_for = "stopped"
+                elif time.monotonic() >= deadline:
+                    killed_for = "timeout"
+                if killed_for is not None:
+                    break
     finally:
-        # at the timeout, or when this thread was interrupted (Ctrl-C in a program that embeds the service): no
-        # check is left running (the child only is killed: it starts no process of its own)
+        # at the timeout, when the daemon stops, or when this thread was interrupted (Ctrl-C in a program that
+        # embeds the service): no check is left running (the child only is killed: it starts no process of its own)
         if process.returncode is None:
             process.kill()
-    if timed_out:
-        stdout, stderr = process.communicate()
+    if killed_for is not None:
+        stdout, stderr = process.communicate()  # reaps it: no zombie, no orphan
     feeder.join()
-    return stdout, stderr, process.returncode, timed_out
+    return stdout, stderr, process.returncode, killed_for
 
 
 def _feed(fd: int, header: dict, model_bytes: bytes) -> None:
@@ -166,12 +186,14 @@ def _reports(stdout: bytes) -> list[dict]:
     return reports
 
 
-def _problem(source: str, reports: list[dict], stderr: str, status: int, timed_out: bool, limits: WarmUpLimits,
-             memory_bytes: int) -> AdtkError | None:
+def _problem(source: str, reports: list[dict], stderr: str, status: int, killed_for: str | None,
+             limits: WarmUpLimits, memory_bytes: int) -> AdtkError | None:
     """What the child's reports, stderr and exit status say, as the one error to raise (None: it passed)."""
     stage = next((r["stage"] for r in reversed(reports) if "stage" in r), "starting the warm-up check")
     result = next((r for r in reversed(reports) if "ok" in r or "error" in r), {})
-    if timed_out:
+    if killed_for == "stopped":
+        return ArtefactError(f"{source}: not checked: the daemon stopped while {stage}")
+    if killed_for == "timeout":
         return ArtefactError(f"{source}: refused: {stage} did not finish within {limits.timeout_s:g} s "
                              "(--warm-up-timeout)")
     if status == 0 and result.get("ok"):

@@ -91,9 +91,11 @@ class ScoringService:
     # ---- life cycle -------------------------------------------------------------------------------
 
     def start(self) -> "ScoringService":
-        """Verify and warm up the model (raises ArtefactError if it is bad), then start the threads."""
+        """Verify and warm up the model (raises ArtefactError if it is bad, or if stop() came during its warm-up
+        check: SIGTERM at start-up ends the check at once rather than after up to --warm-up-timeout), then start
+        the threads."""
         self._install(load_verified(self.model_path, self.config.backend, self.public_key, self.config.max_pixels,
-                                    self.config.warm_up_limits), self.model_path)
+                                    self.config.warm_up_limits, self._stop), self.model_path)
         if self.config.watch:
             folder = self.config.model_dir or self.model_path.parent
             self._watcher = ModelWatcher(folder, self.detector.artefact.sha256, self.config.backend,

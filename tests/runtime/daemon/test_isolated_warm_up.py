@@ -8,17 +8,21 @@ The limits are low here (256 MB, a 1 MP frame budget, a 1 s timeout) so that not
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from adtk.runtime.artefact import read_artefact
 from adtk.runtime.daemon import isolated_warm_up
-from adtk.runtime.daemon.hot_swap import load_verified
+from adtk.runtime.daemon.hot_swap import ModelWatcher, load_verified
 from adtk.runtime.daemon.isolated_warm_up import WarmUpLimits
 from adtk.runtime.daemon.service import ScoringService, ServiceConfig
 from adtk.runtime.errors import ArtefactError
@@ -125,3 +129,70 @@ def test_onnxruntime_warnings_about_odd_but_working_graphs_stay_out_of_the_daemo
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     OnnxRuntimeBackend(model.SerializeToString(), provider="cpu")
     assert "onnxruntime" not in capfd.readouterr().err
+
+
+def sleeping_check(monkeypatch, pid_file):
+    """The warm-up child plays a graph that never finishes: it writes its pid, then sleeps for 10 minutes."""
+    monkeypatch.setattr(isolated_warm_up, "CHILD_CODE", "import os, time; "
+                        f"open({str(pid_file)!r} + '.part', 'w').write(str(os.getpid())); "
+                        f"os.replace({str(pid_file)!r} + '.part', {str(pid_file)!r}); time.sleep(600)")
+
+
+def running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:  # ended and reaped
+        return False
+    return True
+
+
+def test_stopping_the_daemon_during_a_hot_swap_check_kills_the_check_at_once(
+        tiny_build, variant_artefact_bytes, tmp_path, monkeypatch, wait):
+    """SIGTERM (service.shutdown -> ModelWatcher.stop) while a candidate's check runs: stop() used to wait 10 s for
+    the watcher's thread, then return with the check still running (an orphan, up to --warm-up-timeout or forever
+    for a sleeping one). It returns at once; the child is killed and reaped; the candidate is not called refused."""
+    pid_file = tmp_path / "check.pid"
+    sleeping_check(monkeypatch, pid_file)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(tiny_build.artefact, folder / "model.onnx")
+    refusals = []
+    watcher = ModelWatcher(folder, read_artefact(folder / "model.onnx").sha256, poll_s=0.05, max_pixels=BUDGET,
+                           warm_up_limits=WarmUpLimits(memory_mb=256, timeout_s=30),
+                           on_refused=lambda path, reason: refusals.append(reason)).start()
+    (folder / "new.onnx").write_bytes(variant_artefact_bytes)
+    wait(pid_file.exists, what="the candidate's warm-up check to start")
+    pid = int(pid_file.read_text())
+    try:
+        tic = time.monotonic()
+        watcher.stop()
+        assert time.monotonic() - tic < 3
+        assert not running(pid)
+        assert refusals == [] and watcher.take() is None
+    finally:
+        if running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_stopping_the_daemon_during_the_start_up_check_ends_it_at_once(tiny_build, tmp_path, monkeypatch):
+    pid_file = tmp_path / "check.pid"
+    sleeping_check(monkeypatch, pid_file)
+    service = ScoringService(ServiceConfig(model=tiny_build.artefact, max_pixels=BUDGET,
+                                           warm_up_limits=WarmUpLimits(memory_mb=256, timeout_s=30)), None, [],
+                             log=quiet_log)
+
+    def stop_once_the_check_runs():
+        while not pid_file.exists():
+            time.sleep(0.02)
+        service.stop()  # what the SIGTERM handler of adtk serve does
+
+    threading.Thread(target=stop_once_the_check_runs, daemon=True).start()
+    tic = time.monotonic()
+    try:
+        with pytest.raises(ArtefactError, match="not checked: the daemon stopped while starting the warm-up check"):
+            service.start()
+        assert time.monotonic() - tic < 10
+        assert not running(int(pid_file.read_text()))
+    finally:
+        if pid_file.exists() and running(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
