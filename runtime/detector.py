@@ -2,6 +2,7 @@
 
     detector = Detector.load("model.onnx")
     prediction = detector.predict(frames)    # uint8 [B, H, W, 3] RGB, one [H, W, 3] frame, or image paths
+                                             # (grey, grey + alpha and RGBA: 1, 2 or 4 channels, converted)
     prediction.pred_score   # [B] float32 in [0, 1]; 0.5 is the calibrated threshold
     prediction.pred_label   # [B] bool, True = anomalous
     prediction.anomaly_map  # [B, H, W] float32 in [0, 1] at the model size H x W (manifest["input"]["model_size_px"])
@@ -143,13 +144,13 @@ class Detector:
     def _as_batches(self, frames) -> list[np.ndarray]:
         """Group frames into uint8 [B, H, W, 3] batches of equal size, keeping the input order."""
         if isinstance(frames, np.ndarray) and frames.ndim == 4:
-            if frames.dtype != np.uint8 or frames.shape[3] != 3:
-                raise DataError(f"frames: expected uint8 [B, H, W, 3] RGB, got {frames.dtype} {list(frames.shape)}")
             if frames.shape[0] == 0:
                 raise DataError("frames: an empty batch [0, H, W, 3]; give at least one frame")
             check_frame_side(frames.shape[2], frames.shape[1], "frames")
             check_frame_pixels(frames.shape[2], frames.shape[1], "frames", self.max_pixels)
-            return [np.ascontiguousarray(frames)]
+            # the conversion of one frame (as_frame), on the whole batch: grey, grey + alpha and RGBA batches are
+            # taken as their frames are one by one, and anything else refused the same way
+            return [to_rgb_frame(frames, "frames", batch=True)]
         if isinstance(frames, (np.ndarray, str, PathLike, *ENCODED)) or _is_pillow_image(frames):
             frames = [frames]
         if not isinstance(frames, Sequence):

@@ -44,21 +44,25 @@ def scale_to_uint8(array: np.ndarray, name: str) -> np.ndarray:
     raise DataError(f"{name}: pixels of type {array.dtype} are not supported (uint8, uint16 or float)")
 
 
-def to_rgb_frame(array: np.ndarray, name: str) -> np.ndarray:
-    """uint8 [H, W], [H, W, 1|2|3|4] -> C-contiguous uint8 RGB [H, W, 3]; alpha composited over black."""
+def to_rgb_frame(array: np.ndarray, name: str, batch: bool = False) -> np.ndarray:
+    """uint8 [H, W], [H, W, 1|2|3|4] -> C-contiguous uint8 RGB [H, W, 3]; alpha composited over black.
+    batch=True: uint8 [B, H, W, 1|2|3|4] -> [B, H, W, 3], each frame converted exactly as one frame is (the
+    same rules for one frame and a batch, so a grey or RGBA batch scores as its frames given one by one)."""
     if array.dtype != np.uint8:
         raise DataError(f"{name}: expected uint8 pixels (0..255), got {array.dtype}; convert with "
                         "np.clip(x, 0, 255).astype(np.uint8) if the values are in that range")
-    if array.ndim == 2:
+    if array.ndim == 2 and not batch:
         array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
-        raise DataError(f"{name}: expected an image [H, W, 3] (RGB), got shape {list(array.shape)}")
-    channels = array.shape[2]
+    if array.ndim != (4 if batch else 3) or array.shape[-1] not in (1, 2, 3, 4):
+        expected = "frames [B, H, W, C]" if batch else "an image [H, W, C]"
+        raise DataError(f"{name}: expected {expected} with C = 3 (RGB), 1 (grey), 2 (grey + alpha) or 4 (RGBA); "
+                        f"got shape {list(array.shape)}")
+    channels = array.shape[-1]
     if channels in (2, 4):  # grey + alpha, RGB + alpha
-        alpha = array[:, :, -1:].astype(np.uint16)
-        array = ((array[:, :, :-1].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
+        alpha = array[..., -1:].astype(np.uint16)
+        array = ((array[..., :-1].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
     return np.ascontiguousarray(array)
 
 
