@@ -19,6 +19,10 @@ Limits, as nginx sets them (HttpLimits; `adtk serve --http-*` options):
     `idle_timeout_s` (+ the header time) for the next request on a kept-alive connection. These are
     deadlines for the whole phase, not per read, so a client dripping one byte a second is cut off too;
     a reaper thread shuts such sockets down.
+  * headers: at most MAX_HEADER_BYTES for all the header lines of a request together (431). A request that
+    declares a body the handler does not read (a GET with a Content-Length, a POST refused before its body) is
+    answered with `Connection: close`: the unread bytes are never parsed as a next request (request smuggling
+    through a proxy that keeps the connection). An HTTP/0.9 request line (no version) is answered 400 at once.
   * bodies: at most `max_body_bytes` (413 before a byte of it is read); read in 64 KB chunks, so memory
     follows what actually arrived, never the Content-Length a client claims; no chunked uploads (411).
   * memory: `max_concurrent_predictions` frames are decoded and scored at once (each bounded by the pixel
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import hmac
+import http.client
 import ipaddress
 import json
 import socket
@@ -46,6 +51,10 @@ from adtk.runtime.errors import ConfigError, DataError
 MAX_IMAGE_BYTES = 32 * 1024 * 1024  # one frame; larger bodies are refused before they are read
 MIN_TOKEN_CHARS = 16
 _BODY_CHUNK_BYTES = 64 * 1024
+# All the header lines of one request together (the stdlib bounds only each line, 64 KB, and their number, 100:
+# 6.5 MB a connection, ~450 MB resident for 31 such connections held open). This API's headers are a few hundred
+# bytes (a token, a length); nginx allows 32 KB by default.
+MAX_HEADER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -91,9 +100,12 @@ def decode_image_bytes(data: bytes, max_pixels: int | None = None) -> np.ndarray
     """An encoded image -> uint8 [H, W, 3] RGB through THE decoder (adtk.runtime.images.decode_image), the
     same as a file: EXIF orientation, 16-bit scaling, alpha compositing, the pixel budget before decoding."""
     from adtk.runtime.images import decode_image
+    from adtk.runtime.pixels import check_frame_side
 
-    return decode_image(data, "request body", max_pixels=max_pixels,
-                        hint="POST the bytes of one PNG, JPEG, BMP, TIFF, WebP, GIF or PPM image")
+    image = decode_image(data, "request body", max_pixels=max_pixels,
+                         hint="POST the bytes of one PNG, JPEG, BMP, TIFF, WebP, GIF or PPM image")
+    check_frame_side(image.shape[1], image.shape[0], "request body")  # named, as the decoder's refusals are
+    return image
 
 
 class _LimitedHTTPServer(ThreadingHTTPServer):
@@ -264,10 +276,32 @@ class ApiServer:
         return 200, result.as_record()
 
 
+class _HeaderBudget:
+    """The connection's reader while the headers are parsed: readline within what is left of MAX_HEADER_BYTES,
+    so that no more than that is ever held; beyond it HTTPException (the stdlib answers 431)."""
+
+    def __init__(self, stream, budget: int):
+        self.stream, self.left = stream, budget
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self.stream.readline(self.left + 1 if limit < 0 else min(limit, self.left + 1))
+        self.left -= len(line)
+        if self.left < 0:
+            raise http.client.HTTPException(f"the header lines are over {MAX_HEADER_BYTES} bytes together")
+        return line
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 class _Handler(BaseHTTPRequestHandler):
     api: ApiServer
     server_version = "adtk-serve"
     protocol_version = "HTTP/1.1"
+    # The version assumed until the request line is parsed. The stdlib's "HTTP/0.9" made its answers to an
+    # unparsable line (a bad or HTTP/2 version, garbage) a bare HTML page with no status line and no headers:
+    # nothing a client can read as a refusal.
+    default_request_version = "HTTP/1.0"
 
     def setup(self):
         self.timeout = self.api.limits.idle_timeout_s  # per read, a backstop to the reaper's phase deadlines
@@ -278,9 +312,32 @@ class _Handler(BaseHTTPRequestHandler):
         # the next one within idle_timeout_s of the last answer (the deadline set below, left running)
         if not getattr(self, "_answered_one", False):
             self.server.set_deadline(self.request, self.api.limits.header_timeout_s)
+        self._body_read = False
         super().handle_one_request()
         self._answered_one = True
         self.server.set_deadline(self.request, self.api.limits.idle_timeout_s + self.api.limits.header_timeout_s)
+
+    def parse_request(self) -> bool:
+        if len(str(self.raw_requestline, "iso-8859-1").split()) == 2:  # as the stdlib splits it
+            # HTTP/0.9 ("GET /path"): the stdlib would wait for headers such a request never sends, until the
+            # deadline closes the connection without an answer
+            self.command, self.request_version = None, self.default_request_version
+            self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")  # the stdlib's answer logs it
+            self.close_connection = True
+            self.send_error(400, "HTTP/0.9 request (no HTTP version)", "send HTTP/1.1 or HTTP/1.0")
+            return False
+        stream, self.rfile = self.rfile, _HeaderBudget(self.rfile, MAX_HEADER_BYTES)
+        try:
+            return super().parse_request()
+        finally:
+            self.rfile = stream
+
+    def _leaves_a_body_unread(self) -> bool:
+        """The request declares a body (a Content-Length other than 0, or a Transfer-Encoding) not read (yet)."""
+        if self._body_read or getattr(self, "headers", None) is None:
+            return False
+        return self.headers.get("Transfer-Encoding") is not None or \
+            any(value.strip() != "0" for value in self.headers.get_all("Content-Length") or [])
 
     def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
         pass  # request logs would dominate the daemon's output; /metrics counts what matters
@@ -310,6 +367,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (OSError, ValueError):
             pass
         self.server.set_deadline(self.request, None)  # scoring takes the time it takes
+        self._body_read = received == length
         if received < length:
             self.close_connection = True
             self.api.refused("http_requests_refused", "incomplete body",
@@ -322,6 +380,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        if self._leaves_a_body_unread():  # its bytes must not be read as the next request (smuggling): close
+            self.send_header("Connection", "close")
         if status == 401:
             self.send_header("WWW-Authenticate", 'Bearer realm="adtk"')
         self.end_headers()

@@ -23,6 +23,7 @@ import numpy as np
 
 from adtk.runtime.errors import ConfigError, DataError
 from adtk.runtime.extras import require
+from adtk.runtime.pixels import check_frame_side
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
 # what an undecodable frame's message ends with (the decoder's default hint names --skip-bad, an option of adtk
@@ -190,10 +191,15 @@ class FolderSource:
                 self._pending.pop(name, None)
                 path = self.folder / name
                 try:
-                    yield counter.make(str(path), decode_image(path, max_pixels=self.max_pixels, hint=SKIPPED_HINT))
+                    image = decode_image(path, max_pixels=self.max_pixels, hint=SKIPPED_HINT)
+                    # refused here, naming the file, like the decoder's refusals: the model would refuse it as
+                    # "frames", naming nothing, and count a scoring error
+                    check_frame_side(image.shape[1], image.shape[0], str(path), hint=SKIPPED_HINT)
                 except DataError as exc:
                     self._failed[name] = self._changed_ns.get(name)
                     yield counter.make(str(path), None, str(exc))
+                else:
+                    yield counter.make(str(path), image)
                 if stop.is_set():
                     return
             stop.wait(self.poll_s)
@@ -239,6 +245,7 @@ class VideoSource:
 
         try:
             check_frame_pixels(bgr.shape[1], bgr.shape[0], self.name, self.max_pixels)
+            check_frame_side(bgr.shape[1], bgr.shape[0], self.name)  # naming the stream (see FolderSource)
             return counter.make(self.name, to_rgb_frame(np.ascontiguousarray(bgr[:, :, ::-1]), self.name))
         except DataError as exc:
             return counter.make(self.name, None, str(exc))

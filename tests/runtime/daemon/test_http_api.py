@@ -71,7 +71,7 @@ def test_predict_answers_400_for_a_corrupt_image_and_keeps_serving(api, test_ima
     status, body = request(f"{api}/predict", data=png_bytes(test_images[0])[:300])
     assert status == 400 and "cannot decode" in json.loads(body)["error"]
     status, body = request(f"{api}/predict", data=png_bytes(test_images[0][:8, :8]))
-    assert status == 400 and "too small" in json.loads(body)["error"]
+    assert status == 400 and json.loads(body)["error"] == "request body: image of 8x8 px is too small (16 px minimum)"
     assert request(f"{api}/predict", data=png_bytes(test_images[0]))[0] == 200
     assert request(f"{api}/nothing")[0] == 404
 

@@ -297,3 +297,29 @@ def test_a_file_name_with_a_newline_or_control_bytes_is_one_log_line(tiny_build,
     assert len(lines) == 2 and all(line.startswith("adtk serve: undecodable frame: ") for line in lines)
     assert not any(line.startswith("adtk serve: model swapped") for line in stream.getvalue().splitlines())
     assert "\x1b" not in stream.getvalue() and "x.png\\nadtk serve" in stream.getvalue() and "\\udcff" in stream.getvalue()
+
+
+def test_a_frame_too_small_to_score_is_logged_naming_its_file_like_an_undecodable_one(tiny_build, test_images,
+                                                                                         tmp_path, run_service, wait):
+    """An 8x8 image in the folder was logged "scoring error: frame 0 from ...: DataError: frames: image of 8x8 px is
+    too small": the refusal itself named "frames", not the file, and it was counted as a scoring error. It is
+    refused at the source, as the decoder refuses a corrupt file: one line naming the file, one undecodable frame."""
+    import io
+
+    from adtk.runtime.daemon.service import RateLimitedLog
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    Image.fromarray(test_images[0][:8, :8]).save(incoming / "tiny.png")
+    Image.fromarray(test_images[1]).save(incoming / "good.png")
+    stream = io.StringIO()
+    service = ScoringService(ServiceConfig(model=tiny_build.artefact, watch=False),
+                             FolderSource(incoming, poll_s=0.05), [], log=RateLimitedLog(0.0, stream))
+    run_service(service)
+    wait(lambda: service.metrics.snapshot()["frames_scored"] == 1
+         and service.metrics.snapshot()["frames_undecodable"] == 1, what="1 frame scored, 1 refused")
+    service.stop()
+    assert stream.getvalue().splitlines() == [
+        f"adtk serve: undecodable frame: {incoming / 'tiny.png'}: image of 8x8 px is too small (16 px minimum); "
+        "skipped; the daemon goes on with the next frame"]
+    assert service.metrics.snapshot()["scoring_errors"] == 0

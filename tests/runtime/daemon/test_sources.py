@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from adtk.runtime.daemon.service import ScoringService, ServiceConfig
-from adtk.runtime.daemon.sources import VideoSource, open_source
+from adtk.runtime.daemon.sources import FrameCounter, VideoSource, open_source
 from adtk.runtime.detector import Detector
 from adtk.runtime.errors import ConfigError
 
@@ -93,3 +93,8 @@ def test_serve_exits_non_zero_when_its_video_source_cannot_be_opened(tiny_build,
     assert result.exit_code != 0
     assert "the source stopped" in result.output and "camera.mp4" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_camera_frame_too_small_to_score_is_refused_naming_the_camera():
+    frame = VideoSource(0, live=True)._frame(FrameCounter(), np.zeros((8, 12, 3), np.uint8))
+    assert frame.image is None and frame.error == "camera:0: image of 12x8 px is too small (16 px minimum)"
