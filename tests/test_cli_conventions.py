@@ -74,7 +74,7 @@ def test_flags_override_the_file_and_dicts_merge(runner, tmp_path):
 @pytest.mark.parametrize("args, code, message", [
     (["--method", "patchcor"], 2, "no method 'patchcor'; did you mean 'patchcore'"),
     (["--target", "orin_nanoo"], 2, "no target 'orin_nanoo'"),
-    (["--size", "8"], 2, "image_size_px must be at least 32"),
+    (["--size", "8"], 2, "--size (image_size_px) must be at least 32"),
     (["--precision", "int4"], 2, "Invalid value for '--precision'"),
     (["--calib-fraction", "1.5"], 2, "--calib-fraction must be in [0, 1)"),
 ])

@@ -208,8 +208,10 @@ def validate_build_config(config) -> None:
     from adtk.toolkit.geometry import parse_size  # torch-importing; only a build validates its config
 
     size = parse_size(config.image_size_px)
-    checks = [("image_size_px", side, 32) for side in (size.fixed_hw or ())]
-    for name, value, minimum in (*checks, ("batch_size", config.batch_size, 1), ("check_images", config.check_images, 1)):
+    # named as on the command line and in a --config file (the same setting reaches a build either way)
+    checks = [("--size (image_size_px)", side, 32) for side in (size.fixed_hw or ())]
+    for name, value, minimum in (*checks, ("batch_size", config.batch_size, 1),
+                                 ("--check-images (check_images)", config.check_images, 1)):
         if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {value}")
     if config.max_train_images is not None and config.max_train_images < 2:

@@ -64,7 +64,7 @@ def valid(tmp_path):
     ({"method": "patchcor"}, "no method 'patchcor'; did you mean 'patchcore'"),
     ({"target": "orin_nano"}, "--target: no target 'orin_nano'"),
     ({"precision": "int4"}, "--precision 'int4'"),
-    ({"image_size_px": 8}, "image_size_px must be at least 32"),
+    ({"image_size_px": 8}, r"--size \(image_size_px\) must be at least 32"),
     ({"max_train_images": 1}, "--max-train-images must be at least 2"),
     ({"calib_fraction": 1.0}, "--calib-fraction must be in"),
     ({"out": Path("/nonexistent-folder/m.onnx")}, "does not exist"),
