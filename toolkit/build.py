@@ -44,7 +44,8 @@ from adtk.toolkit.build_config import BuildConfig, config_to_dict, validate_buil
 from adtk.toolkit.calibration import Calibration, calibrate
 from adtk.toolkit.data import DatasetIndex, Sample, index_dataset, iter_images, prefetched, training_list_sha256
 from adtk.toolkit.ensemble import backbone_choices, geometry_stride, member_statistics
-from adtk.toolkit.geometry import Geometry, make_tiling, median_image_shape, parse_size, parse_tile, resolve_geometry
+from adtk.toolkit.geometry import (Geometry, make_tiling, median_image_shape, parse_size, parse_tile,
+                                   plain_auto_short_side, resolve_geometry)
 from adtk.toolkit.labelled_defects import (LabelledFeatures, defects_manifest_entry, extract_labelled_features,
                                            labelled_defect_samples)
 from adtk.toolkit.memory import (keep_arrays_off_huge_pages, release_large_blocks_promptly,
@@ -590,9 +591,8 @@ def build_geometry(config: BuildConfig, stride: int, training_samples, log) -> t
     shape = median_image_shape(training_samples) if needs_aspect else None
     aspect = shape.aspect_hw if shape is not None else None
     # Plain auto keeps elongated frames at their own resolution (up to geometry.MAX_AUTO_SHORT_SIDE_PX) when no frame
-    # budget binds the build; a --target build keeps the 256-px short side its sizing was measured with, and spends
-    # the budget on the bank (`--method auto --target` weighs finer inputs against banks on validation).
-    native_short_side = shape.short_side_px if shape is not None and config.target is None else None
+    # budget binds the build (`--method auto --target` weighs finer inputs against banks on validation).
+    native_short_side = plain_auto_short_side(shape, frame_budget_binds=config.target is not None)
     geometry = resolve_geometry(spec, config.tile, stride, aspect, native_short_side)
     at_256 = resolve_geometry(spec, config.tile, stride, aspect) if native_short_side is not None else geometry
     finer = (geometry.model_hw[0] * geometry.model_hw[1]) / (at_256.model_hw[0] * at_256.model_hw[1])

@@ -323,6 +323,16 @@ def median_image_shape(samples, max_images: int = 400) -> ImageShape:
                       float(np.median(heights * widths)))
 
 
+def plain_auto_short_side(shape: ImageShape | None, frame_budget_binds: bool) -> float | None:
+    """The short side plain `auto` may keep for an elongated frame (resolve_geometry's native_short_side_px): the
+    images' own median, unless a frame budget binds the build (--target), which keeps the 256-px short side its
+    sizing was measured with and spends the budget on the bank. One rule for a build and for `--method auto`'s
+    candidate of the same geometry, so the search validates the input the final build will have."""
+    if shape is None or frame_budget_binds:
+        return None
+    return shape.short_side_px
+
+
 def median_aspect_hw(samples, max_images: int = 400) -> float:
     """Median height / width of the samples (median_image_shape)."""
     return median_image_shape(samples, max_images).aspect_hw

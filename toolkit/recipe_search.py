@@ -8,11 +8,12 @@ from good images.
      defects of several kinds (toolkit/validation.py). The test split is never
      read. Too few goods for a validation split -> a DataError saying how many are needed, before anything else.
   2. resolve every architecture's input geometry from the training images' headers (toolkit/geometry.py: square,
-     `auto` at a pixel budget, tiles) and cost it with the compiler's cost model on an export with an almost
-     empty head (toolkit/sizing.py probe_model, one per backbone member and geometry); the head's cost is scaled
-     to each candidate's bank rows. Candidates over the target's frame budget are never fitted; none within it ->
-     a TargetError before any feature is extracted. Tiled architectures are only tried on large or elongated
-     frames (LARGE_FRAME_*): on near-square frames a tile grid is the whole frame again.
+     plain `auto` as the default build resolves it, `auto` at a pixel budget, tiles) and cost it with the
+     compiler's cost model on an export with an almost empty head (toolkit/sizing.py probe_model, one per
+     backbone member and geometry); the head's cost is scaled to each candidate's bank rows. Candidates over
+     the target's frame budget are never fitted; none within it -> a TargetError before any feature is
+     extracted. Tiled architectures are only tried on large or elongated frames (LARGE_FRAME_*): on near-square
+     frames a tile grid is the whole frame again.
   3. plan within the time budget (SearchSpace.time_budget_s, the whole build's): a candidate is tried only when
      its predicted validation time plus its predicted final build (all fit images) still fit in what is left;
      the rest are listed as skipped, with the reason. Stage A validates every architecture with the first recipe
@@ -64,7 +65,7 @@ class Architecture:
 
     backbone: str
     stages: tuple[str, ...] | None  # None = the backbone's default stages
-    image_size_px: int | str  # as BuildConfig.image_size_px: 256 (square) or "auto:PIXELS" (aspect kept)
+    image_size_px: int | str  # as BuildConfig.image_size_px: 256 (square), "auto:PIXELS" (aspect kept) or "auto"
     tile: str | None = None  # as BuildConfig.tile ("SIZE[:OVERLAP]"); tried on large or elongated frames only
     ensemble: tuple[str, ...] = ()  # further members "NAME[:STAGES]" (BuildConfig.ensemble)
 
@@ -120,7 +121,10 @@ FINE = ("blocks.1", "blocks.2", "blocks.4")  # + the stride-4 stage: thin and sm
 # sets, and a larger validation set now costs each architecture more of the 10-minute budget.
 SEARCH_SPACE = SearchSpace(
     architectures=(
-        Architecture("tf_efficientnet_lite0", None, 256),  # the default build's
+        Architecture("tf_efficientnet_lite0", None, 256),  # the default build's on near-square frames
+        # the default build's on elongated frames: their own resolution without --target (1248 x 496 for 500 x 1250
+        # frames), the short side at 256 px with one (geometry.plain_auto_short_side); the square again otherwise
+        Architecture("tf_efficientnet_lite0", None, "auto"),
         Architecture("tf_efficientnet_lite0", None, "auto:65536"),  # the frames' aspect kept, same pixels
         Architecture("tf_efficientnet_lite0", None, "auto:102400"),  # finer input (320^2 pixels)
         Architecture("tf_efficientnet_lite0", None, "auto:147456"),  # 384^2 pixels
@@ -234,22 +238,25 @@ class _Components:
                                         make_tiling(key.geometry))
 
 
-def resolve_architectures(space: SearchSpace, training_samples, log) -> list[tuple[Architecture, object, str]]:
-    """-> [(architecture, geometry or None, note)]: each architecture's geometry from the images' headers; an
+def resolve_architectures(space: SearchSpace, training_samples, log, frame_budget_binds: bool = False
+                          ) -> list[tuple[Architecture, object, str]]:
+    """-> [(architecture, geometry or None, note)]: each architecture's geometry from the images' headers, as the
+    final build will resolve it (plain `auto` at the frames' own resolution unless a frame budget binds); an
     architecture that does not apply to these frames (a tile grid of one tile, a geometry equal to an earlier
     one's) gets None and says why."""
     from adtk.toolkit.ensemble import geometry_stride
-    from adtk.toolkit.geometry import median_image_shape, parse_tile, resolve_geometry
+    from adtk.toolkit.geometry import median_image_shape, parse_tile, plain_auto_short_side, resolve_geometry
 
     shape = median_image_shape(training_samples)
     aspect, pixels = shape.aspect_hw, shape.pixels
+    native_short_side = plain_auto_short_side(shape, frame_budget_binds)
     elongation = max(aspect, 1.0 / aspect)
     out, seen = [], {}
     for architecture in space.architectures:
         members = architecture.members()
         try:
             geometry = resolve_geometry(architecture.image_size_px, architecture.tile, geometry_stride(members),
-                                        aspect)
+                                        aspect, native_short_side)
         except ConfigError as error:
             out.append((architecture, None, f"not applicable: {error}"))
             continue
@@ -637,7 +644,7 @@ def prepare_search(config, log, index=None, space: SearchSpace = SEARCH_SPACE):
     target = load_target(config.target or DEFAULT_TARGET)
     precision = resolve_precision(config.precision, target)
     components = _Components(config)
-    resolved = resolve_architectures(space, index.train, log)
+    resolved = resolve_architectures(space, index.train, log, frame_budget_binds=enforce_budget)
     rows, costs = cost_candidates(config, space, target, precision, len(fit_samples), log, resolved, components)
     if precision != "fp32":  # toolkit/build.py builds an ensemble in fp32 without --target (its sizing is single-graph)
         for row in rows:

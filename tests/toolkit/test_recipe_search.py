@@ -102,6 +102,28 @@ def test_tiles_and_kept_aspect_are_candidates_on_tall_frames_only(tmp_path):
     assert square[2][1] is None and "neither elongated" in square[2][2]
 
 
+def test_plain_auto_candidate_is_the_default_builds_geometry(tmp_path):
+    """`--method auto` weighs the geometry the default build would use: tall frames at their own resolution
+    without a target, at a 256-px short side with one (as build_geometry), the square on near-square frames."""
+    from adtk.toolkit.build import build_geometry
+    from adtk.toolkit.build_config import BuildConfig
+    from adtk.toolkit.ensemble import geometry_stride
+    from adtk.toolkit.recipe_search import resolve_architectures
+
+    space = SearchSpace(architectures=(Architecture("tf_efficientnet_lite0", None, 256),
+                                       Architecture("tf_efficientnet_lite0", None, "auto")),
+                        recipes=(Recipe("patchcore", 4.0),))
+    tall_samples = _tall_samples(tmp_path / "tall", 3, (1250, 500))
+    for budget, expected in ((False, (1248, 496)), (True, (640, 256))):
+        tall = resolve_architectures(space, tall_samples, lambda m: None, frame_budget_binds=budget)
+        assert tall[1][1].model_hw == expected and tall[1][1].tiles is None
+        config = BuildConfig(data=tmp_path, out=tmp_path / "x.onnx", target="x86_cpu" if budget else None)
+        stride = geometry_stride(space.architectures[1].members())
+        assert build_geometry(config, stride, tall_samples, lambda m: None)[0].model_hw == expected
+    square = resolve_architectures(space, _tall_samples(tmp_path / "square", 3, (300, 300)), lambda m: None)
+    assert square[1][1] is None and "same as" in square[1][2]
+
+
 def test_ensemble_scores_are_standardised_per_member():
     import numpy as np
 
