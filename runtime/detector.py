@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from adtk.runtime.artefact import INPUT_NAME, VerifiedArtefact, read_artefact
-from adtk.runtime.errors import BackendError, DataError
+from adtk.runtime.errors import ArtefactError, BackendError, DataError
 from adtk.runtime.pixels import check_frame_pixels, check_frame_side, to_rgb_frame
 
 
@@ -131,7 +131,7 @@ class Detector:
         """frames: uint8 [B, H, W, 3] RGB, one [H, W, 3] frame, or a sequence of paths/arrays (an encoded file's
         bytes and Pillow images are taken too, converted as a decoded file is)."""
         batches = self._as_batches(frames)
-        parts = [self.backend.run({INPUT_NAME: batch}) for batch in batches]
+        parts = [self._checked(self.backend.run({INPUT_NAME: batch}), len(batch)) for batch in batches]
         merged = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         # artefacts built before pred_mask was an output: the same rule on the normalised map
         pred_mask = merged["pred_mask"] if "pred_mask" in merged else merged["anomaly_map"] > 0.5
@@ -140,6 +140,36 @@ class Detector:
             anomaly_map=merged["anomaly_map"], pred_mask=pred_mask.astype(bool), raw_score=merged["raw_score"],
             raw_anomaly_map=merged["raw_anomaly_map"],
         )
+
+    def _checked(self, outputs: dict, batch: int) -> dict:
+        """The backend's outputs if they keep the artefact contract (runtime/manifest.py OUTPUTS_DESCRIPTION) for
+        `batch` frames; else ArtefactError naming the output. A re-sealed graph may give outputs of the right names
+        but another shape or type: a [B, 2] or an empty pred_score failed deep inside numpy (an internal error), a
+        NaN or 7.0 pred_score was printed as a score (NaN is not even JSON), a float pred_label was cast to True."""
+        height, width = self.model_size_px
+        problems = []
+        for name, shape, kinds in (("pred_score", (batch,), "f"), ("raw_score", (batch,), "f"),
+                                   ("pred_label", (batch,), "bui"), ("anomaly_map", (batch, height, width), "f"),
+                                   ("raw_anomaly_map", (batch, height, width), "f"),
+                                   ("pred_mask", (batch, height, width), "bui")):
+            value = outputs.get(name)
+            if value is None and name == "pred_mask":
+                continue  # an artefact from before pred_mask (predict derives it)
+            if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype.kind not in kinds:
+                got = f"{value.dtype} {list(value.shape)}" if isinstance(value, np.ndarray) else type(value).__name__
+                expected = "float" if kinds == "f" else "bool or integer"
+                problems.append(f"{name} is {got}, expected {expected} {list(shape)}")
+        if not problems:
+            scores = outputs["pred_score"]
+            if not (np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1))):
+                problems.append(f"pred_score {np.round(scores[:4], 6).tolist()} is not within 0..1")
+            elif not np.all(np.isfinite(outputs["raw_score"])):
+                problems.append(f"raw_score {outputs['raw_score'][:4].tolist()} is not finite")
+        if problems:
+            raise ArtefactError(f"the artefact's graph breaks the output contract ({'; '.join(problems[:3])}): it is "
+                                "not an adtk build or it was edited after the build. Do not use it; copy it again "
+                                "from the build machine")
+        return outputs
 
     def _as_batches(self, frames) -> list[np.ndarray]:
         """Group frames into uint8 [B, H, W, 3] batches of equal size, keeping the input order."""

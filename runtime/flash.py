@@ -47,11 +47,12 @@ from urllib.parse import unquote, urlsplit
 
 from adtk.runtime.artefact import verify_file
 from adtk.runtime.errors import AdtkError, ArtefactError, ConfigError, TargetError
-from adtk.runtime.signing import configured_public_key, signature_path, verify_signature_digest
+from adtk.runtime.regular_files import open_regular
+from adtk.runtime.signing import (configured_public_key, read_signature_bytes, signature_path,
+                                  verify_signature_digest)
 
 MODEL_NAME = "model.onnx"
 SSH_TIMEOUT_S = 600
-MAX_SIGNATURE_BYTES = 64 * 1024
 _CHUNK_BYTES = 1 << 20
 # host names, IPv4/IPv6 literals and user names as ssh accepts them, never starting with "-"
 _SAFE_HOST = re.compile(r"^[A-Za-z0-9_.:][A-Za-z0-9_.:-]*$")
@@ -152,14 +153,24 @@ def clean_orphans(folder: Path, name: str) -> list[Path]:
     return removed
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    """`target` as a hard link to `source`, else (no hard links on this file system: FAT, sshfs, some network
+    mounts) a copy. A symlink is kept as the symlink, never followed: the device side may point model.onnx at any
+    file of the machine running flash (~/.ssh/id_ed25519), whose bytes must not be copied into the device folder."""
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except (OSError, NotImplementedError):  # NotImplementedError: no linkat on this OS
+        shutil.copy2(source, target, follow_symlinks=False)
+
+
 def _keep(folder: Path, source: Path, keep_as: Path) -> None:
     """Put a copy of `source` at `keep_as` atomically (hard link where possible, else copy)."""
     keeper = _temporary(folder, keep_as.name)
     try:
-        os.link(source, keeper)
-    except OSError:  # no hard links on this file system (FAT, some network mounts): copy instead
-        shutil.copy2(source, keeper)
-    os.replace(keeper, keep_as)
+        _link_or_copy(source, keeper)
+        os.replace(keeper, keep_as)
+    finally:  # keep_as is a folder, say: the temporary name must not stay behind
+        keeper.unlink(missing_ok=True)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -175,7 +186,9 @@ def _fsync_folder(folder: Path) -> None:
 
 def _copy_hashing(source: Path, target: Path) -> str:
     digest = hashlib.sha256()
-    with open(source, "rb") as reading, open(target, "wb") as writing:
+    # open_regular: the artefact swapped for a FIFO after it was verified must not block flash (a different file
+    # is caught by the sha256 comparison)
+    with open_regular(source) as reading, open(target, "wb") as writing:
         for block in iter(lambda: reading.read(_CHUNK_BYTES), b""):
             digest.update(block)
             writing.write(block)
@@ -187,6 +200,8 @@ def _copy_hashing(source: Path, target: Path) -> str:
 def install_local(source: Path, file_sha256: str, folder: Path, name: str, signature: bytes | None) -> str:
     """Copy `source` (streamed) to folder/name, its signature (or none) to folder/name.sig, keeping the old
     pair as the .previous pair. Nothing at folder/name changes unless the copy's sha256 is file_sha256."""
+    if os.path.lexists(folder) and not folder.is_dir():  # mkdir would say only "File exists"
+        raise TargetError(f"{folder}: exists and is not a folder (a file?); give the folder the model goes in")
     folder.mkdir(parents=True, exist_ok=True)
     clean_orphans(folder, name)
     target, target_sig = folder / name, folder / (name + ".sig")
@@ -222,11 +237,12 @@ def install_local(source: Path, file_sha256: str, folder: Path, name: str, signa
     return landed
 
 
-def _verify_candidate(path: Path, public_key: Path | None, what: str) -> str:
-    """Integrity + schema of `path` (streamed) and, with a key, its signature -> its whole-file sha256."""
+def _verify_candidate(path: Path, public_key: Path | None, what: str, signature: bytes | None = None) -> str:
+    """Integrity + schema of `path` (streamed) and, with a key, its signature (`signature`: the .sig's bytes as
+    read, else the file) -> its whole-file sha256."""
     verified = verify_file(path)
     if public_key is not None:
-        verify_signature_digest(verified.file_sha256, path, signature_path(path), public_key)
+        verify_signature_digest(verified.file_sha256, path, signature_path(path), public_key, signature)
     return verified.file_sha256
 
 
@@ -243,10 +259,7 @@ def rollback_local(folder: Path, name: str, public_key: Path | None = None) -> s
     swaps = [_temporary(folder, name, "swap"), _temporary(folder, name + ".sig", "swap")]
     for (old, new), swap in zip(pairs, swaps):  # keep what is current, for rolling forward again
         if new.exists():
-            try:
-                os.link(new, swap)
-            except OSError:  # no hard links here: copy
-                shutil.copy2(new, swap)
+            _link_or_copy(new, swap)
     # signatures first (see install_local), then the model
     for (old, new), swap in reversed(list(zip(pairs, swaps))):
         if old.exists():
@@ -340,7 +353,7 @@ def _run_remote(dest: SshDestination, script: str, args: list[str], ssh_options:
     remote = " ".join(shlex.quote(part) for part in ["sh", "-c", script, "adtk-flash", *args])
     if shutil.which("ssh") is None:
         raise ConfigError("ssh destinations need the OpenSSH client (`ssh`) on this machine")
-    stdin_file = open(stdin, "rb") if isinstance(stdin, Path) else None
+    stdin_file = open_regular(stdin) if isinstance(stdin, Path) else None  # as in _copy_hashing
     stdout_file = open(stdout_to, "wb") if stdout_to is not None else None
     try:
         done = subprocess.run([*dest.command(ssh_options), remote],
@@ -398,14 +411,15 @@ def flash(artefact_path: str | Path, destinations: list[str], name: str = MODEL_
     _check_name(name)
     artefact_path = Path(artefact_path)
     key = configured_public_key(public_key)
-    file_sha256 = _verify_candidate(artefact_path, key, "artefact")  # raises: nothing is sent anywhere
     sig_file = signature_path(artefact_path)
-    signature = sig_file.read_bytes() if sig_file.is_file() else None
+    # read once, bounded: the bytes verified with the key are the bytes installed
+    signature = read_signature_bytes(sig_file, artefact_path) if os.path.lexists(sig_file) else None
     try:
-        if signature is not None and (len(signature) > MAX_SIGNATURE_BYTES or "\0" in signature.decode("utf-8")):
-            raise ValueError("too large or binary")
+        if signature is not None and "\0" in signature.decode("utf-8"):  # the ssh script takes it as an argument
+            raise ValueError("binary")
     except (ValueError, UnicodeDecodeError):
         raise ArtefactError(f"{sig_file}: not an adtk signature file (JSON text of a few hundred bytes)") from None
+    file_sha256 = _verify_candidate(artefact_path, key, "artefact", signature)  # raises: nothing is sent anywhere
     results = []
     for value in destinations:
         try:

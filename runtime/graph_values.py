@@ -12,18 +12,24 @@ Read with the same hand-written protobuf walk as the integrity check (adtk.runti
 has neither the `onnx` package nor any other way to see initializer values (onnxruntime hides them).
 A graph that does not name one of these values (a future pass renamed it) is not checked for that value;
 `warm_up` (daemon/hot_swap.py) still checks the outputs' shapes and labels against the manifest by scoring.
+A graph that names one twice (an initializer and a Constant node...) or stores it in a form not decoded here is
+refused: the value checked must be the value onnxruntime uses. This keeps a manifest honest about its graph; it
+cannot stop someone who rewrites the graph itself (new nodes compute anything): that needs signatures.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 
-from adtk.runtime.protobuf_wire import WIRE_LEN, WIRE_VARINT, read_varint, top_level_fields
+from adtk.runtime.protobuf_wire import WIRE_32BIT, WIRE_LEN, WIRE_VARINT, read_varint, top_level_fields
 from adtk.runtime.errors import ArtefactError
 
 _MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5  # ModelProto.graph, GraphProto.initializer
+_GRAPH_NODE, _NODE_OUTPUT = 1, 2  # GraphProto.node, NodeProto.output
+_GRAPH_SPARSE_INITIALIZER, _SPARSE_VALUES = 15, 1  # GraphProto.sparse_initializer, SparseTensorProto.values
 _GRAPH_INPUT, _GRAPH_OUTPUT, _VALUE_INFO_NAME = 11, 12, 1  # GraphProto.input, .output, ValueInfoProto.name
 _TENSOR_DIMS, _TENSOR_TYPE, _TENSOR_FLOATS, _TENSOR_NAME, _TENSOR_RAW = 1, 2, 4, 8, 9
 _NUMPY_TYPES = {1: np.float32, 10: np.float16}  # TensorProto.DataType FLOAT, FLOAT16
@@ -53,7 +59,7 @@ MAX_VALUES = 64  # only small tensors are decoded; big ones (weights) are just s
 def _tensor(payload) -> tuple[str, list[int], np.ndarray | None]:
     """A TensorProto -> (name, dims, values or None when large or of another type)."""
     name, dims, data_type, raw, floats = "", [], 0, None, []
-    for field, wire, _, _, value in top_level_fields(payload):
+    for field, wire, _, end, value in top_level_fields(payload):
         if field == _TENSOR_NAME and wire == WIRE_LEN:
             name = bytes(value).decode("utf-8", errors="replace")
         elif field == _TENSOR_DIMS and wire == WIRE_VARINT:
@@ -69,6 +75,9 @@ def _tensor(payload) -> tuple[str, list[int], np.ndarray | None]:
             raw = value
         elif field == _TENSOR_FLOATS and wire == WIRE_LEN:
             floats.append(bytes(value))
+        elif field == _TENSOR_FLOATS and wire == WIRE_32BIT:  # unpacked: one float per field, as protobuf may write
+            floats.append(bytes(payload[end - 4:end]))  # (and onnxruntime reads it: skipping it let a re-sealed
+            # threshold of another value pass unchecked)
     dtype = _NUMPY_TYPES.get(data_type)
     count = math.prod(dims) if dims else 1
     if dtype is None or count > MAX_VALUES:
@@ -80,11 +89,23 @@ def _tensor(payload) -> tuple[str, list[int], np.ndarray | None]:
     return name, dims, (values.astype(np.float64) if values.size == count else None)
 
 
-def _read_graph(model_bytes) -> tuple[dict, list[str], list[str], set[str]]:
+def _defined_names(graph_field: int, payload) -> list[str]:
+    """The names a graph node (its outputs) or a sparse initializer (its values tensor's name) defines."""
+    names = []
+    for field, wire, _, _, value in top_level_fields(payload):
+        if graph_field == _GRAPH_NODE and field == _NODE_OUTPUT and wire == WIRE_LEN:
+            names.append(bytes(value).decode("utf-8", errors="replace"))
+        elif graph_field == _GRAPH_SPARSE_INITIALIZER and field == _SPARSE_VALUES and wire == WIRE_LEN:
+            names.append(_tensor(value)[0])
+    return names
+
+
+def _read_graph(model_bytes) -> tuple[dict, list[str], list[str], set[str], Counter]:
     """One walk over the graph's top-level fields -> (the initializers that matter to the manifest: name -> (dims,
-    values or None), input names, output names, every initializer's name)."""
+    values or None), input names, output names, every initializer's name, how many times each of the names that
+    matter is defined: dense and sparse initializers, node outputs)."""
     wanted = set(EXPECTED_FROM_MANIFEST) | set(SIZE_OPERATORS)
-    found, inputs, outputs, initializers = {}, [], [], set()
+    found, inputs, outputs, initializers, definitions = {}, [], [], set(), Counter()
     for field, wire, _, _, graph in top_level_fields(memoryview(model_bytes)):
         if field != _MODEL_GRAPH or wire != WIRE_LEN:
             continue
@@ -96,12 +117,15 @@ def _read_graph(model_bytes) -> tuple[dict, list[str], list[str], set[str]]:
                 initializers.add(name)
                 if name in wanted:
                     found[name] = (dims, values)
+                    definitions[name] += 1
+            elif graph_field in (_GRAPH_NODE, _GRAPH_SPARSE_INITIALIZER):
+                definitions.update(name for name in _defined_names(graph_field, payload) if name in wanted)
             elif graph_field in (_GRAPH_INPUT, _GRAPH_OUTPUT):
                 name = next((bytes(value).decode("utf-8", errors="replace")
                              for value_field, value_wire, _, _, value in top_level_fields(payload)
                              if value_field == _VALUE_INFO_NAME and value_wire == WIRE_LEN), "")
                 (inputs if graph_field == _GRAPH_INPUT else outputs).append(name)
-    return found, inputs, outputs, initializers
+    return found, inputs, outputs, initializers, definitions
 
 
 def check_manifest_against_graph(model_bytes, manifest: dict, source: str = "artefact") -> None:
@@ -110,7 +134,7 @@ def check_manifest_against_graph(model_bytes, manifest: dict, source: str = "art
     would otherwise load and fail on the first frame)."""
     from adtk.runtime.manifest import INPUT_NAME, OUTPUT_NAMES
 
-    found, inputs, outputs, initializers = _read_graph(model_bytes)
+    found, inputs, outputs, initializers, definitions = _read_graph(model_bytes)
     missing = [name for name in OUTPUT_NAMES if name not in outputs] + ([] if INPUT_NAME in inputs else [INPUT_NAME])
     if missing:
         raise ArtefactError(f"{source}: the graph lacks the artefact contract's {', '.join(missing)} (it has inputs "
@@ -124,13 +148,19 @@ def check_manifest_against_graph(model_bytes, manifest: dict, source: str = "art
                             f"({', '.join(repr(name[:40]) for name in extra[:4])}"
                             f"{f' and {len(extra) - 4} more' if len(extra) > 4 else ''}): it was edited after the "
                             "build. Do not use it; copy the artefact again from the build machine")
-    disagreements = []
+    # A value the check reads must be the one onnxruntime computes with: a name defined twice (a Constant node or a
+    # sparse initializer beside the initializer: onnxruntime takes one of them) or stored in a form not decoded here
+    # (too many values, another type, a size that does not fit) would otherwise be checked on a copy, or not at all.
+    disagreements = [f"{name} is defined {count} times (initializers, node outputs)"
+                     for name, count in definitions.items() if count > 1]
+    disagreements += [f"{name}: stored in a form this runtime does not read (not a few float32 values)"
+                      for name in EXPECTED_FROM_MANIFEST if name in found and found[name][1] is None]
     for name, expected_of in EXPECTED_FROM_MANIFEST.items():
         if name not in found or found[name][1] is None:
             continue
         try:
             expected = np.asarray(expected_of(manifest), dtype=np.float64).ravel()
-        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError):  # Overflow: an int of 400 digits
             disagreements.append(f"{name}: the manifest does not state it in a usable form")
             continue
         actual = found[name][1].ravel()

@@ -97,7 +97,10 @@ class ListOf:
 
 
 def _finite(value) -> bool:
-    return math.isfinite(value)
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer of hundreds of digits (JSON has no limit): no float holds it
+        return False
 
 
 def _positive_size(value) -> bool:

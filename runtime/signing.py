@@ -23,6 +23,7 @@ from adtk.runtime.extras import require
 
 SIGNATURE_SUFFIX = ".sig"
 PUBLIC_KEY_ENV = "ADTK_PUBLIC_KEY"
+MAX_SIGNATURE_BYTES = 64 * 1024  # `adtk sign` writes ~300 bytes of JSON
 _DOMAIN = b"adtk-artefact-v1\0"
 
 
@@ -99,24 +100,52 @@ def verify_signature(data: bytes, source: str | Path, public_key_path: str | Pat
     return verify_signature_digest(hashlib.sha256(data).hexdigest(), source, signature_path(source), public_key_path)
 
 
+def _directory_message(sig_path: Path, source: str | Path) -> str:
+    return (f"{sig_path}: is a directory, not a signature file; replace it with the file "
+            f"`adtk sign {Path(source).name} --key PRIVATE.pem` writes")
+
+
+def read_signature_bytes(sig_path: str | Path, source: str | Path) -> bytes:
+    """The bytes of a signature file, read once as a regular file of at most MAX_SIGNATURE_BYTES (a .sig that is a
+    FIFO, a device or a 10 GB file next to an artefact must neither block the reader nor fill its memory), for a
+    caller that passes the same bytes on (adtk flash: the bytes it verified are the bytes it installs).
+    ArtefactError naming the file otherwise."""
+    from adtk.runtime.regular_files import open_regular
+
+    sig_path = Path(sig_path)
+    if sig_path.is_dir():
+        raise ArtefactError(_directory_message(sig_path, source))
+    try:
+        with open_regular(sig_path) as stream:
+            data = stream.read(MAX_SIGNATURE_BYTES + 1)
+    except OSError as exc:  # NotARegularFile among them
+        raise ArtefactError(f"{sig_path}: cannot read the signature file ({exc.strerror or exc})") from None
+    if len(data) > MAX_SIGNATURE_BYTES:
+        raise ArtefactError(f"{sig_path}: not a valid adtk signature file (larger than {MAX_SIGNATURE_BYTES // 1024} "
+                            "KB)")
+    return data
+
+
 def verify_signature_digest(file_sha256: str, source: str | Path, sig_path: str | Path,
-                            public_key_path: str | Path) -> str:
-    """Check the signature file `sig_path` against a file's sha256 (hex; computed by the caller while
+                            public_key_path: str | Path, signature_bytes: bytes | None = None) -> str:
+    """Check the signature file `sig_path` (or, when given, `signature_bytes`: that file's contents as the caller
+    read them with read_signature_bytes) against a file's sha256 (hex; computed by the caller while
     streaming, or over the exact bytes about to be used) -> key id. Raises ArtefactError."""
     key = _load_key(public_key_path, private=False)  # first: says which extra is missing, in one line
     from cryptography.exceptions import InvalidSignature
 
     sig_path = Path(sig_path)
-    if sig_path.is_dir():
-        raise ArtefactError(f"{sig_path}: is a directory, not a signature file; replace it with the file "
-                            f"`adtk sign {Path(source).name} --key PRIVATE.pem` writes")
-    if not sig_path.is_file():
+    if signature_bytes is None and sig_path.is_dir():
+        raise ArtefactError(_directory_message(sig_path, source))
+    if signature_bytes is None and not sig_path.is_file():
         raise ArtefactError(f"{source}: a public key is configured ({public_key_path}) but there is no signature "
                             f"{sig_path.name}; sign it with `adtk sign {Path(source).name} --key PRIVATE.pem`")
     from adtk.runtime.regular_files import read_small_json
 
     try:
-        record = read_small_json(sig_path)  # a .sig swapped for a FIFO must not block the model watcher
+        # read_small_json: a .sig swapped for a FIFO must not block the model watcher
+        record = read_small_json(sig_path, MAX_SIGNATURE_BYTES) if signature_bytes is None else \
+            json.loads(signature_bytes.decode("utf-8"))
         signature = base64.b64decode(record["signature"], validate=True)
     except (ValueError, KeyError, TypeError, OSError, RecursionError) as exc:
         raise ArtefactError(f"{sig_path}: not a valid adtk signature file ({exc})") from None
