@@ -121,10 +121,11 @@ FINE = ("blocks.1", "blocks.2", "blocks.4")  # + the stride-4 stage: thin and sm
 # sets, and a larger validation set now costs each architecture more of the 10-minute budget.
 SEARCH_SPACE = SearchSpace(
     architectures=(
-        Architecture("tf_efficientnet_lite0", None, 256),  # the default build's on near-square frames
-        # the default build's on elongated frames: their own resolution without --target (1248 x 496 for 500 x 1250
-        # frames), the short side at 256 px with one (geometry.plain_auto_short_side); the square again otherwise
+        # the default build's input, first: elongated frames at their own resolution without --target (1248 x 496
+        # for 500 x 1250 frames), at a 256-px short side with one (geometry.plain_auto_short_side); near-square
+        # frames squashed into the 256-px square
         Architecture("tf_efficientnet_lite0", None, "auto"),
+        Architecture("tf_efficientnet_lite0", None, 256),  # the square: the same as the first on near-square frames
         Architecture("tf_efficientnet_lite0", None, "auto:65536"),  # the frames' aspect kept, same pixels
         Architecture("tf_efficientnet_lite0", None, "auto:102400"),  # finer input (320^2 pixels)
         Architecture("tf_efficientnet_lite0", None, "auto:147456"),  # 384^2 pixels
