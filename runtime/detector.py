@@ -91,7 +91,7 @@ def as_frame(image, source: str = "frame", max_pixels: int | None = None) -> np.
         from adtk.runtime.images import pillow_image_to_rgb
 
         check_frame_pixels(image.width, image.height, source, max_pixels)
-        frame = pillow_image_to_rgb(image, source)
+        frame = pillow_image_to_rgb(image, source, max_pixels=max_pixels)
     else:
         frame = to_rgb_frame(np.asarray(image), source)
         check_frame_pixels(frame.shape[1], frame.shape[0], source, max_pixels)

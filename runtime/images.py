@@ -16,6 +16,10 @@ Hostile input is expected (a daemon decodes what the network sends):
   Pillow's own Image.MAX_IMAGE_PIXELS is a process-wide global that only warns below 2x its value and
   is sized for desktop machines; it stays as a second line, never the budget.
 * Truncated files always fail (never half-grey frames), whatever Pillow's global switch says.
+* Memory and time that the declared size does not show are bounded too: a file is read only as far as the
+  memory the pixel budget allows one frame (`read_limit_bytes`: metadata is held in memory as it is read), a
+  TIFF tile (decoded whole, whatever the image's size) must fit the budget, and a PNM header must end within
+  its first 64 KB (Pillow parses it a byte at a time).
 """
 
 from __future__ import annotations
@@ -31,8 +35,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from adtk.runtime.errors import DataError
-from adtk.runtime.pixels import MAX_PIXELS_ENV, default_max_pixels, scale_to_uint8, to_rgb_frame
+from adtk.runtime.errors import DataError, one_line
+from adtk.runtime.pixels import (
+    MAX_PIXELS_ENV,
+    PEAK_BYTES_PER_PIXEL,
+    default_max_pixels,
+    pixel_counts,
+    scale_to_uint8,
+    to_rgb_frame,
+)
 
 DECODABLE_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF", "PPM")
 """Pillow format plugins the decoder may use (MPO: the multi-picture JPEG many cameras write)."""
@@ -101,15 +112,87 @@ def _open_fully_decoded(source: Path | bytes, name: str, what: str, hint: str,
             raise DataError(f"{name}: file not found; it does not exist") from None
         except OSError as error:
             raise fail(f"cannot read file: {error.strerror or error}") from None
+        budget = _budget(max_pixels)
         with stream:
-            return _decode_switching_truncation_off(stream, fail, max_pixels)
+            # read through a counter: bytes (HTTP bodies, library callers) are in memory already, a file is not
+            bounded = io.BufferedReader(_BoundedReads(stream.raw, read_limit_bytes(budget)))
+            return _decode_switching_truncation_off(bounded, fail, budget)
     if len(source) == 0:
         raise fail("empty file, 0 bytes")
-    return _decode_switching_truncation_off(io.BytesIO(source), fail, max_pixels)
+    return _decode_switching_truncation_off(io.BytesIO(source), fail, _budget(max_pixels))
 
 
-def _decode_switching_truncation_off(stream, fail: Callable[[str], DataError], max_pixels: int | None) -> Image.Image:
-    budget = default_max_pixels() if max_pixels is None else int(max_pixels)
+def _budget(max_pixels: int | None) -> int:
+    return default_max_pixels() if max_pixels is None else int(max_pixels)
+
+
+READ_LIMIT_FLOOR_BYTES = 16 << 20
+"""The least `read_limit_bytes` allows whatever the budget: room for any real image's metadata (ICC profiles, EXIF
+with its thumbnail, XMP: kilobytes to a few MB) under the smallest --max-pixels."""
+
+
+def read_limit_bytes(max_pixels: int) -> int:
+    """How much of one file the decoder may read: the memory the pixel budget allows one frame (PEAK_BYTES_PER_PIXEL
+    a pixel, more than the largest uncompressed frame takes: 16-bit RGBA, 8 bytes). Pillow holds what it reads of
+    the metadata (a PNG's private chunks, a JPEG's APP segments, a GIF's comments) in memory: a 64x64 px PNG or JPEG
+    of 1 GB took 1 GB, so a file in a watched folder could take the daemon's memory whatever its pixel budget.
+    Only what is read counts: the other pages of a multi-page TIFF are not, however large the file."""
+    return max(int(max_pixels) * PEAK_BYTES_PER_PIXEL, READ_LIMIT_FLOOR_BYTES)
+
+
+class _ReadLimitReached(Exception):
+    """Not an OSError or ValueError: Pillow's parsers catch those, and this must reach the decoder."""
+
+
+class _BoundedReads(io.RawIOBase):
+    """A file's raw stream that refuses to read past `limit` bytes in all (re-reads count: Pillow seeks back to
+    parse, and each read is memory or time). fileno() is the file's, so libtiff reads its strips itself, as it does
+    from any file."""
+
+    def __init__(self, raw, limit: int):
+        super().__init__()
+        self._raw, self.limit, self.bytes_read = raw, limit, 0
+
+    @property
+    def over_limit(self) -> bool:
+        return self.bytes_read > self.limit
+
+    def readinto(self, buffer) -> int | None:
+        if self.over_limit:  # every read after the first refusal refuses again: none is swallowed for good
+            raise _ReadLimitReached()
+        count = self._raw.readinto(buffer)
+        self.bytes_read += count or 0
+        if self.over_limit:
+            raise _ReadLimitReached()
+        return count
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+
+def _over_read_limit(source) -> str | None:
+    """Why decoding `source` stopped, if it was the read limit of `_BoundedReads` (whatever error Pillow raised)."""
+    bounded = getattr(source, "raw", None)
+    if isinstance(bounded, _BoundedReads) and bounded.over_limit:
+        return (f"reading it took over {bounded.limit / 1e6:.0f} MB for one frame within the pixel budget "
+                f"(--max-pixels / ${MAX_PIXELS_ENV}): metadata far beyond any real image's; refused before it fills "
+                "memory")
+    return None
+
+
+def _decode_switching_truncation_off(stream, fail: Callable[[str], DataError], budget: int) -> Image.Image:
     if not ImageFile.LOAD_TRUNCATED_IMAGES:
         # The usual case: no lock, so threads can decode in parallel (Pillow releases the GIL).
         return _decode_strictly(stream, fail, budget)
@@ -135,8 +218,9 @@ def check_pixel_budget(width: int, height: int, max_pixels: int, fail: Callable[
     if width <= 0 or height <= 0:
         raise fail(f"declared size {width}x{height} px is empty")
     if width * height > max_pixels:
-        raise fail(f"declared size {width}x{height} px = {width * height / 1e6:.1f} MP is over the pixel budget "
-                   f"of {max_pixels / 1e6:.1f} MP (--max-pixels / ${MAX_PIXELS_ENV}); downscale it before sending")
+        size, limit = pixel_counts(width * height, max_pixels)
+        raise fail(f"declared size {width}x{height} px = {size} is over the pixel budget of {limit} "
+                   f"(--max-pixels / ${MAX_PIXELS_ENV}); downscale it before sending")
 
 
 # Pillow's PNG plugin refuses a text (tEXt/zTXt/iTXt) or colour-profile (iCCP) chunk that decompresses past
@@ -190,6 +274,67 @@ def _misread_tiff_layout(opened: Image.Image) -> str | None:
     return None
 
 
+_TIFF_TILE_WIDTH, _TIFF_TILE_LENGTH = 322, 323
+
+
+def _tiff_tiles_over_budget(opened: Image.Image, max_pixels: int) -> str | None:
+    """Why a tiled TIFF is refused, or None: libtiff decodes one whole tile at a time, into a buffer of the size the
+    header gives its tiles, which need not be the image's. A 780 KB file declaring a 64x64 px image in 16384x16384 px
+    tiles (a deflate bomb in the one tile) took 805 MB and 5 s; a 32 MB request could ask for tens of GB."""
+    try:
+        width = int(opened.tag_v2.get(_TIFF_TILE_WIDTH, 0) or 0)
+        length = int(opened.tag_v2.get(_TIFF_TILE_LENGTH, 0) or 0)
+    except Exception:  # noqa: BLE001 - a malformed tag: libtiff refuses the file itself
+        return None
+    if width * length <= max_pixels:
+        return None
+    size, limit = pixel_counts(width * length, max_pixels)
+    return (f"TIFF tiles of {width}x{length} px = {size} each are over the pixel budget of {limit} "
+            f"(--max-pixels / ${MAX_PIXELS_ENV}; a tile is decoded whole, whatever the image's size); save it in "
+            "strips or with smaller tiles")
+
+
+_PNM_HEADER_BYTES = 64 * 1024
+_PNM_WHITESPACE = b" \t\n\r\x0b\x0c"  # Pillow's PPM plugin's
+_PNM_MAGIC = (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"Pf", b"PF")
+
+
+def _overlong_pnm_header(source) -> str | None:
+    """Why a PNM/PFM file is refused before Pillow parses its header, or None. Pillow reads that header a byte at a
+    time in Python, comments and blank space included: 30 MB of comment before the width took 25 s of a daemon's
+    CPU per request. A real header (magic, width, height, maxval, a comment or two) takes a few dozen bytes."""
+    try:
+        position = source.tell()
+        source.seek(0)
+        magic = source.read(2)  # every other format stops here: its first 64 KB are not read twice
+        head = magic + source.read(_PNM_HEADER_BYTES - 2) if magic in _PNM_MAGIC else b""
+        source.seek(position)
+    except (OSError, ValueError):
+        return None
+    if len(head) < _PNM_HEADER_BYTES:
+        return None  # not a PNM, or short enough that Pillow parses it at once
+    needed = 2 if head[1:2] in (b"1", b"4") else 3  # width, height (and maxval or scale)
+    index, tokens, in_token = 2, 0, False
+    while index < len(head):
+        byte = head[index:index + 1]
+        if byte == b"#":  # a comment runs to the end of its line, and a token goes on after it (as Pillow reads)
+            ends = [end for end in (head.find(b"\n", index), head.find(b"\r", index)) if end >= 0]
+            if not ends:
+                break
+            index = min(ends) + 1
+            continue
+        if byte in _PNM_WHITESPACE:
+            if in_token:
+                tokens, in_token = tokens + 1, False
+                if tokens == needed:
+                    return None
+        else:
+            in_token = True
+        index += 1
+    return (f"a PNM header that does not end within its first {_PNM_HEADER_BYTES // 1024} KB (padded with comments "
+            "or blank space; a real one takes a few dozen bytes)")
+
+
 def _unreadable_variant(source) -> str | None:
     """For a file no allowed plugin opened, what one of them recognised in its first bytes, or None: a TIFF whose
     pixel layout Pillow has no mode for (float RGB, 64-bit samples: OpenCV writes float RGB TIFFs), or a header of
@@ -200,6 +345,8 @@ def _unreadable_variant(source) -> str | None:
         prefix = source.read(16)
     except (OSError, ValueError):
         return None
+    if prefix[:2] == b"PF":  # Pillow's PPM plugin opens grey PFM (Pf) only
+        return "a colour PFM (PF): not supported, grey PFM (Pf) is; save it as a 16-bit PNG or TIFF"
     try:
         for name in _registered_formats():
             factory, accept = Image.OPEN[name]
@@ -225,9 +372,46 @@ def _unreadable_variant(source) -> str | None:
     return None
 
 
+_DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, TypeError, IndexError, KeyError,
+                   ZeroDivisionError, OverflowError, AttributeError)
+"""What Pillow's parsers raise on malformed files (fuzzed files found each one)."""
+
+_CODEC_STATUS = {-2: "corrupt or cut-off compressed data", -9: "not enough memory to decode it"}
+"""Pillow's codec status codes, which its TIFF plugin reports as bare 'decoder error -N'."""
+
+
+def _decoder_reason(error: BaseException) -> str:
+    """A parser's exception as the reason of a one-line refusal."""
+    if isinstance(error, MemoryError):
+        return "not enough memory to decode it"
+    argument = error.args[0] if error.args else None
+    # some of Pillow's messages are bytes holding the file's own bytes (the PPM plugin's "Token too long: ..."):
+    # as text, with anything unprintable escaped, not as a b'...' repr
+    message = one_line(argument.decode("latin-1") if isinstance(argument, bytes) else str(error))
+    if any(limit in message for limit in _METADATA_LIMITS):
+        return ("oversized metadata chunk: a text or colour-profile chunk that decompresses far beyond any real one; "
+                "refused")
+    if message.startswith("decoder error "):
+        code = message[len("decoder error "):]
+        if code.lstrip("-").isdigit() and int(code) in _CODEC_STATUS:
+            return f"{_CODEC_STATUS[int(code)]} ({message})"
+    return ("truncated file" if "truncat" in message.lower()
+            else "corrupt or cut-off WebP data" if message == "could not create decoder object"  # libwebp's
+            else message or type(error).__name__)
+
+
 def _decode_strictly(source, fail: Callable[[str], DataError], max_pixels: int) -> Image.Image:
-    """Header -> budget check -> decode all pixels -> EXIF orientation; map decoder errors to ``fail``."""
+    """Header -> budget checks -> decode all pixels -> EXIF orientation; map decoder errors to ``fail``."""
     try:
+        return _decode_checked(source, fail, max_pixels)
+    except _ReadLimitReached:  # raised by any read, Pillow's or the helpers' that name the cause of a failure
+        raise fail(_over_read_limit(source) or "read limit reached") from None
+
+
+def _decode_checked(source, fail: Callable[[str], DataError], max_pixels: int) -> Image.Image:
+    try:
+        if overlong := _overlong_pnm_header(source):
+            raise fail(overlong)
         with warnings.catch_warnings():
             # Pillow warns (DecompressionBombWarning above its own global limit: our budget decides; a
             # UserWarning per malformed TIFF/EXIF tag): a hostile file must not write to the daemon's stderr
@@ -237,7 +421,8 @@ def _decode_strictly(source, fail: Callable[[str], DataError], max_pixels: int) 
                 if opened.width * opened.height > max_pixels and (malformed := _malformed_size(source)):
                     raise fail(malformed)
                 check_pixel_budget(opened.width, opened.height, max_pixels, fail)
-                if opened.format == "TIFF" and (misread := _misread_tiff_layout(opened)):
+                if opened.format == "TIFF" and (misread := (_misread_tiff_layout(opened)
+                                                            or _tiff_tiles_over_budget(opened, max_pixels))):
                     raise fail(misread)
                 opened.load()  # inside the try: pixels decode lazily, and a truncated stream fails here
                 if opened.width * opened.height > max_pixels:  # a plugin that resized on load (JPEG draft)
@@ -246,24 +431,14 @@ def _decode_strictly(source, fail: Callable[[str], DataError], max_pixels: int) 
     except DataError:
         raise
     except UnidentifiedImageError:
-        raise fail(_unreadable_variant(source) or "unrecognised format: not a PNG, JPEG, BMP, TIFF, WebP, GIF or PPM "
-                   "image, or its header is corrupt or cut off") from None
+        raise fail(_over_read_limit(source) or _unreadable_variant(source)
+                   or "unrecognised format: not a PNG, JPEG, BMP, TIFF, WebP, GIF or PPM image, or its header is "
+                   "corrupt or cut off") from None
     except Image.DecompressionBombError:  # Pillow's own limit tripped inside Image.open: far over any budget
         raise fail(_malformed_size(source) or f"declared size is over the pixel budget of {max_pixels / 1e6:.1f} MP "
                    "(and over Pillow's decompression-bomb limit); downscale it before sending") from None
-    except MemoryError:
-        raise fail("not enough memory to decode it") from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, TypeError, IndexError, KeyError,
-            ZeroDivisionError, OverflowError, AttributeError) as error:
-        # Pillow's parsers raise all of these on malformed headers (fuzzed files found each one).
-        message = str(error)
-        if any(limit in message for limit in _METADATA_LIMITS):
-            raise fail("oversized metadata chunk: a text or colour-profile chunk that decompresses far beyond any "
-                       "real one; refused") from None
-        reason = ("truncated file" if "truncat" in message.lower()
-                  else "corrupt or cut-off WebP data" if message == "could not create decoder object"  # libwebp's
-                  else message or type(error).__name__)
-        raise fail(reason) from None
+    except (MemoryError, *_DECODER_ERRORS) as error:
+        raise fail(_over_read_limit(source) or _decoder_reason(error)) from None
 
 
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:
@@ -312,10 +487,24 @@ def _to_rgb_uint8(image: Image.Image, name: str, hint: str = SKIP_BAD_HINT) -> n
     return to_rgb_frame(scale_to_uint8(array, name), name)
 
 
-def pillow_image_to_rgb(image: Image.Image, name: str) -> np.ndarray:
+def pillow_image_to_rgb(image: Image.Image, name: str, max_pixels: int | None = None) -> np.ndarray:
     """An image a caller opened with Pillow -> uint8 RGB [H, W, 3], converted as a decoded file is (any mode: its
     pixels, not its raw buffer: np.asarray of a palette image gives the indices). Not re-oriented: a caller that
-    opened the file applies its EXIF orientation or not. Raises DataError for a mode that cannot be converted."""
+    opened the file applies its EXIF orientation or not. Raises DataError for a mode that cannot be converted, or
+    pixels that cannot be decoded: Image.open reads only the header, so a corrupt or cut-off file fails here, and
+    is named as such (it read "unsupported image mode 'L': decoder error -2")."""
+
+    def fail(reason: str) -> DataError:
+        return DataError(f"{name}: cannot decode image ({reason}); check the file it was opened from")
+
+    if getattr(image, "format", None) == "TIFF" and (tiles := _tiff_tiles_over_budget(image, _budget(max_pixels))):
+        raise fail(tiles)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image.load()
+    except (MemoryError, *_DECODER_ERRORS) as error:
+        raise fail(_decoder_reason(error)) from None
     rgb = _to_rgb_uint8(image, name, "convert it to RGB first")
     return rgb if rgb.flags.writeable else rgb.copy()
 
@@ -359,7 +548,8 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
     try:
         with open_regular(path) as stream, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(stream, formats=_registered_formats()) as opened:
+            bounded = io.BufferedReader(_BoundedReads(stream.raw, read_limit_bytes(default_max_pixels())))
+            with Image.open(bounded, formats=_registered_formats()) as opened:
                 width, height = opened.size
                 try:
                     orientation = opened.getexif().get(0x0112)  # EXIF Orientation
@@ -369,8 +559,10 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
                 # plugin reports the turned size already
                 if orientation in (5, 6, 7, 8) and opened.format != "TIFF":
                     width, height = height, width
-    except _HEADER_ERRORS as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+    except (*_HEADER_ERRORS, _ReadLimitReached) as error:
+        reason = (error.strerror if isinstance(error, OSError) and error.strerror
+                  else "metadata far beyond any real image's" if isinstance(error, _ReadLimitReached)
+                  else type(error).__name__)
         raise DataError(f"{path}: cannot read the image header ({reason})") from None
     return width, height
 

@@ -105,10 +105,18 @@ def default_max_pixels(memory_bytes: int | None = None) -> int:
     return int(min(max(memory_bytes // 8 // PEAK_BYTES_PER_PIXEL, 4_000_000), 100_000_000))
 
 
+def pixel_counts(pixels: int, budget: int) -> tuple[str, str]:
+    """`pixels` and `budget` in words for a refusal: megapixels, or exact counts where one decimal of a megapixel
+    would print the two alike (1000x1001 px is over a budget of 1,000,000 px, not "1.0 MP over 1.0 MP")."""
+    size, limit = f"{pixels / 1e6:.1f} MP", f"{budget / 1e6:.1f} MP"
+    return (f"{pixels:,} px", f"{budget:,} px") if size == limit else (size, limit)
+
+
 def check_frame_pixels(width: int, height: int, name: str, max_pixels: int | None) -> None:
     """A frame already in memory still costs ~10x its size inside the graph (float input before the
     resize): frames over the pixel budget are refused like encoded images are."""
     budget = default_max_pixels() if max_pixels is None else int(max_pixels)
     if width * height > budget:
-        raise DataError(f"{name}: frame of {width}x{height} px = {width * height / 1e6:.1f} MP is over the "
-                        f"pixel budget of {budget / 1e6:.1f} MP (--max-pixels / ${MAX_PIXELS_ENV})")
+        size, limit = pixel_counts(width * height, budget)
+        raise DataError(f"{name}: frame of {width}x{height} px = {size} is over the "
+                        f"pixel budget of {limit} (--max-pixels / ${MAX_PIXELS_ENV})")
