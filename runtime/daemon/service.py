@@ -41,6 +41,9 @@ class ServiceConfig:
     warm_up_limits: WarmUpLimits = field(default_factory=WarmUpLimits)
 
 
+CAPTURE_JOIN_S = 1.0  # how long shutdown waits for the capture thread to notice stop()
+
+
 class RateLimitedLog:
     """Log lines to stderr, at most one per kind every `every_s` seconds (with a count of the suppressed)."""
 
@@ -140,7 +143,12 @@ class ScoringService:
         if self._watcher is not None:
             self._watcher.stop()
         if self._capture_thread is not None:
-            self._capture_thread.join(timeout=10)
+            # Nothing captured from now on is scored, so the wait is short: a camera read blocked in OpenCV cannot
+            # be interrupted (it ends at the source's stall timeout), and SIGTERM waited for it (10 s on a stall).
+            self._capture_thread.join(timeout=CAPTURE_JOIN_S)
+            if self._capture_thread.is_alive():
+                self.log("source", f"{getattr(self.source, 'name', self.source)}: still blocked in a read at "
+                                   "shutdown; not waiting for it")
         for sink in self.sinks:
             try:
                 sink.close()
@@ -228,9 +236,11 @@ class ScoringService:
     def _on_drop(self, frame: Frame) -> None:
         self.metrics.inc("frames_dropped")
 
-    def _on_reopen(self, name: str, opened: bool) -> None:
+    def _on_reopen(self, name: str, opened: bool, why: str | None = None) -> None:
+        """A reopen attempt; `why` is what happened to the source before it (a stall, a drop), when the source knows."""
         self.metrics.inc("source_reopens")
-        self.log("source reopen", f"{name}: {'reopened' if opened else 'not delivering; retrying with back-off'}")
+        state = "reopened" if opened else "not delivering; retrying with back-off"
+        self.log("source reopen", f"{name}: {why}; {state}" if why else f"{name}: {state}")
 
     def _on_refused(self, path, reason: str) -> None:
         self.metrics.inc("model_swaps_refused")

@@ -9,9 +9,11 @@ quick and must not block on the network: MqttSink hands messages to paho's own n
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -53,28 +55,114 @@ def _iso_utc(seconds: float) -> str:
 
 class JsonLinesSink:
     """One JSON document per line, to a file (appended) or stdout. Line-buffered: a killed daemon
-    leaves at most one partial line, and SIGTERM (close) leaves none."""
+    leaves at most one partial line, and SIGTERM (close) leaves none.
+
+    stdout is usually a pipe, and a reader that stops reading would block write() and with it the scoring loop
+    and SIGTERM (for ever). When stdout is a real file descriptor, lines go through a thread: up to `max_queued`
+    wait while the reader is slow, beyond that the oldest is discarded and write() raises (the daemon counts it
+    as a sink error and logs it), and close() waits at most `close_timeout_s` for the reader."""
 
     needs_pixels = False
 
-    def __init__(self, path: str | Path | None):
+    def __init__(self, path: str | Path | None, max_queued: int = 1000, close_timeout_s: float = 5.0):
         self.name = "stdout" if path is None else str(path)
+        self._writer = None
         if path is None:
             self._stream, self._owned = sys.stdout, False
+            try:
+                fd = sys.stdout.fileno()
+            except (AttributeError, OSError, ValueError):  # a captured stdout (tests, click's runner): write inline
+                fd = None
+            if fd is not None:
+                sys.stdout.flush()
+                self._writer = _LineWriter(fd, self.name, max_queued, close_timeout_s)
         else:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._stream, self._owned = open(path, "a", buffering=1, encoding="utf-8"), True
 
     def write(self, result: FrameResult) -> None:
-        self._stream.write(json.dumps(result.as_record()) + "\n")
+        line = json.dumps(result.as_record()) + "\n"
+        if self._writer is not None:
+            self._writer.put(line.encode("utf-8"))
+        else:
+            self._stream.write(line)
 
     def flush(self) -> None:
-        self._stream.flush()
+        if self._writer is None:
+            self._stream.flush()
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            return
         self.flush()
         if self._owned:
             self._stream.close()
+
+
+class _LineWriter:
+    """Writes queued lines to a duplicate of `fd` on its own thread, so that a stalled reader blocks only that
+    thread (sys.stdout is left empty: the interpreter's own flush at exit cannot block on it either)."""
+
+    def __init__(self, fd: int, name: str, max_queued: int, close_timeout_s: float):
+        self.name, self.max_queued, self.close_timeout_s = name, max_queued, close_timeout_s
+        self._fd = os.dup(fd)
+        self._lines: deque[bytes] = deque()
+        self._ready = threading.Condition()
+        self._writing = False
+        self._closed = False
+        self._error: str | None = None  # why writing stopped for good (the reader closed the pipe)
+        threading.Thread(target=self._run, name=f"adtk-sink-{name}", daemon=True).start()
+
+    def put(self, line: bytes) -> None:
+        with self._ready:
+            if self._error is not None:
+                raise OSError(f"{self.name}: {self._error}")
+            self._lines.append(line)
+            self._ready.notify_all()
+            if len(self._lines) > self.max_queued:
+                self._lines.popleft()
+                raise OSError(f"{self.name}: the reader is not keeping up ({self.max_queued} results waiting); "
+                              "the oldest was discarded")
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._lines and not self._closed:
+                    self._ready.wait()
+                if not self._lines:
+                    return
+                line = self._lines.popleft()
+                self._writing = True
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(self._fd, view):]
+            except OSError as exc:  # the reader went away (EPIPE): every later result fails at once, counted
+                with self._ready:
+                    self._error = f"cannot write: {exc.strerror or type(exc).__name__}"
+                    self._lines.clear()
+                    self._writing = False
+                    self._ready.notify_all()
+                return
+            with self._ready:
+                self._writing = False
+                self._ready.notify_all()
+
+    def close(self) -> None:
+        """Wait up to close_timeout_s for the waiting lines; raise naming how many were not written."""
+        deadline = time.monotonic() + self.close_timeout_s
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+            while (self._lines or self._writing) and self._error is None and time.monotonic() < deadline:
+                self._ready.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            lost = len(self._lines) + int(self._writing)
+            self._lines.clear()
+        if lost:  # the thread may be blocked in os.write for good: it is a daemon thread, left to the exit
+            raise OSError(f"{self.name}: {lost} results not written: the reader did not read them within "
+                          f"{self.close_timeout_s:g} s")
+        os.close(self._fd)
 
 
 class OverlaySink:

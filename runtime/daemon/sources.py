@@ -29,6 +29,12 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp:
 # what an undecodable frame's message ends with (the decoder's default hint names --skip-bad, an option of adtk
 # predict and adtk build that adtk serve does not have: the daemon always skips such a frame)
 SKIPPED_HINT = "skipped; the daemon goes on with the next frame"
+# A live stream that delivers no frame for this long is taken as stalled and reopened. OpenCV's FFmpeg default is
+# 30 s for opening and for each read, during which a connected-but-silent camera looked healthy and a SIGTERM waited.
+STALL_TIMEOUT_S = 10.0
+# Failed reads in a row, each returning at once, before a stream is taken as ended: one corrupt frame makes a single
+# read fail and the next one succeed, and reconnecting for it cost the camera's next frames (and was not counted).
+BAD_READS_IN_A_ROW = 3
 
 
 @dataclass
@@ -206,7 +212,18 @@ class FolderSource:
 
 
 def import_cv2():
-    return require("cv2", "video, camera and stream sources")
+    import os
+
+    # FFmpeg and OpenCV print a line per corrupt packet or dropped connection on stderr, outside the daemon's
+    # rate-limited one-line log (a camera sending a bad frame a second filled the log); the daemon reports those
+    # itself. Read when the FFmpeg backend is first used, so set before any capture is opened.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    cv2 = require("cv2", "video, camera and stream sources")
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:  # older OpenCV builds without the logging module
+        pass
+    return cv2
 
 
 class VideoSource:
@@ -220,8 +237,10 @@ class VideoSource:
     """
 
     def __init__(self, uri: str | int, live: bool, pace_fps: float = 0.0, loop: bool = False,
-                 backoff_s: tuple[float, float] = (0.5, 30.0), max_pixels: int | None = None):
+                 backoff_s: tuple[float, float] = (0.5, 30.0), max_pixels: int | None = None,
+                 stall_timeout_s: float = STALL_TIMEOUT_S):
         self.cv2 = import_cv2()
+        self.stall_timeout_s = stall_timeout_s
         self.uri, self.loop = uri, loop
         self.reconnect = live  # a camera or stream that stops delivering is reopened, a file just ends
         self.live = live or pace_fps > 0  # real-time frames: drop the oldest when scoring falls behind
@@ -233,7 +252,13 @@ class VideoSource:
             raise ConfigError(f"--source {uri}: no such video file")
 
     def _open(self):
-        capture = self.cv2.VideoCapture(self.uri)
+        if isinstance(self.uri, str) and self.uri.startswith(STREAM_SCHEMES):
+            # bounded open and read: a server that accepts and then sends nothing is a stall, reported and reopened
+            timeout_ms = int(self.stall_timeout_s * 1000)
+            capture = self.cv2.VideoCapture(self.uri, self.cv2.CAP_ANY, [
+                self.cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, self.cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
+        else:
+            capture = self.cv2.VideoCapture(self.uri)
         if not capture.isOpened():
             capture.release()
             return None
@@ -254,27 +279,43 @@ class VideoSource:
         backoff_s = self.backoff_s[0]
         capture = self._open()
         next_due = time.monotonic()
+        failed_reads = 0  # reads in a row that returned no frame at once (corrupt frames, or the end)
+        why = "cannot open it" if capture is None else None  # said with the next reopen report
         try:
             while not stop.is_set():
                 if capture is None:  # vanished camera (or not there yet): retry with back-off
                     if not self.reconnect:
                         raise DataError(f"{self.name}: cannot open the video file")
                     stop.wait(backoff_s)
+                    if stop.is_set():
+                        return
                     backoff_s = min(backoff_s * 2, self.backoff_s[1])
                     capture = self._open()
                     if on_reopen is not None:
-                        on_reopen(self.name, capture is not None)
+                        on_reopen(self.name, capture is not None, why)
+                    why = None if capture is not None else "cannot open it"
                     continue
+                tic = time.monotonic()
                 ok, bgr = capture.read()
                 if not ok:
+                    took_s = time.monotonic() - tic
+                    stalled = self.reconnect and took_s >= 0.8 * self.stall_timeout_s
+                    if not stalled and failed_reads < BAD_READS_IN_A_ROW - 1 and not stop.is_set():
+                        failed_reads += 1  # maybe one corrupt frame: the next read tells (counted then)
+                        continue
                     capture.release()
                     capture = None
+                    failed_reads = 0
+                    why = f"no frame for {took_s:.1f} s (stalled)" if stalled else "the stream ended or dropped"
                     if not self.reconnect and not self.loop:
                         return
                     if not self.reconnect:
                         capture = self._open()
                     continue
                 backoff_s = self.backoff_s[0]
+                for _ in range(failed_reads):  # the stream went on: those reads were frames it could not decode
+                    yield counter.make(self.name, None, f"{self.name}: undecodable frame; {SKIPPED_HINT}")
+                failed_reads = 0
                 if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3:
                     yield counter.make(self.name, None, f"{self.name}: undecodable frame "
                                                         f"(shape {None if bgr is None else list(bgr.shape)})")
@@ -293,14 +334,14 @@ class VideoSource:
 
 
 def open_source(value: str, pace_fps: float = 0.0, loop: bool = False, poll_s: float = 0.2,
-                backoff_s: tuple[float, float] = (0.5, 30.0), max_pixels: int | None = None):
+                backoff_s: tuple[float, float] = (0.5, 30.0), max_pixels: int | None = None,
+                stall_timeout_s: float = STALL_TIMEOUT_S):
     """A command-line --source value -> a source: a folder, a camera index, a stream URL or a video file."""
+    live = dict(live=True, backoff_s=backoff_s, max_pixels=max_pixels, stall_timeout_s=stall_timeout_s)
     if value.isdigit():
-        return VideoSource(int(value), live=True, backoff_s=backoff_s, max_pixels=max_pixels)
-    if value.startswith(STREAM_SCHEMES):
-        return VideoSource(value, live=True, backoff_s=backoff_s, max_pixels=max_pixels)
-    if value.startswith("/dev/video"):
-        return VideoSource(value, live=True, backoff_s=backoff_s, max_pixels=max_pixels)
+        return VideoSource(int(value), **live)
+    if value.startswith(STREAM_SCHEMES) or value.startswith("/dev/video"):
+        return VideoSource(value, **live)
     path = Path(value)
     if path.is_dir():
         return FolderSource(path, poll_s=poll_s, max_pixels=max_pixels)

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from adtk.runtime.daemon.isolated_warm_up import DEFAULT_TIMEOUT_S, WarmUpLimits
+from adtk.runtime.daemon.sources import STALL_TIMEOUT_S
 
 
 def parse_http(value: str) -> tuple[str, int]:
@@ -88,9 +89,13 @@ def _finite(param, value):
 @click.option("--warm-up-timeout", "warm_up_timeout_s", type=click.FloatRange(min=1, max=3600),
               default=DEFAULT_TIMEOUT_S, show_default=True, callback=lambda ctx, param, value: _finite(param, value),
               help="Seconds that separate process may take; a model that takes longer is refused.")
+@click.option("--stall-timeout", "stall_timeout_s", type=click.FloatRange(min=1, max=3600),
+              default=STALL_TIMEOUT_S, show_default=True, callback=lambda ctx, param, value: _finite(param, value),
+              help="Seconds a stream or camera --source may deliver no frame before it is taken as stalled and "
+                   "reopened (raise it for a camera triggered by parts that come less often).")
 def command(model, source, sinks, http_bind, token_file, queue_capacity, pace_fps, loop, model_dir, no_watch,
             public_key, backend, max_pixels, http_max_connections, http_max_body_mb, http_timeout_s, http_predictions,
-            warm_up_memory_mb, warm_up_timeout_s):
+            warm_up_memory_mb, warm_up_timeout_s, stall_timeout_s):
     """Score frames from --source with MODEL until SIGTERM; hot-swap new artefacts placed in its folder.
 
     \b
@@ -126,8 +131,8 @@ def command(model, source, sinks, http_bind, token_file, queue_capacity, pace_fp
         check_token_strength(token, f"--http {http_bind}")  # before any sink or model is opened
     if source is None and host_port is None:
         raise click.UsageError("give --source, --http, or both")
-    frame_source = open_source(source, pace_fps=pace_fps, loop=loop, max_pixels=max_pixels) \
-        if source is not None else None
+    frame_source = open_source(source, pace_fps=pace_fps, loop=loop, max_pixels=max_pixels,
+                               stall_timeout_s=stall_timeout_s) if source is not None else None
     metrics = DaemonMetrics()
     sink_values = (sinks or ("-",)) if frame_source is not None else ()
     opened_sinks = [open_sink(value, on_discard=lambda: metrics.inc("sink_errors")) for value in sink_values]

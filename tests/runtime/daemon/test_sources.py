@@ -82,6 +82,12 @@ def test_unknown_source_values_are_refused_with_the_accepted_forms(tmp_path):
     assert open_source("0").live and open_source("rtsp://10.0.0.5/stream").live
 
 
+def test_the_stall_timeout_reaches_every_live_source():
+    """adtk serve --stall-timeout: a camera triggered by parts may be silent longer than the 10-s default."""
+    for value in ("0", "rtsp://10.0.0.5/stream", "/dev/video0"):
+        assert open_source(value, stall_timeout_s=42.0).stall_timeout_s == 42.0
+
+
 def test_serve_exits_non_zero_when_its_video_source_cannot_be_opened(tiny_build, tmp_path, runner):
     """A supervisor (systemd's Restart=on-failure) restarts a daemon whose source failed only if it exits non-zero."""
     pytest.importorskip("cv2")
