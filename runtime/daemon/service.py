@@ -82,6 +82,9 @@ class ScoringService:
         self._capture_thread: threading.Thread | None = None
         self._watcher: ModelWatcher | None = None
         self._keep_pixels = any(getattr(sink, "needs_pixels", False) for sink in self.sinks)
+        for sink in self.sinks:  # sinks that report events of their own (MQTT: the broker going away, coming back)
+            if hasattr(sink, "attach_log"):
+                sink.attach_log(self.log)
         self.metrics.gauges["queue_depth"] = ("Frames waiting to be scored.", lambda: len(self.queue))
         from adtk.runtime.signing import configured_public_key
 

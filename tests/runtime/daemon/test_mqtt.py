@@ -89,7 +89,7 @@ def test_every_scored_frame_is_published_to_the_broker(broker, tiny_build, test_
 def test_broker_that_is_not_there_does_not_stop_scoring(tiny_build, test_images, array_source, list_sink,
                                                         run_service):
     sink = MqttSink(f"mqtt://127.0.0.1:{free_port()}/nobody-listens")
-    sink.flush = lambda timeout_s=0.2: MqttSink.flush(sink, timeout_s)  # do not wait 5 s at close
+    sink.close_timeout_s = 0.2  # do not wait 5 s at close for acknowledgements that cannot come
     service = ScoringService(ServiceConfig(model=tiny_build.artefact, watch=False), array_source(test_images),
                              [sink, list_sink], log=lambda kind, message: None)
     run_service(service).join(timeout=60)
