@@ -51,10 +51,9 @@ class DevicePage:
         detector = service.detector
         manifest = detector.manifest
         update = service.model_update  # the newest candidate's refusal while an older model is served, else None
-        status = "stopping" if service.stopping else "source finished" if service.source_finished else \
-            "update refused" if update is not None else "ok"  # as GET /health says it
         return {
-            "status": status,
+            "status": service.status,  # as GET /health says it
+            "source_down": service.source_down,
             "model_update": update,
             "signature_required": service.public_key is not None,
             "model": {"path": str(service.model_path), "sha256": detector.artefact.sha256,

@@ -1,6 +1,7 @@
 """The daemon's HTTP API, on the standard library's ThreadingHTTPServer.
 
-    GET  /health    {"status": "ok" | "stopping" | "source finished", "model_sha256", "frames_scored", ...}
+    GET  /health    {"status": "ok" | "source down" | "update refused" | "stopping" | "source finished",
+                     "model_sha256", "frames_scored", ...}
     GET  /model     {"path", "sha256", "file_sha256", "loaded_at", "manifest"}
     POST /predict   body: one encoded image (PNG, JPEG, ...) -> the JSON record of a sink, plus nothing else
     GET  /metrics   Prometheus text format (metrics.py)
@@ -241,17 +242,18 @@ class ApiServer:
 
     def health(self):
         service = self.service
-        status = "stopping" if service.stopping else "source finished" if service.source_finished else \
-            "update refused" if service.model_update is not None else "ok"
+        status = service.status
         counts = service.metrics.snapshot()
-        body = {"status": status, "model_sha256": service.detector.artefact.sha256,
-                "signature_required": service.public_key is not None, "model_update": service.model_update,
+        body = {"status": status, "source_down": service.source_down,
+                "model_sha256": service.detector.artefact.sha256, "signature_required": service.public_key is not None, "model_update": service.model_update,
                 "uptime_s": round(time.time() - service.started_at_s, 3),
                 "last_frame_age_s": None if service.last_frame_at_s is None
                 else round(time.time() - service.last_frame_at_s, 3),
                 "queue_depth": len(service.queue), **counts}
-        # a refused update leaves the served model running: 200, with the refusal in the body and metrics
-        return (200 if status in ("ok", "update refused") else 503), body
+        # a refused update leaves the served model running, a camera that is down is being reopened with back-off
+        # and POST /predict still scores: 200, with the reason in the body and metrics (a supervisor restarting the
+        # daemon would not bring the camera back)
+        return (200 if status in ("ok", "source down", "update refused") else 503), body
 
     def model(self):
         detector = self.service.detector

@@ -77,6 +77,8 @@ class ScoringService:
         self.last_frame_at_s: float | None = None
         self.source_finished = False
         self.source_error: str | None = None  # why the source stopped, when it failed (adtk serve then exits 1)
+        # a live source that stalled or dropped and could not be reopened yet (GET /health says so until it is)
+        self.source_down: str | None = None
         self._stop = threading.Event()
         self._shut_down = False
         self._capture_thread: threading.Thread | None = None
@@ -121,6 +123,17 @@ class ScoringService:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    @property
+    def status(self) -> str:
+        """One word or two for GET /health and the device page: the most pressing state first."""
+        if self.stopping:
+            return "stopping"
+        if self.source_finished:
+            return "source finished"
+        if self.source_down is not None:
+            return "source down"
+        return "update refused" if self.model_update is not None else "ok"
 
     def run(self) -> None:
         """Score frames until stop() or the source ends; then flush and close every sink."""
@@ -243,6 +256,7 @@ class ScoringService:
         """A reopen attempt; `why` is what happened to the source before it (a stall, a drop), when the source knows."""
         self.metrics.inc("source_reopens")
         state = "reopened" if opened else "not delivering; retrying with back-off"
+        self.source_down = None if opened else (f"{name}: {why}; retrying" if why else f"{name}: {state}")
         self.log("source reopen", f"{name}: {why}; {state}" if why else f"{name}: {state}")
 
     def _on_refused(self, path, reason: str) -> None:

@@ -58,6 +58,18 @@ def test_health_and_model_describe_the_artefact_being_served(api, tiny_build):
     assert model["sha256"] == verified.sha256 and model["manifest"] == verified.manifest
 
 
+def test_health_says_when_the_source_is_down_and_when_it_is_back(api, service):
+    """A camera that stalled or dropped and is not reopened yet: still 200 (the daemon retries with back-off and
+    POST /predict scores; a supervisor's restart would not bring the camera back), the reason in the body."""
+    service._on_reopen("rtsp://cam/1", False, "no frame for 10.0 s (stalled)")
+    status, body = request(f"{api}/health")
+    assert status == 200 and json.loads(body)["status"] == "source down"
+    assert json.loads(body)["source_down"] == "rtsp://cam/1: no frame for 10.0 s (stalled); retrying"
+    service._on_reopen("rtsp://cam/1", True)
+    status, body = request(f"{api}/health")
+    assert status == 200 and json.loads(body)["status"] == "ok" and json.loads(body)["source_down"] is None
+
+
 def test_predict_scores_an_uploaded_image_like_the_detector(api, tiny_build, test_images):
     reference = Detector.load(tiny_build.artefact).predict(test_images[1][None])
     status, body = request(f"{api}/predict", data=png_bytes(test_images[1]))
