@@ -40,6 +40,7 @@ from adtk.runtime.pixels import (
     MAX_PIXELS_ENV,
     PEAK_BYTES_PER_PIXEL,
     default_max_pixels,
+    pixel_budget,
     pixel_counts,
     scale_to_uint8,
     to_rgb_frame,
@@ -112,18 +113,14 @@ def _open_fully_decoded(source: Path | bytes, name: str, what: str, hint: str,
             raise DataError(f"{name}: file not found; it does not exist") from None
         except OSError as error:
             raise fail(f"cannot read file: {error.strerror or error}") from None
-        budget = _budget(max_pixels)
+        budget = pixel_budget(max_pixels)
         with stream:
             # read through a counter: bytes (HTTP bodies, library callers) are in memory already, a file is not
             bounded = io.BufferedReader(_BoundedReads(stream.raw, read_limit_bytes(budget)))
             return _decode_switching_truncation_off(bounded, fail, budget)
     if len(source) == 0:
         raise fail("empty file, 0 bytes")
-    return _decode_switching_truncation_off(io.BytesIO(source), fail, _budget(max_pixels))
-
-
-def _budget(max_pixels: int | None) -> int:
-    return default_max_pixels() if max_pixels is None else int(max_pixels)
+    return _decode_switching_truncation_off(io.BytesIO(source), fail, pixel_budget(max_pixels))
 
 
 READ_LIMIT_FLOOR_BYTES = 16 << 20
@@ -497,7 +494,7 @@ def pillow_image_to_rgb(image: Image.Image, name: str, max_pixels: int | None = 
     def fail(reason: str) -> DataError:
         return DataError(f"{name}: cannot decode image ({reason}); check the file it was opened from")
 
-    if getattr(image, "format", None) == "TIFF" and (tiles := _tiff_tiles_over_budget(image, _budget(max_pixels))):
+    if getattr(image, "format", None) == "TIFF" and (tiles := _tiff_tiles_over_budget(image, pixel_budget(max_pixels))):
         raise fail(tiles)
     try:
         with warnings.catch_warnings():

@@ -105,6 +105,11 @@ def default_max_pixels(memory_bytes: int | None = None) -> int:
     return int(min(max(memory_bytes // 8 // PEAK_BYTES_PER_PIXEL, 4_000_000), 100_000_000))
 
 
+def pixel_budget(max_pixels: int | None) -> int:
+    """The budget in force: the one given (--max-pixels, a Detector's), else default_max_pixels()."""
+    return default_max_pixels() if max_pixels is None else int(max_pixels)
+
+
 def pixel_counts(pixels: int, budget: int) -> tuple[str, str]:
     """`pixels` and `budget` in words for a refusal: megapixels, or exact counts where one decimal of a megapixel
     would print the two alike (1000x1001 px is over a budget of 1,000,000 px, not "1.0 MP over 1.0 MP")."""
@@ -115,7 +120,7 @@ def pixel_counts(pixels: int, budget: int) -> tuple[str, str]:
 def check_frame_pixels(width: int, height: int, name: str, max_pixels: int | None) -> None:
     """A frame already in memory still costs ~10x its size inside the graph (float input before the
     resize): frames over the pixel budget are refused like encoded images are."""
-    budget = default_max_pixels() if max_pixels is None else int(max_pixels)
+    budget = pixel_budget(max_pixels)
     if width * height > budget:
         size, limit = pixel_counts(width * height, budget)
         raise DataError(f"{name}: frame of {width}x{height} px = {size} is over the "

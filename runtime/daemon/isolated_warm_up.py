@@ -101,7 +101,7 @@ def check_in_child(artefact: VerifiedArtefact, max_pixels: int | None, source: s
     child is killed within STOP_POLL_S and ArtefactError says the model was not checked."""
     import importlib.util
 
-    from adtk.runtime.pixels import default_max_pixels
+    from adtk.runtime.pixels import pixel_budget
 
     if importlib.util.find_spec("onnxruntime") is None:
         return  # nothing to run the check with (see the module docstring); create_backend says what is missing
@@ -109,7 +109,7 @@ def check_in_child(artefact: VerifiedArtefact, max_pixels: int | None, source: s
         default_memory_bytes(len(artefact.model_bytes))
     header = {"manifest": artefact.manifest, "sha256": artefact.sha256, "file_sha256": artefact.file_sha256,
               "model_bytes": len(artefact.model_bytes), "memory_bytes": memory_bytes, "timeout_s": limits.timeout_s,
-              "max_pixels": default_max_pixels() if max_pixels is None else int(max_pixels)}
+              "max_pixels": pixel_budget(max_pixels)}
     stdout, stderr, status, ended = _run_child(header, artefact.model_bytes, limits.timeout_s, stop)
     problem = _problem(source, _reports(stdout), stderr.decode("utf-8", errors="replace"), status, ended,
                        limits, memory_bytes)
